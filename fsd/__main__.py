@@ -1,0 +1,3 @@
+from fsd._cli import main
+
+raise SystemExit(main())
