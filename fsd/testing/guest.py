@@ -36,12 +36,16 @@ __all__ = [
     "BackendError",
     "GuestError",
     "GuestResult",
+    "GuestRunner",
     "StepHandler",
     "Testbed",
     "build_testbed",
+    "fsd_serve_command",
     "newc_archive",
+    "qemu_command",
     "run_guest",
     "running_backend",
+    "virtiofsd_command",
     "wait_listening",
 ]
 
@@ -51,6 +55,9 @@ BUILD_SCRIPT = REPO_ROOT / "contrib" / "testbed" / "build.sh"
 
 StepHandler = Callable[[str, list[str]], Awaitable[str | None]]
 """``on_step(name, args)``: the host's part of a ``host_step`` call; returns the reply line."""
+
+GuestRunner = Callable[..., Awaitable["GuestResult"]]
+"""A ``run_guest`` with the backend already chosen (the guest tests' ``run_in_guest``)."""
 
 
 class GuestError(Exception):
