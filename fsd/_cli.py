@@ -1,0 +1,105 @@
+"""The ``fsd`` command line (crosvm ``device fs`` vocabulary)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import trio
+
+__all__ = ["main"]
+
+USAGE = """\
+usage: fsd <command> [options]
+
+commands:
+  serve       serve a host directory to a VMM over vhost-user (virtio-fs)
+  mount       serve a host directory through the host kernel's /dev/fuse
+  allowlist   add, remove or list paths over an allowlist control socket
+
+`fsd <command> --help` describes each command.
+"""
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fsd serve",
+        description="Serve SHARED_DIR to a VMM (QEMU, crosvm) as a vhost-user virtio-fs device.",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket-path", help="vhost-user Unix socket to listen on")
+    where.add_argument("--fd", type=int, help="an already listening vhost-user socket fd")
+    p.add_argument("--shared-dir", required=True, help="host directory to share")
+    p.add_argument("--tag", help="tag in the device config space (for crosvm front-ends)")
+    p.add_argument(
+        "--allowlist-socket-path",
+        help="SOCK_SEQPACKET control socket for the dynamic path allowlist (deny all until added)",
+    )
+    p.add_argument(
+        "--cfg",
+        default="",
+        help="filesystem options as crosvm's key=value,... (cache, timeout, negative_timeout, "
+        "writeback)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="fsd[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    from fsd.daemon.serve import ServeConfig, serve
+    from fsd.fs.options import parse_cfg
+
+    parser = _serve_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
+    if not os.path.isdir(args.shared_dir):
+        parser.error(f"--shared-dir {args.shared_dir!r} is not a directory")
+    try:
+        fs_options = parse_cfg(args.cfg)
+        config = ServeConfig(
+            shared_dir=os.path.abspath(args.shared_dir),
+            socket_path=args.socket_path,
+            listen_fd=args.fd,
+            tag=args.tag,
+            allowlist_socket_path=args.allowlist_socket_path,
+            fs_options=fs_options,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        trio.run(serve, config)
+    except OSError as exc:
+        logging.getLogger("fsd").error("%s", exc)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        return serve_main(rest)
+    if command == "mount":
+        from fsd.daemon.devfuse import main as mount_main
+
+        return mount_main(rest)
+    if command == "allowlist":
+        from fsd.allowlist.client import main as allowlist_main
+
+        return allowlist_main(rest)
+    sys.stderr.write(f"fsd: unknown command {command!r}\n\n{USAGE}")
+    return 2

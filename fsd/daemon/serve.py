@@ -1,0 +1,94 @@
+"""``fsd serve``: the root nursery of the vhost-user daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+
+import attrs
+import trio
+
+from fsd.daemon.vhost_conn import serve_vhost_user_connection
+from fsd.fs import FsOptions, PassthroughFs
+from fsd.fuse import FuseServer
+from fsd.virtio_fs import NUM_QUEUES, virtio_fs_device
+
+__all__ = ["ServeConfig", "serve"]
+
+log = logging.getLogger("fsd")
+
+
+@attrs.frozen
+class ServeConfig:
+    """What ``fsd serve`` was asked to do (validated by the CLI)."""
+
+    shared_dir: str
+    socket_path: str | None = None
+    listen_fd: int | None = None
+    tag: str | None = None
+    allowlist_socket_path: str | None = None
+    fs_options: FsOptions = attrs.field(factory=FsOptions)
+
+
+def open_vhost_user_listener(config: ServeConfig) -> trio.socket.SocketType:
+    """Bind the vhost-user socket (replacing a stale socket file) or adopt ``--fd``."""
+    if config.listen_fd is not None:
+        sock = socket.socket(fileno=config.listen_fd)
+    else:
+        assert config.socket_path is not None
+        path = config.socket_path
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.bind(path)
+        sock.listen(1)
+    return trio.socket.from_stdlib_socket(sock)
+
+
+async def _cancel_on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def serve(
+    config: ServeConfig,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve one VMM over vhost-user until it disconnects or a signal arrives.
+
+    The process umask becomes 0: the guest kernel has already applied the caller's umask to
+    every mode it sends, and the host must not apply another one.
+    """
+    os.umask(0)
+    server = FuseServer(PassthroughFs(config.shared_dir, config.fs_options), transport="vhost-user")
+    device = virtio_fs_device(config.tag)
+    listener = open_vhost_user_listener(config)
+    try:
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            log.info("vhost-user: listening on %s", config.socket_path or f"fd {config.listen_fd}")
+            task_status.started(config.socket_path)
+            with listener:
+                sock, _ = await listener.accept()
+            log.info("vhost-user: front-end connected")
+            with sock:
+                handlers = [server.handle] * NUM_QUEUES
+                await serve_vhost_user_connection(sock, device, handlers)
+            nursery.cancel_scope.cancel()
+    finally:
+        if config.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.socket_path)

@@ -1,0 +1,214 @@
+"""One vhost-user session with a VMM: read messages, apply the protocol rules, carry out
+their effects (map memory, start and stop queue tasks, reply)."""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import socket
+
+import trio
+
+from fsd.daemon.guest_memory import map_region
+from fsd.daemon.queues import ChainHandler, QueueRunner
+from fsd.vhost_user.backend import (
+    BackendState,
+    CloseFd,
+    DeviceSpec,
+    Effect,
+    MapRegion,
+    Reply,
+    SetCallFd,
+    StartQueue,
+    StopQueue,
+    UnmapAllRegions,
+    UnmapRegion,
+)
+from fsd.vhost_user.messages import (
+    HEADER,
+    MAX_FDS,
+    VRING_STATE,
+    FrontendRequest,
+    Message,
+    ProtocolError,
+    decode_header,
+    encode_message,
+)
+from fsd.virtio.memory import GuestMemory, GuestMemoryError
+from fsd.virtio.splitq import SplitQueue
+
+__all__ = ["VhostUserConnection", "serve_vhost_user_connection"]
+
+log = logging.getLogger("fsd.vhost_user")
+
+_ANCBUF = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+
+
+class ConnectionClosed(Exception):
+    """The front-end hung up."""
+
+
+async def _recv_exactly(sock: trio.socket.SocketType, n: int) -> bytes:
+    chunks = []
+    while n:
+        data = await sock.recv(n)
+        if not data:
+            raise ConnectionClosed
+        chunks.append(data)
+        n -= len(data)
+    return b"".join(chunks)
+
+
+async def receive_message(sock: trio.socket.SocketType) -> Message:
+    """Read one message; fds arrive with the header bytes (SCM_RIGHTS)."""
+    data, ancdata, msg_flags, _ = await sock.recvmsg(HEADER.size, _ANCBUF, socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds_array = array.array("i")
+            fds_array.frombytes(payload[: len(payload) - len(payload) % fds_array.itemsize])
+            fds += fds_array.tolist()
+    try:
+        if not data:
+            raise ConnectionClosed
+        if msg_flags & socket.MSG_CTRUNC:
+            raise ProtocolError(f"more than {MAX_FDS} fds with one message: some were dropped")
+        if len(data) < HEADER.size:
+            data += await _recv_exactly(sock, HEADER.size - len(data))
+        request, flags, size = decode_header(data)
+        payload = await _recv_exactly(sock, size) if size else b""
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return Message(request, flags, payload, tuple(fds))
+
+
+class VhostUserConnection:
+    """The I/O half of a session: guest memory, queue tasks and the fds the effects hand over."""
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        device: DeviceSpec,
+        handlers: list[ChainHandler],
+        nursery: trio.Nursery,
+    ) -> None:
+        self.sock = sock
+        self.state = BackendState(device)
+        self.handlers = handlers
+        self.nursery = nursery
+        self.memory = GuestMemory()
+        self.runners: dict[int, QueueRunner] = {}
+        self.call_fds: dict[int, int | None] = {}
+
+    async def run(self) -> None:
+        """Serve messages until the front-end disconnects."""
+        try:
+            while True:
+                try:
+                    msg = await receive_message(self.sock)
+                except ProtocolError as exc:
+                    # Framing is lost only if the header itself was bad; say so and hang up.
+                    log.error("vhost-user: bad message from the front-end: %s", exc)
+                    return
+                log.debug("vhost-user <- %s", _describe(msg))
+                for effect in self.state.handle(msg):
+                    await self.apply(effect)
+        except (ConnectionClosed, ConnectionResetError):
+            log.info("vhost-user: front-end disconnected")
+        finally:
+            self.close()
+
+    async def apply(self, effect: Effect) -> None:
+        match effect:
+            case Reply(request, payload):
+                await self._send(encode_message(request, payload))
+            case MapRegion(region, fd):
+                self.memory = self.memory.with_region(map_region(region, fd))
+            case UnmapRegion(region):
+                self.memory = self.memory.without_region(region.guest_phys_addr)
+            case UnmapAllRegions():
+                self.memory = GuestMemory()
+            case StartQueue(index):
+                self.start_queue(index)
+            case StopQueue(index, reply):
+                next_avail = self.stop_queue(index)
+                if reply:
+                    await self._send(
+                        encode_message(
+                            FrontendRequest.GET_VRING_BASE, VRING_STATE.pack(index, next_avail)
+                        )
+                    )
+            case SetCallFd(index, fd):
+                self.call_fds[index] = fd
+                if index in self.runners:
+                    self.runners[index].call_fd = fd
+            case CloseFd(fd):
+                trio.lowlevel.notify_closing(fd)
+                os.close(fd)
+
+    async def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[await self.sock.send(view) :]
+
+    def start_queue(self, index: int) -> None:
+        config = self.state.queue_config(index)
+        assert config.kick_fd is not None
+        try:
+            queue = SplitQueue(
+                self.memory,
+                size=config.size,
+                desc_gpa=config.desc_gpa,
+                avail_gpa=config.avail_gpa,
+                used_gpa=config.used_gpa,
+                next_avail=config.next_avail,
+                event_idx=config.event_idx,
+            )
+        except GuestMemoryError as exc:
+            log.error("queue %d: rings are not in guest memory: %s", index, exc)
+            return
+        runner = QueueRunner(
+            index, queue, config.kick_fd, self.call_fds.get(index), self.handlers[index]
+        )
+        self.runners[index] = runner
+        self.nursery.start_soon(runner.run, name=f"fsd-queue-{index}")
+        log.debug("queue %d started: %s", index, config)
+
+    def stop_queue(self, index: int) -> int:
+        runner = self.runners.pop(index, None)
+        if runner is None:
+            return self.state.vrings[index].base
+        runner.cancel_scope.cancel()
+        next_avail = runner.queue.next_avail
+        self.state.queue_stopped(index, next_avail)
+        log.debug("queue %d stopped at %d after %d chains", index, next_avail, runner.chains)
+        return next_avail
+
+    def close(self) -> None:
+        for index in list(self.runners):
+            self.stop_queue(index)
+        for fd in self.state.open_fds():
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+        self.memory = GuestMemory()
+
+
+def _describe(msg: Message) -> str:
+    try:
+        name = FrontendRequest(msg.request).name
+    except ValueError:
+        name = str(msg.request)
+    return f"{name} flags={msg.flags:#x} size={len(msg.payload)} fds={len(msg.fds)}"
+
+
+async def serve_vhost_user_connection(
+    sock: trio.socket.SocketType, device: DeviceSpec, handlers: list[ChainHandler]
+) -> None:
+    """Serve one front-end until it disconnects; queue tasks live in a child nursery."""
+    async with trio.open_nursery() as nursery:
+        conn = VhostUserConnection(sock, device, handlers, nursery)
+        await conn.run()
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,186 @@
+"""The device side of a split virtqueue, over guest memory. Pure computation on memoryviews.
+
+``pop()`` takes the next available descriptor chain and returns its readable and writable
+buffers as views of guest memory; ``push()`` returns a chain to the driver with the number of
+bytes written. Every address is checked by :class:`~fsd.virtio.memory.GuestMemory`; a chain
+that breaks the rules raises :class:`InvalidChain` after it has been consumed, so the caller
+can hand it back empty and go on. Layout and EVENT_IDX rules: virtio 1.1 §2.6.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Final
+
+from fsd.virtio.memory import GuestMemory, GuestMemoryError
+
+__all__ = ["InvalidChain", "QueueBroken", "SplitQueue"]
+
+DESC: Final = struct.Struct("<QIHH")
+USED_ELEM: Final = struct.Struct("<II")
+DESC_F_NEXT: Final = 1
+DESC_F_WRITE: Final = 2
+DESC_F_INDIRECT: Final = 4
+AVAIL_F_NO_INTERRUPT: Final = 1
+
+_fence_lock = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier: a locked instruction in glibc's mutex (Python has no other).
+
+    Both EVENT_IDX checks publish a store and then load what the driver wrote; x86 may reorder
+    exactly that store→load pair."""
+    _fence_lock.acquire()
+    _fence_lock.release()
+
+
+class InvalidChain(ValueError):
+    """A descriptor chain that breaks the virtqueue rules (it has been consumed)."""
+
+    def __init__(self, head: int, reason: str) -> None:
+        super().__init__(f"descriptor chain {head}: {reason}")
+        self.head = head
+
+
+class QueueBroken(ValueError):
+    """The driver's ring indices are inconsistent; the queue cannot go on."""
+
+
+class SplitQueue:
+    """One split virtqueue as the device sees it."""
+
+    __slots__ = (
+        "_avail_ring",
+        "_desc",
+        "_memory",
+        "_signalled_used",
+        "_used",
+        "_used_idx_view",
+        "event_idx",
+        "next_avail",
+        "next_used",
+        "size",
+    )
+
+    def __init__(
+        self,
+        memory: GuestMemory,
+        *,
+        size: int,
+        desc_gpa: int,
+        avail_gpa: int,
+        used_gpa: int,
+        next_avail: int = 0,
+        event_idx: bool = False,
+    ) -> None:
+        self._memory = memory
+        self.size: Final = size
+        self.event_idx: Final = event_idx
+        self._desc = memory.view(desc_gpa, 16 * size)
+        # avail: flags, idx, ring[size], used_event  (all u16)
+        self._avail_ring = memory.view(avail_gpa, 6 + 2 * size).cast("H")
+        # used: flags, idx (u16), ring[size] of (u32 id, u32 len), avail_event (u16)
+        self._used = memory.view(used_gpa, 6 + 8 * size)
+        self._used_idx_view = self._used[:4].cast("H")
+        self.next_avail = next_avail & 0xFFFF
+        self.next_used: int = self._used_idx_view[1]
+        self._signalled_used = self.next_used
+
+    # -- driver → device ----------------------------------------------------------------
+
+    def has_available(self) -> bool:
+        return bool(self._avail_ring[1] != self.next_avail)
+
+    def pop(self) -> tuple[int, list[memoryview], list[memoryview]] | None:
+        """Take the next available chain: (head, readable views, writable views), or None."""
+        avail_idx = self._avail_ring[1]
+        next_avail = self.next_avail
+        if avail_idx == next_avail:
+            return None
+        if (avail_idx - next_avail) & 0xFFFF > self.size:
+            raise QueueBroken(
+                f"avail index {avail_idx} is more than {self.size} ahead of {next_avail}"
+            )
+        head: int = self._avail_ring[2 + next_avail % self.size]
+        self.next_avail = (next_avail + 1) & 0xFFFF
+        readable, writable = self._walk(head)
+        return head, readable, writable
+
+    def _walk(self, head: int) -> tuple[list[memoryview], list[memoryview]]:
+        if head >= self.size:
+            raise InvalidChain(head, f"head index out of range (queue size {self.size})")
+        readable: list[memoryview] = []
+        writable: list[memoryview] = []
+        table = self._desc
+        limit = self.size
+        indirect = False
+        index = head
+        seen = 0
+        memory = self._memory
+        try:
+            while True:
+                addr, length, flags, nxt = DESC.unpack_from(table, 16 * index)
+                if flags & DESC_F_INDIRECT:
+                    if indirect:
+                        raise InvalidChain(head, "nested indirect table")
+                    if flags & DESC_F_NEXT:
+                        raise InvalidChain(head, "indirect descriptor with NEXT set")
+                    if length == 0 or length % 16:
+                        raise InvalidChain(head, f"indirect table of {length} bytes")
+                    table = memory.view(addr, length)
+                    limit = length // 16
+                    indirect = True
+                    index = seen = 0
+                    continue
+                seen += 1
+                if seen > limit:
+                    raise InvalidChain(head, "descriptor loop")
+                if length:
+                    views = memory.views(addr, length)
+                    if flags & DESC_F_WRITE:
+                        writable += views
+                    elif writable:
+                        raise InvalidChain(head, "readable descriptor after a writable one")
+                    else:
+                        readable += views
+                if not flags & DESC_F_NEXT:
+                    return readable, writable
+                index = nxt
+                if index >= limit:
+                    raise InvalidChain(head, f"next index {index} out of range")
+        except GuestMemoryError as exc:
+            raise InvalidChain(head, str(exc)) from None
+
+    # -- device → driver ----------------------------------------------------------------
+
+    def push(self, head: int, written: int) -> None:
+        """Return chain ``head`` to the driver with ``written`` bytes of reply."""
+        used_idx = self.next_used
+        USED_ELEM.pack_into(self._used, 4 + 8 * (used_idx % self.size), head, written)
+        used_idx = (used_idx + 1) & 0xFFFF
+        self.next_used = used_idx
+        # x86 keeps stores in order: the element is visible before the index that publishes it.
+        self._used_idx_view[1] = used_idx
+
+    def enable_kicks(self) -> bool:
+        """Ask for a kick when the driver adds past what we consumed; True if chains are
+        already waiting (the caller must drain again, or that kick is lost)."""
+        if self.event_idx:
+            struct.pack_into("<H", self._used, 4 + 8 * self.size, self.next_avail)
+            fence()
+        return self.has_available()
+
+    def needs_interrupt(self) -> bool:
+        """Whether the driver wants an interrupt for the chains pushed since the last check."""
+        new = self.next_used
+        old = self._signalled_used
+        self._signalled_used = new
+        if new == old:
+            return False
+        if self.event_idx:
+            fence()
+            used_event = self._avail_ring[2 + self.size]
+            return ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        return not self._avail_ring[0] & AVAIL_F_NO_INTERRUPT

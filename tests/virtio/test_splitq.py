@@ -1,0 +1,159 @@
+"""The device-side split queue against the test driver, over bytearray guest memory."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fsd.testing.driver import F_INDIRECT, F_NEXT, F_WRITE, DriverQueue, GuestAllocator
+from fsd.virtio.memory import GuestMemory, GuestMemoryError, GuestRegion
+from fsd.virtio.splitq import InvalidChain, QueueBroken, SplitQueue
+
+MEM = 4 << 20
+
+
+def make(size: int = 8, event_idx: bool = True) -> tuple[DriverQueue, SplitQueue, memoryview]:
+    mem = memoryview(bytearray(MEM))
+    driver = DriverQueue(mem, GuestAllocator(0, 1 << 20), GuestAllocator(1 << 20, MEM), size)
+    device = SplitQueue(
+        GuestMemory([GuestRegion(0, mem)]),
+        size=size,
+        desc_gpa=driver.desc_gpa,
+        avail_gpa=driver.avail_gpa,
+        used_gpa=driver.used_gpa,
+        event_idx=event_idx,
+    )
+    return driver, device, mem
+
+
+@pytest.mark.parametrize("indirect", [False, True])
+def test_request_and_reply_round_trip(indirect: bool) -> None:
+    driver, device, _ = make()
+    head = driver.add_request([b"hello ", b"world"], [3, 5], indirect=indirect)
+    chain = device.pop()
+    assert chain is not None
+    got_head, readable, writable = chain
+    assert got_head == head
+    assert b"".join(bytes(v) for v in readable) == b"hello world"
+    assert [len(v) for v in writable] == [3, 5]
+    writable[0][:] = b"abc"
+    writable[1][:2] = b"de"
+    device.push(head, 5)
+    assert device.pop() is None
+    assert driver.take_used() == [(head, 5)]
+    assert driver.written(head, 5) == b"abcde"
+
+
+def test_memory_spanning_two_regions_is_split() -> None:
+    a, b = memoryview(bytearray(4096)), memoryview(bytearray(4096))
+    memory = GuestMemory([GuestRegion(0x1000, a), GuestRegion(0x2000, b)])
+    views = memory.views(0x1FF0, 32)
+    assert [len(v) for v in views] == [16, 16]
+    with pytest.raises(GuestMemoryError):
+        memory.view(0x1FF0, 32)  # rings must lie inside one region
+    with pytest.raises(GuestMemoryError):
+        memory.views(0x2FF0, 32)  # runs past the end of guest memory
+    with pytest.raises(GuestMemoryError):
+        memory.views(0x0, 1)
+
+
+def write_desc(mem: memoryview, table: int, i: int, addr: int, length: int, flags: int, nxt: int) -> None:
+    struct.pack_into("<QIHH", mem, table + 16 * i, addr, length, flags, nxt)
+
+
+def publish(driver: DriverQueue, mem: memoryview, head: int) -> None:
+    struct.pack_into("<H", mem, driver.avail_gpa + 4 + 2 * (driver.avail_idx % driver.size), head)
+    driver.avail_idx += 1
+    struct.pack_into("<H", mem, driver.avail_gpa + 2, driver.avail_idx)
+
+
+@pytest.mark.parametrize(
+    "descriptors",
+    [
+        [(0x200000, 16, F_NEXT, 0)],  # loops to itself
+        [(MEM - 8, 16, 0, 0)],  # buffer past the end of memory
+        [(0x200000, 16, F_WRITE | F_NEXT, 1), (0x200100, 16, 0, 0)],  # readable after writable
+        [(0x200000, 16, F_NEXT, 9)],  # next out of range
+        [(0x200000, 24, F_INDIRECT, 0)],  # indirect table not a multiple of 16
+        [(0x200000, 32, F_INDIRECT | F_NEXT, 1)],  # indirect with NEXT
+        [(MEM + 4096, 32, F_INDIRECT, 0)],  # indirect table outside memory
+    ],
+)
+def test_bad_chains_are_consumed_and_reported(descriptors: list[tuple[int, int, int, int]]) -> None:
+    driver, device, mem = make()
+    for i, (addr, length, flags, nxt) in enumerate(descriptors):
+        write_desc(mem, driver.desc_gpa, i, addr, length, flags, nxt)
+    publish(driver, mem, 0)
+    with pytest.raises(InvalidChain) as info:
+        device.pop()
+    assert info.value.head == 0
+    assert device.pop() is None, "the bad chain was consumed"
+
+
+def test_nested_indirect_tables_are_refused() -> None:
+    driver, device, mem = make()
+    write_desc(mem, 0x200000, 0, 0x300000, 16, F_INDIRECT, 0)
+    write_desc(mem, driver.desc_gpa, 0, 0x200000, 16, F_INDIRECT, 0)
+    publish(driver, mem, 0)
+    with pytest.raises(InvalidChain, match="nested"):
+        device.pop()
+
+
+def test_driver_running_ahead_breaks_the_queue() -> None:
+    driver, device, mem = make()
+    struct.pack_into("<H", mem, driver.avail_gpa + 2, 100)
+    with pytest.raises(QueueBroken):
+        device.pop()
+
+
+def test_event_idx_suppresses_and_requests_interrupts() -> None:
+    driver, device, _ = make()
+    for _ in range(3):
+        driver.add_request(b"x", 1)
+    driver.set_used_event(1)  # the driver wants an interrupt once used passes index 1
+    while (chain := device.pop()) is not None:
+        device.push(chain[0], 0)
+    assert device.needs_interrupt()
+    assert not device.needs_interrupt(), "nothing new since the last check"
+    driver.take_used()
+    driver.set_used_event(10)
+    driver.add_request(b"y", 1)
+    chain = device.pop()
+    assert chain is not None
+    device.push(chain[0], 0)
+    assert not device.needs_interrupt()
+    assert not device.enable_kicks()
+    assert driver.avail_event == device.next_avail == 4
+
+
+def test_without_event_idx_no_interrupt_flag_is_honoured() -> None:
+    driver, device, mem = make(event_idx=False)
+    driver.add_request(b"x", 1)
+    chain = device.pop()
+    assert chain is not None
+    device.push(chain[0], 1)
+    assert device.needs_interrupt()
+    struct.pack_into("<H", mem, driver.avail_gpa, 1)  # VRING_AVAIL_F_NO_INTERRUPT
+    driver.add_request(b"x", 1)
+    chain = device.pop()
+    assert chain is not None
+    device.push(chain[0], 1)
+    assert not device.needs_interrupt()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=16 * 8, max_size=16 * 8), st.integers(0, 7))
+def test_random_descriptor_tables_never_escape(table: bytes, head: int) -> None:
+    driver, device, mem = make()
+    mem[driver.desc_gpa : driver.desc_gpa + len(table)] = table
+    publish(driver, mem, head)
+    try:
+        chain = device.pop()
+    except InvalidChain:
+        return
+    assert chain is not None
+    for view in chain[1] + chain[2]:
+        assert view.obj is mem.obj
