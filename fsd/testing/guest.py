@@ -40,6 +40,7 @@ __all__ = [
     "StepHandler",
     "Testbed",
     "build_testbed",
+    "fsd_env",
     "fsd_serve_command",
     "newc_archive",
     "qemu_command",
@@ -531,6 +532,16 @@ def fsd_serve_command(
         str(shared_dir),
         *extra,
     ]
+
+
+def fsd_env() -> dict[str, str]:
+    """Environment for ``python -m fsd`` children: this checkout first on PYTHONPATH.
+
+    ``-m fsd`` finds the package through the child's cwd or an install; neither is certain
+    when a test or the demo runs from elsewhere, so the checkout is named explicitly.
+    """
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)}
 
 
 def virtiofsd_command(

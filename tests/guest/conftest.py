@@ -23,6 +23,7 @@ from fsd.testing.guest import (
     GuestRunner,
     Testbed,
     build_testbed,
+    fsd_env,
     fsd_serve_command,
     run_guest,
     running_backend,
@@ -70,7 +71,8 @@ async def backend(
     """A backend serving ``shared_dir``, listening before the test starts QEMU."""
     socket_path = socket_dir / "fs.sock"
     argv = backend_command(socket_path, shared_dir)
-    async with running_backend(argv, socket_path, log_path=tmp_path / "backend.log") as running:
+    log_path = tmp_path / "backend.log"
+    async with running_backend(argv, socket_path, log_path=log_path, env=fsd_env()) as running:
         yield running
 
 
