@@ -1,0 +1,67 @@
+"""Open file and directory handles: the ``fh`` numbers FUSE hands back on OPEN/OPENDIR."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+__all__ = ["DirEntry", "Handle", "HandleTable"]
+
+DirEntry = tuple[bytes, int, int]
+"""One listed directory entry: name, host inode number, dirent type (``DT_*``)."""
+
+
+class Handle:
+    """A real (non-O_PATH) fd opened for the guest, plus a directory's listing snapshot.
+
+    The listing is taken at the first READDIR from offset 0 and kept, so the offset the
+    guest sends back is an index into it: a large directory lists completely and exactly once
+    across many READDIR calls even while it changes.
+    """
+
+    __slots__ = ("entries", "fd", "nodeid")
+
+    def __init__(self, fd: int, nodeid: int) -> None:
+        self.fd = fd
+        self.nodeid = nodeid
+        self.entries: list[DirEntry] | None = None
+
+
+class HandleTable:
+    """fh → :class:`Handle`; numbers are never reused within a session."""
+
+    __slots__ = ("_handles", "_next_fh")
+
+    def __init__(self) -> None:
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def add(self, fd: int, nodeid: int) -> int:
+        """Own ``fd`` and return its new fh."""
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = Handle(fd, nodeid)
+        return fh
+
+    def get(self, fh: int) -> Handle:
+        """The handle for ``fh``; EBADF if the guest never opened it or released it."""
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise OSError(errno.EBADF, f"unknown file handle {fh}")
+        return handle
+
+    def close(self, fh: int) -> None:
+        """Release ``fh`` and close its fd; EBADF if unknown."""
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            raise OSError(errno.EBADF, f"unknown file handle {fh}")
+        os.close(handle.fd)
+
+    def clear(self) -> None:
+        """Close every handle (DESTROY)."""
+        handles, self._handles = self._handles, {}
+        for handle in handles.values():
+            os.close(handle.fd)

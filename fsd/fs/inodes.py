@@ -1,0 +1,122 @@
+"""The inode table: which host file each FUSE nodeid names, and how often the guest looked it up.
+
+Each entry holds an ``O_PATH`` fd, which pins the host inode (so ``(st_dev, st_ino)`` cannot be
+reused while the guest knows it) and lets every later operation work relative to the file
+itself, never by a path that a rename on the host could redirect. The path relative to the
+share root is kept too (updated on rename) for the allowlist and plugin hooks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+from fsd.fuse.abi import ROOT_ID
+
+__all__ = ["Inode", "InodeTable"]
+
+
+class Inode:
+    """One host inode the guest knows: its O_PATH fd, file type and lookup count."""
+
+    __slots__ = ("fd", "key", "kind", "nodeid", "path", "refcount")
+
+    def __init__(self, nodeid: int, fd: int, st: os.stat_result, path: bytes) -> None:
+        self.nodeid = nodeid
+        self.fd = fd
+        self.key = (st.st_dev, st.st_ino)
+        #: ``S_IFMT`` bits; a host inode never changes type.
+        self.kind = stat.S_IFMT(st.st_mode)
+        self.path = path
+        self.refcount = 1
+
+    @property
+    def proc_path(self) -> str:
+        """``/proc/self/fd/N``: reopens or changes the inode itself; never follows a symlink."""
+        return f"/proc/self/fd/{self.fd}"
+
+    def child_path(self, name: bytes) -> bytes:
+        """The share-relative path of ``name`` inside this directory."""
+        return self.path + b"/" + name if self.path else name
+
+
+class InodeTable:
+    """nodeid ↔ host inode map with lookup counts; the root (nodeid 1) is never forgotten."""
+
+    __slots__ = ("_by_key", "_by_nodeid", "_next_nodeid", "root")
+
+    def __init__(self, root_fd: int) -> None:
+        st = os.fstat(root_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "shared root is not a directory")
+        self.root = Inode(ROOT_ID, root_fd, st, b"")
+        self._by_nodeid: dict[int, Inode] = {ROOT_ID: self.root}
+        self._by_key: dict[tuple[int, int], Inode] = {self.root.key: self.root}
+        self._next_nodeid = ROOT_ID + 1
+
+    def __len__(self) -> int:
+        return len(self._by_nodeid)
+
+    def __iter__(self) -> Iterator[Inode]:
+        return iter(list(self._by_nodeid.values()))
+
+    def get(self, nodeid: int) -> Inode:
+        """The inode for a nodeid the guest holds; EBADF for one it does not."""
+        inode = self._by_nodeid.get(nodeid)
+        if inode is None:
+            raise OSError(errno.EBADF, f"unknown nodeid {nodeid}")
+        return inode
+
+    def adopt(self, fd: int, st: os.stat_result, path: bytes) -> Inode:
+        """Count one more lookup of the host inode behind ``fd``, which the table now owns.
+
+        If the inode is already known, ``fd`` is closed and the existing entry's count goes up,
+        so one host inode always has one nodeid.
+        """
+        inode = self._by_key.get((st.st_dev, st.st_ino))
+        if inode is not None:
+            os.close(fd)
+            inode.refcount += 1
+            if inode is not self.root:
+                inode.path = path
+            return inode
+        inode = Inode(self._next_nodeid, fd, st, path)
+        self._next_nodeid += 1
+        self._by_nodeid[inode.nodeid] = inode
+        self._by_key[inode.key] = inode
+        return inode
+
+    def forget(self, nodeid: int, nlookup: int) -> None:
+        """Drop ``nlookup`` lookups; at zero the nodeid dies and its O_PATH fd is closed."""
+        inode = self._by_nodeid.get(nodeid)
+        if inode is None or inode is self.root:
+            return
+        inode.refcount -= nlookup
+        if inode.refcount <= 0:
+            del self._by_nodeid[nodeid]
+            del self._by_key[inode.key]
+            os.close(inode.fd)
+
+    def moved(self, key: tuple[int, int], new_path: bytes) -> None:
+        """Record a rename: the inode ``key`` (and, for a directory, all below it) moved."""
+        inode = self._by_key.get(key)
+        if inode is None or inode is self.root:
+            return
+        old = inode.path
+        inode.path = new_path
+        if inode.kind == stat.S_IFDIR:
+            prefix = old + b"/"
+            for other in self._by_nodeid.values():
+                if other.path.startswith(prefix):
+                    other.path = new_path + other.path[len(old) :]
+
+    def clear(self) -> None:
+        """Forget every inode but the root (DESTROY: the guest dropped all it knew)."""
+        for inode in self._by_nodeid.values():
+            if inode is not self.root:
+                os.close(inode.fd)
+        self._by_nodeid = {ROOT_ID: self.root}
+        self._by_key = {self.root.key: self.root}
+        self.root.refcount = 1

@@ -1,0 +1,484 @@
+"""The passthrough filesystem: FUSE operations carried out on a host directory.
+
+Every path operation is relative to the parent's O_PATH fd with one validated name component
+and never follows a symlink on the host, so the guest cannot walk out of the share (a symlink
+in the share is returned as a symlink; the guest's kernel resolves it in the guest). Files are
+opened for I/O by reopening the inode's O_PATH fd through ``/proc/self/fd/N``, and only regular
+files and directories are ever opened (CVE-2020-35517: a host device node or fifo in the share
+must not be opened by the daemon).
+
+Methods are named after FUSE ops, run inline (cheap syscalls) and raise ``OSError``; the FUSE
+server turns that into the errno reply.
+
+The daemon process runs with ``os.umask(0)``: the guest has already applied its umask to
+every mode it sends (DONT_MASK is not granted), so a host umask would mask modes twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from fsd.fs import linux
+from fsd.fs.handles import DirEntry, Handle, HandleTable
+from fsd.fs.inodes import Inode, InodeTable
+from fsd.fs.options import FsOptions
+from fsd.fuse.abi import (
+    DT_DIR,
+    DT_LNK,
+    DT_REG,
+    DT_UNKNOWN,
+    FATTR_ATIME,
+    FATTR_ATIME_NOW,
+    FATTR_FH,
+    FATTR_GID,
+    FATTR_MODE,
+    FATTR_MTIME,
+    FATTR_MTIME_NOW,
+    FATTR_SIZE,
+    FATTR_UID,
+    FOPEN_CACHE_DIR,
+    FOPEN_DIRECT_IO,
+    FOPEN_KEEP_CACHE,
+    RENAME_EXCHANGE,
+)
+
+__all__ = ["PassthroughFs"]
+
+_O_PATH_FLAGS: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Open flags the guest may pass through to the host; everything else (O_DIRECT, O_CREAT,
+#: O_EXCL, O_NOCTTY, O_PATH, O_TMPFILE, O_NOFOLLOW...) is dropped.
+_PASS_FLAGS: Final = (
+    os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_NONBLOCK | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
+)
+_CREATE_PASS_FLAGS: Final = _PASS_FLAGS | os.O_EXCL
+_DEVICE_KINDS: Final = (stat.S_IFCHR, stat.S_IFBLK)
+_MKNOD_KINDS: Final = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG)
+
+Entry = tuple[Inode, os.stat_result]
+"""A looked-up inode (lookup count already raised) and its attributes."""
+
+
+class PassthroughFs:
+    """A host directory served to one FUSE client."""
+
+    __slots__ = (
+        "_euid_egid",
+        "_root_dirfd",
+        "dir_open_flags",
+        "file_open_flags",
+        "handles",
+        "inodes",
+        "options",
+    )
+
+    def __init__(self, root: str | os.PathLike[str], options: FsOptions | None = None) -> None:
+        self.options = options if options is not None else FsOptions()
+        fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.inodes = InodeTable(fd)
+            # A real directory fd: syncfs(2) refuses O_PATH fds.
+            self._root_dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.handles = HandleTable()
+        self._euid_egid = (os.geteuid(), os.getegid())
+        cache = self.options.cache
+        self.file_open_flags = {"never": FOPEN_DIRECT_IO, "always": FOPEN_KEEP_CACHE}.get(cache, 0)
+        self.dir_open_flags = FOPEN_CACHE_DIR if cache == "always" else 0
+
+    def close(self) -> None:
+        """Close every fd the filesystem holds (the root included)."""
+        self.destroy()
+        os.close(self._root_dirfd)
+        os.close(self.inodes.root.fd)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _adopt(self, parent: Inode, name: bytes, fd: int) -> Entry:
+        """Stat a freshly opened O_PATH fd and enter it into the inode table."""
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self.inodes.adopt(fd, st, parent.child_path(name)), st
+
+    def _lookup_child(self, parent: Inode, name: bytes) -> Entry:
+        fd = os.open(name, _O_PATH_FLAGS, dir_fd=parent.fd)
+        return self._adopt(parent, name, fd)
+
+    def _own(self, parent: Inode, name: bytes, uid: int, gid: int) -> None:
+        """Give a new node the caller's ownership (the daemon creates everything as itself)."""
+        if self._euid_egid == (uid, gid) or self._euid_egid[0] != 0:
+            return
+        if os.fstat(parent.fd).st_mode & stat.S_ISGID:
+            gid = -1  # a setgid directory decides the group
+        os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+
+    def _openable(self, inode: Inode, kind: int) -> None:
+        if inode.kind != kind:
+            if inode.kind == stat.S_IFDIR:
+                raise OSError(errno.EISDIR, "is a directory")
+            if kind == stat.S_IFDIR:
+                raise OSError(errno.ENOTDIR, "not a directory")
+            if inode.kind == stat.S_IFLNK:
+                raise OSError(errno.ELOOP, "is a symlink")
+            raise OSError(errno.EACCES, "refusing to open a special file on the host")
+
+    def _open_flags(self, flags: int) -> int:
+        flags &= _PASS_FLAGS
+        if self.options.writeback:
+            # The guest page cache may read back what it writes and does its own appends.
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+            flags &= ~os.O_APPEND
+        return flags | os.O_CLOEXEC
+
+    # --- inodes ----------------------------------------------------------------------------
+
+    def lookup(self, parent: int, name: bytes) -> Entry:
+        """Find ``name`` in ``parent`` (``.``/``..`` resolved inside the share) and count it."""
+        pinode = self.inodes.get(parent)
+        if name == b".":
+            name_path = pinode.path
+        elif name == b"..":
+            name_path = pinode.path.rpartition(b"/")[0]
+        else:
+            return self._lookup_child(pinode, name)
+        return self._walk(name_path)
+
+    def _walk(self, path: bytes) -> Entry:
+        """Resolve a share-relative path component by component, never following symlinks."""
+        root = self.inodes.root
+        fd = os.dup(root.fd)
+        parts = [p for p in path.split(b"/") if p]
+        try:
+            for part in parts:
+                nfd = os.open(part, _O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self.inodes.adopt(fd, st, path), st
+
+    def forget(self, nodeid: int, nlookup: int) -> None:
+        """The guest dropped ``nlookup`` references to ``nodeid``."""
+        self.inodes.forget(nodeid, nlookup)
+
+    def getattr(self, nodeid: int) -> os.stat_result:
+        """Attributes of the inode itself (a symlink's own, never its target's)."""
+        return os.fstat(self.inodes.get(nodeid).fd)
+
+    def setattr(
+        self,
+        nodeid: int,
+        valid: int,
+        fh: int,
+        size: int,
+        atime_ns: int,
+        mtime_ns: int,
+        mode: int,
+        uid: int,
+        gid: int,
+    ) -> os.stat_result:
+        """Change what ``valid`` selects, through the open file if the guest named one."""
+        inode = self.inodes.get(nodeid)
+        target: int | str = inode.proc_path
+        if valid & FATTR_FH:
+            target = self.handles.get(fh).fd
+        if valid & FATTR_MODE:
+            os.chmod(target, stat.S_IMODE(mode))
+        if valid & (FATTR_UID | FATTR_GID):
+            os.chown(target, uid if valid & FATTR_UID else -1, gid if valid & FATTR_GID else -1)
+        if valid & FATTR_SIZE:
+            if inode.kind != stat.S_IFREG:
+                raise OSError(errno.EINVAL if inode.kind != stat.S_IFDIR else errno.EISDIR, "")
+            os.truncate(target, size)
+        if valid & (FATTR_ATIME | FATTR_MTIME):
+            old = os.fstat(inode.fd)
+            now = None
+            if valid & (FATTR_ATIME_NOW | FATTR_MTIME_NOW):
+                now = time.time_ns()
+            if valid & FATTR_ATIME:
+                atime = now if valid & FATTR_ATIME_NOW and now is not None else atime_ns
+            else:
+                atime = old.st_atime_ns
+            if valid & FATTR_MTIME:
+                mtime = now if valid & FATTR_MTIME_NOW and now is not None else mtime_ns
+            else:
+                mtime = old.st_mtime_ns
+            os.utime(target, ns=(atime, mtime))
+        return os.fstat(inode.fd)
+
+    def readlink(self, nodeid: int) -> bytes:
+        """The symlink's target, verbatim (the guest resolves it, not the host)."""
+        return os.readlink(b"", dir_fd=self.inodes.get(nodeid).fd)
+
+    def access(self, nodeid: int, mask: int, uid: int, gid: int) -> None:
+        """Check ``mask`` (R_OK/W_OK/X_OK) for the caller against the mode bits."""
+        st = os.fstat(self.inodes.get(nodeid).fd)
+        mask &= 7
+        if not mask:
+            return
+        mode = st.st_mode
+        if uid == 0:
+            if mask & os.X_OK and not stat.S_ISDIR(mode) and not mode & 0o111:
+                raise OSError(errno.EACCES, "no execute bit")
+            return
+        if st.st_uid == uid:
+            bits = (mode >> 6) & 7
+        elif st.st_gid == gid:
+            bits = (mode >> 3) & 7
+        else:
+            bits = mode & 7
+        if mask & ~bits:
+            raise OSError(errno.EACCES, "permission denied")
+
+    def statfs(self, nodeid: int) -> os.statvfs_result:
+        """Host filesystem statistics for the filesystem holding ``nodeid``."""
+        return os.fstatvfs(self.inodes.get(nodeid).fd)
+
+    # --- creating and removing names -------------------------------------------------------
+
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Entry:
+        """Create a directory owned by the caller."""
+        pinode = self.inodes.get(parent)
+        os.mkdir(name, stat.S_IMODE(mode), dir_fd=pinode.fd)
+        self._own(pinode, name, uid, gid)
+        return self._lookup_child(pinode, name)
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Entry:
+        """Create a fifo, socket or empty file; device nodes are refused (EPERM)."""
+        if stat.S_IFMT(mode) not in _MKNOD_KINDS:
+            raise OSError(errno.EPERM, "device nodes cannot be created in the share")
+        pinode = self.inodes.get(parent)
+        os.mknod(name, mode, 0, dir_fd=pinode.fd)
+        self._own(pinode, name, uid, gid)
+        return self._lookup_child(pinode, name)
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Entry:
+        """Create a symlink; its target is stored verbatim and never followed on the host."""
+        pinode = self.inodes.get(parent)
+        os.symlink(target, name, dir_fd=pinode.fd)
+        self._own(pinode, name, uid, gid)
+        return self._lookup_child(pinode, name)
+
+    def link(self, nodeid: int, newparent: int, newname: bytes) -> Entry:
+        """A new hard link to ``nodeid`` (not to whatever a symlink points at)."""
+        inode = self.inodes.get(nodeid)
+        pinode = self.inodes.get(newparent)
+        os.link(inode.proc_path, newname, dst_dir_fd=pinode.fd, follow_symlinks=True)
+        return self._lookup_child(pinode, newname)
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        """Remove a non-directory name."""
+        os.unlink(name, dir_fd=self.inodes.get(parent).fd)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        """Remove an empty directory."""
+        os.rmdir(name, dir_fd=self.inodes.get(parent).fd)
+
+    def rename(self, parent: int, name: bytes, newparent: int, newname: bytes, flags: int) -> None:
+        """Rename (RENAME2 ``flags`` as renameat2) and keep the inode table's paths current."""
+        pold = self.inodes.get(parent)
+        pnew = self.inodes.get(newparent)
+        st = os.stat(name, dir_fd=pold.fd, follow_symlinks=False)
+        other = None
+        if flags & RENAME_EXCHANGE:
+            other = os.stat(newname, dir_fd=pnew.fd, follow_symlinks=False)
+        if flags:
+            linux.renameat2(pold.fd, name, pnew.fd, newname, flags)
+        else:
+            os.rename(name, newname, src_dir_fd=pold.fd, dst_dir_fd=pnew.fd)
+        old_path, new_path = pold.child_path(name), pnew.child_path(newname)
+        if other is not None:
+            # Move the other side out of the way first so prefixes do not collide.
+            self.inodes.moved((other.st_dev, other.st_ino), b"\0exchange")
+        self.inodes.moved((st.st_dev, st.st_ino), new_path)
+        if other is not None:
+            self.inodes.moved((other.st_dev, other.st_ino), old_path)
+
+    # --- files -----------------------------------------------------------------------------
+
+    def open(self, nodeid: int, flags: int) -> tuple[int, int]:
+        """Open a regular file for I/O; returns ``(fh, FOPEN_* flags)``."""
+        inode = self.inodes.get(nodeid)
+        self._openable(inode, stat.S_IFREG)
+        fd = os.open(inode.proc_path, self._open_flags(flags))
+        return self.handles.add(fd, nodeid), self.file_open_flags
+
+    def create(
+        self, parent: int, name: bytes, flags: int, mode: int, uid: int, gid: int
+    ) -> tuple[Inode, os.stat_result, int, int]:
+        """Create and open a regular file: ``(inode, attrs, fh, FOPEN_* flags)``.
+
+        The exclusive create never follows a symlink planted at ``name``; if the name exists
+        and the guest did not ask for O_EXCL, the existing file is opened like OPEN would
+        (regular files only), so a host fifo at that name cannot block the daemon.
+        """
+        pinode = self.inodes.get(parent)
+        oflags = self._open_flags(flags & _CREATE_PASS_FLAGS)
+        try:
+            fd = os.open(
+                name,
+                oflags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                stat.S_IMODE(mode),
+                dir_fd=pinode.fd,
+            )
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            inode, st = self._lookup_child(pinode, name)
+            try:
+                fh, fopen = self.open(inode.nodeid, flags)
+            except BaseException:
+                self.inodes.forget(inode.nodeid, 1)
+                raise
+            return inode, st, fh, fopen
+        try:
+            self._own(pinode, name, uid, gid)
+            pfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+        except BaseException:
+            os.close(fd)
+            raise
+        fh = self.handles.add(fd, 0)
+        try:
+            inode, st = self._adopt(pinode, name, pfd)
+        except BaseException:
+            self.handles.close(fh)
+            raise
+        self.handles.get(fh).nodeid = inode.nodeid
+        return inode, st, fh, self.file_open_flags
+
+    def handle(self, fh: int) -> Handle:
+        """The open handle ``fh`` (EBADF if unknown): READ/WRITE use its fd directly."""
+        return self.handles.get(fh)
+
+    def read(self, fh: int, offset: int, views: Sequence[memoryview]) -> int:
+        """Read straight into the reply's memory (guest RAM on virtio): no copy in Python."""
+        return os.preadv(self.handles.get(fh).fd, views, offset) if views else 0
+
+    def write(self, fh: int, offset: int, views: Sequence[memoryview]) -> int:
+        """Write straight from the request's memory; returns the bytes written."""
+        return os.pwritev(self.handles.get(fh).fd, views, offset) if views else 0
+
+    def flush(self, fh: int) -> None:
+        """Nothing to do: there are no locks to drop and close happens at RELEASE.
+
+        Kept free of syscalls on purpose (two FLUSHes per ``close`` of a dup'd fd).
+        """
+
+    def release(self, fh: int) -> None:
+        """The guest closed its last reference to ``fh``."""
+        self.handles.close(fh)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        """Flush file data (and metadata unless ``datasync``) to the host disk."""
+        fd = self.handles.get(fh).fd
+        if datasync:
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """Reserve or punch space (``fallocate(2)``)."""
+        fd = self.handles.get(fh).fd
+        if mode == 0:
+            os.posix_fallocate(fd, offset, length)
+        else:
+            linux.fallocate(fd, mode, offset, length)
+
+    def lseek(self, fh: int, offset: int, whence: int) -> int:
+        """SEEK_DATA/SEEK_HOLE (the kernel answers SEEK_SET/CUR/END itself)."""
+        return os.lseek(self.handles.get(fh).fd, offset, whence)
+
+    def copy_file_range(
+        self, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int
+    ) -> int:
+        """Copy between two open files on the host without moving data through the guest."""
+        src = self.handles.get(fh_in).fd
+        dst = self.handles.get(fh_out).fd
+        return os.copy_file_range(src, dst, length, off_in, off_out)
+
+    def syncfs(self, nodeid: int) -> None:
+        """A guest ``sync``: flush the host filesystem that holds the share."""
+        self.inodes.get(nodeid)
+        linux.syncfs(self._root_dirfd)
+
+    # --- directories -----------------------------------------------------------------------
+
+    def opendir(self, nodeid: int) -> tuple[int, int]:
+        """Open a directory for listing; returns ``(fh, FOPEN_* flags)``."""
+        inode = self.inodes.get(nodeid)
+        self._openable(inode, stat.S_IFDIR)
+        fd = os.open(inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self.handles.add(fd, nodeid), self.dir_open_flags
+
+    def readdir(self, fh: int, offset: int) -> list[DirEntry]:
+        """The directory's listing; entry ``i`` has cookie ``i + 1``.
+
+        Offset 0 (first call, or rewinddir) takes a fresh snapshot; later offsets index the
+        snapshot, so no entry is skipped or repeated while the guest pages through it.
+        """
+        handle = self.handles.get(fh)
+        if offset == 0 or handle.entries is None:
+            handle.entries = self._list(handle)
+        return handle.entries
+
+    def _list(self, handle: Handle) -> list[DirEntry]:
+        inode = self.inodes.get(handle.nodeid)
+        own_ino = inode.key[1]
+        if inode is self.inodes.root:
+            parent_ino = own_ino
+        else:
+            try:
+                parent_ino = os.stat(b"..", dir_fd=inode.fd, follow_symlinks=False).st_ino
+            except OSError:
+                parent_ino = own_ino
+        entries: list[DirEntry] = [(b".", own_ino, DT_DIR), (b"..", parent_ino, DT_DIR)]
+        with os.scandir(handle.fd) as it:
+            for entry in it:
+                if entry.is_symlink():
+                    dtype = DT_LNK
+                elif entry.is_dir(follow_symlinks=False):
+                    dtype = DT_DIR
+                elif entry.is_file(follow_symlinks=False):
+                    dtype = DT_REG
+                else:
+                    try:
+                        dtype = stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
+                    except OSError:
+                        dtype = DT_UNKNOWN
+                entries.append((os.fsencode(entry.name), entry.inode(), dtype))
+        return entries
+
+    def lookup_entry(self, parent: int, name: bytes) -> Entry:
+        """LOOKUP for READDIRPLUS: the same as :meth:`lookup` for a listed name."""
+        return self._lookup_child(self.inodes.get(parent), name)
+
+    def releasedir(self, fh: int) -> None:
+        """The guest closed the directory."""
+        self.handles.close(fh)
+
+    def fsyncdir(self, fh: int, datasync: bool) -> None:
+        """Flush a directory's entries to disk."""
+        self.fsync(fh, datasync)
+
+    # --- session ---------------------------------------------------------------------------
+
+    def destroy(self) -> None:
+        """Drop every handle and every inode but the root (the guest unmounted)."""
+        self.handles.clear()
+        self.inodes.clear()

@@ -1,0 +1,104 @@
+"""Pure FUSE encoding helpers: names out of request bodies, attributes into reply structs.
+
+No I/O here: the caller passes bytes in and gets values (or raises :class:`ProtocolError`) out,
+so every rule is testable with plain bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Final
+
+from fsd.fuse.errors import ProtocolError
+
+__all__ = [
+    "NAME_MAX",
+    "attr_values",
+    "check_name",
+    "parse_name",
+    "parse_symlink",
+    "parse_two_names",
+    "split_timeout",
+]
+
+#: Longest name the kernel sends (``FUSE_NAME_MAX``, 1024) ; hosts allow 255, checked there.
+NAME_MAX: Final = 1024
+_NSEC: Final = 1_000_000_000
+
+
+def check_name(name: bytes, *, allow_dots: bool = False) -> bytes:
+    """Reject names that could walk out of a directory: empty, with ``/``, or ``.``/``..``.
+
+    LOOKUP passes ``allow_dots`` because NFS-style lookups of ``.`` and ``..`` are legitimate
+    there (the server resolves them without leaving the share).
+    """
+    if not name or len(name) > NAME_MAX or b"/" in name:
+        raise ProtocolError(f"bad name {name[:64]!r}")
+    if not allow_dots and name in (b".", b".."):
+        raise ProtocolError(f"name {name!r} not allowed here")
+    return name
+
+
+def parse_name(body: bytes, *, allow_dots: bool = False) -> bytes:
+    """The NUL-terminated name that starts ``body``; anything after the NUL is ignored."""
+    end = body.find(b"\0")
+    if end < 0:
+        raise ProtocolError("name without NUL terminator")
+    return check_name(body[:end], allow_dots=allow_dots)
+
+
+def parse_two_names(body: bytes) -> tuple[bytes, bytes]:
+    """Two consecutive NUL-terminated names (RENAME's ``old\\0new\\0``), both validated."""
+    end = body.find(b"\0")
+    if end < 0:
+        raise ProtocolError("first name without NUL terminator")
+    return check_name(body[:end]), parse_name(body[end + 1 :])
+
+
+def parse_symlink(body: bytes) -> tuple[bytes, bytes]:
+    """SYMLINK's body is ``name\\0target\\0``: the name is validated, the target is opaque."""
+    end = body.find(b"\0")
+    if end < 0:
+        raise ProtocolError("symlink name without NUL terminator")
+    name = check_name(body[:end])
+    tend = body.find(b"\0", end + 1)
+    if tend < 0:
+        raise ProtocolError("symlink target without NUL terminator")
+    target = body[end + 1 : tend]
+    if not target:
+        raise ProtocolError("empty symlink target", errno.ENOENT)
+    return name, target
+
+
+def attr_values(st: os.stat_result) -> tuple[int, ...]:
+    """The 16 ``fuse_attr`` fields for a host stat result, in wire order."""
+    a_s, a_ns = divmod(st.st_atime_ns, _NSEC)
+    m_s, m_ns = divmod(st.st_mtime_ns, _NSEC)
+    c_s, c_ns = divmod(st.st_ctime_ns, _NSEC)
+    return (
+        st.st_ino,
+        st.st_size,
+        st.st_blocks,
+        a_s,
+        m_s,
+        c_s,
+        a_ns,
+        m_ns,
+        c_ns,
+        st.st_mode,
+        st.st_nlink & 0xFFFFFFFF,
+        st.st_uid,
+        st.st_gid,
+        st.st_rdev & 0xFFFFFFFF,
+        st.st_blksize,
+        0,
+    )
+
+
+def split_timeout(seconds: float) -> tuple[int, int]:
+    """A cache timeout as the (seconds, nanoseconds) pair FUSE replies carry."""
+    if seconds <= 0:
+        return 0, 0
+    whole = int(seconds)
+    return whole, min(round((seconds - whole) * _NSEC), _NSEC - 1)

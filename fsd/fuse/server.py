@@ -1,0 +1,529 @@
+"""The FUSE server: one request's bytes in, one reply's bytes out, errors turned into errnos.
+
+Transports (virtqueues, ``/dev/fuse``) hand :meth:`FuseServer.handle` a request and the space
+for its reply; it decodes the request, calls the filesystem, and encodes the answer. This is the
+one place where exceptions become errnos: ``OSError`` → its errno, a malformed request → EINVAL,
+anything else → EIO and a log line. Nothing escapes :meth:`~FuseServer.handle`.
+
+Handlers run inline and synchronously; the caller never runs two at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, Literal
+
+from fsd.fuse import abi
+from fsd.fuse.abi import (
+    ACCESS_IN,
+    ATTR_OUT,
+    BATCH_FORGET_IN,
+    COPY_FILE_RANGE_IN,
+    CREATE_IN,
+    DIRENT,
+    ENTRY_OUT,
+    FALLOCATE_IN,
+    FLUSH_IN,
+    FORGET_IN,
+    FORGET_ONE,
+    FSYNC_FDATASYNC,
+    FSYNC_IN,
+    IN_HEADER,
+    INIT_IN,
+    INIT_IN_V1,
+    INIT_IN_V2,
+    INIT_OUT,
+    LINK_IN,
+    LSEEK_IN,
+    LSEEK_OUT,
+    MKDIR_IN,
+    MKNOD_IN,
+    OPEN_IN,
+    OPEN_OUT,
+    OUT_HEADER,
+    READ_IN,
+    RELEASE_IN,
+    RENAME2_IN,
+    RENAME_EXCHANGE,
+    RENAME_IN,
+    RENAME_NOREPLACE,
+    RENAME_WHITEOUT,
+    SETATTR_IN,
+    STATFS_OUT,
+    WRITE_IN,
+    WRITE_OUT,
+    InitFlag,
+    Opcode,
+)
+from fsd.fuse.codec import attr_values, parse_name, parse_symlink, parse_two_names, split_timeout
+from fsd.fuse.errors import ProtocolError
+from fsd.fuse.session import FuseSession
+from fsd.sgbuf import BufferTooShort, SgReader, SgWriter
+
+if TYPE_CHECKING:
+    from fsd.fs.passthrough import PassthroughFs
+
+__all__ = ["FuseServer", "Transport"]
+
+log = logging.getLogger("fsd.fuse")
+
+Transport = Literal["vhost-user", "dev-fuse"]
+Handler = Callable[[int, SgReader, SgWriter], int]
+
+_HDR: Final = OUT_HEADER.size
+_NSEC: Final = 1_000_000_000
+#: Returned by a handler that must not be answered.
+_NO_REPLY: Final = -1
+_NO_REPLY_OPS: Final = frozenset(
+    {Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY}
+)
+_RENAME_FLAGS: Final = RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT
+_ZERO_ENTRY: Final = bytes(ENTRY_OUT.size)
+
+
+class FuseServer:
+    """Serves FUSE requests from one client (a guest's virtiofs or the host kernel) on ``fs``.
+
+    ``transport`` matters once: a virtiofs guest unmounting sends DESTROY and never FORGETs
+    what it still holds, so DESTROY drops the whole table and gets no reply there; on
+    ``/dev/fuse`` DESTROY is answered as libfuse does.
+    """
+
+    def __init__(self, fs: PassthroughFs, *, transport: Transport = "vhost-user") -> None:
+        self.fs = fs
+        self.transport = transport
+        options = fs.options
+        optional = InitFlag.WRITEBACK_CACHE if options.writeback else InitFlag(0)
+        self.session = FuseSession(optional)
+        self._entry_valid = split_timeout(options.timeout)
+        self._attr_valid = self._entry_valid
+        self._negative_valid = split_timeout(options.negative_timeout)
+        # Per-request caller identity, set by handle() before dispatch.
+        self._uid = 0
+        self._gid = 0
+        self._body_len = 0
+        self._handlers: dict[int, Handler] = {
+            Opcode.INIT: self._init,
+            Opcode.DESTROY: self._destroy,
+            Opcode.LOOKUP: self._lookup,
+            Opcode.FORGET: self._forget,
+            Opcode.BATCH_FORGET: self._batch_forget,
+            Opcode.INTERRUPT: self._interrupt,
+            Opcode.GETATTR: self._getattr,
+            Opcode.SETATTR: self._setattr,
+            Opcode.READLINK: self._readlink,
+            Opcode.SYMLINK: self._symlink,
+            Opcode.MKNOD: self._mknod,
+            Opcode.MKDIR: self._mkdir,
+            Opcode.UNLINK: self._unlink,
+            Opcode.RMDIR: self._rmdir,
+            Opcode.RENAME: self._rename,
+            Opcode.RENAME2: self._rename2,
+            Opcode.LINK: self._link,
+            Opcode.OPEN: self._open,
+            Opcode.CREATE: self._create,
+            Opcode.READ: self._read,
+            Opcode.WRITE: self._write,
+            Opcode.FLUSH: self._flush,
+            Opcode.RELEASE: self._release,
+            Opcode.FSYNC: self._fsync,
+            Opcode.OPENDIR: self._opendir,
+            Opcode.READDIR: self._readdir,
+            Opcode.READDIRPLUS: self._readdirplus,
+            Opcode.RELEASEDIR: self._releasedir,
+            Opcode.FSYNCDIR: self._fsyncdir,
+            Opcode.STATFS: self._statfs,
+            Opcode.ACCESS: self._access,
+            Opcode.SYNCFS: self._syncfs,
+            Opcode.FALLOCATE: self._fallocate,
+            Opcode.LSEEK: self._lseek,
+            Opcode.COPY_FILE_RANGE: self._copy_file_range,
+        }
+
+    # --- the entry point -------------------------------------------------------------------
+
+    def handle(self, request: SgReader, reply: SgWriter) -> int:
+        """Serve one FUSE request whose bytes are in ``request`` (in_header + args + data).
+
+        Write the reply (out_header + payload) into ``reply`` starting at offset 0. Return the
+        number of reply bytes written; 0 means no reply (FORGET, BATCH_FORGET, INTERRUPT, and
+        DESTROY on vhost-user). Never raises.
+        """
+        try:
+            length, opcode, unique, nodeid, uid, gid, _pid, _extlen, _pad = request.read_struct(
+                IN_HEADER
+            )
+        except BufferTooShort:
+            log.warning("dropping a request shorter than fuse_in_header")
+            return 0
+        error = 0
+        try:
+            body_len = length - IN_HEADER.size
+            if body_len < 0 or body_len > request.remaining:
+                raise ProtocolError(f"in_header.len {length} does not match the request")
+            self._body_len = body_len
+            self._uid = uid
+            self._gid = gid
+            if not self.session.initialized and opcode != Opcode.INIT:
+                raise OSError(errno.EIO, "request before INIT")
+            handler = self._handlers.get(opcode)
+            if handler is None:
+                raise OSError(errno.ENOSYS, "not implemented")
+            size = handler(nodeid, request, reply)
+            if size == _NO_REPLY:
+                return 0
+            reply.pack_at(OUT_HEADER, 0, _HDR + size, 0, unique)
+            return _HDR + size
+        except OSError as exc:
+            error = exc.errno or errno.EIO
+            if error == errno.ENOSYS or opcode in _NO_REPLY_OPS:
+                log.debug("%s nodeid %d: %s", _op_name(opcode), nodeid, exc)
+        except (ProtocolError, BufferTooShort) as exc:
+            error = exc.errno if isinstance(exc, ProtocolError) else errno.EINVAL
+            log.warning("malformed %s (nodeid %d): %s", _op_name(opcode), nodeid, exc)
+        except Exception:
+            error = errno.EIO
+            log.exception("internal error serving %s nodeid %d", _op_name(opcode), nodeid)
+        if opcode in _NO_REPLY_OPS:
+            return 0
+        try:
+            reply.pack_at(OUT_HEADER, 0, _HDR, -error, unique)
+        except BufferTooShort:
+            log.warning("no room for a reply to %s unique %d", _op_name(opcode), unique)
+            return 0
+        return _HDR
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _body(self, request: SgReader) -> bytes:
+        """The rest of this request's argument bytes (names, symlink targets)."""
+        return request.read(min(self._body_len, request.remaining)) if self._body_len else b""
+
+    def _entry(self, reply: SgWriter, offset: int, nodeid: int, st: os.stat_result) -> int:
+        e_s, e_ns = self._entry_valid
+        a_s, a_ns = self._attr_valid
+        reply.pack_at(ENTRY_OUT, offset, nodeid, 0, e_s, a_s, e_ns, a_ns, *attr_values(st))
+        return ENTRY_OUT.size
+
+    def _attr(self, reply: SgWriter, st: os.stat_result) -> int:
+        a_s, a_ns = self._attr_valid
+        reply.pack_at(ATTR_OUT, _HDR, a_s, a_ns, 0, *attr_values(st))
+        return ATTR_OUT.size
+
+    # --- session ---------------------------------------------------------------------------
+
+    def _init(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        n = self._body_len
+        flags2 = 0
+        if n >= INIT_IN.size:
+            major, minor, readahead, flags, flags2 = request.read_struct(INIT_IN)
+        elif n >= INIT_IN_V2.size:
+            major, minor, readahead, flags = request.read_struct(INIT_IN_V2)
+        elif n >= INIT_IN_V1.size:
+            (major, minor), readahead, flags = request.read_struct(INIT_IN_V1), 0, 0
+        else:
+            raise ProtocolError("INIT shorter than 8 bytes")
+        if major < abi.KERNEL_VERSION:
+            raise OSError(errno.EPROTO, f"unsupported FUSE major version {major}")
+        if flags & InitFlag.INIT_EXT:
+            flags |= flags2 << 32
+        if self.session.initialized:
+            # A guest rebooted without unmounting: start from a clean table.
+            self.fs.destroy()
+        values = self.session.negotiate(major, minor, readahead, flags)
+        size = self.session.init_out_size() if self.session.initialized else INIT_OUT.size
+        if size == INIT_OUT.size:
+            reply.pack_at(INIT_OUT, _HDR, *values)
+        else:
+            reply.write_at(_HDR, INIT_OUT.pack(*values)[:size])
+        log.info(
+            "FUSE session: kernel %d.%d, replied %d.%d, flags %#x",
+            major,
+            minor,
+            values[0],
+            values[1],
+            values[3] | (values[10] << 32),
+        )
+        return size
+
+    def _destroy(self, _nodeid: int, _request: SgReader, _reply: SgWriter) -> int:
+        self.fs.destroy()
+        self.session.reset()
+        return _NO_REPLY if self.transport == "vhost-user" else 0
+
+    def _interrupt(self, _nodeid: int, _request: SgReader, _reply: SgWriter) -> int:
+        # Requests run to completion synchronously; there is never one to interrupt.
+        return _NO_REPLY
+
+    # --- inodes ----------------------------------------------------------------------------
+
+    def _lookup(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        name = parse_name(self._body(request), allow_dots=True)
+        try:
+            inode, st = self.fs.lookup(nodeid, name)
+        except FileNotFoundError:
+            if not self._negative_valid[0] and not self._negative_valid[1]:
+                raise
+            n_s, n_ns = self._negative_valid
+            reply.pack_at(ENTRY_OUT, _HDR, 0, 0, n_s, 0, n_ns, 0, *(0,) * 16)
+            return ENTRY_OUT.size
+        return self._entry(reply, _HDR, inode.nodeid, st)
+
+    def _forget(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        (nlookup,) = request.read_struct(FORGET_IN)
+        self.fs.forget(nodeid, nlookup)
+        return _NO_REPLY
+
+    def _batch_forget(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        count, _ = request.read_struct(BATCH_FORGET_IN)
+        count = min(count, request.remaining // FORGET_ONE.size)
+        forget = self.fs.forget
+        for _ in range(count):
+            nodeid, nlookup = request.read_struct(FORGET_ONE)
+            forget(nodeid, nlookup)
+        return _NO_REPLY
+
+    def _getattr(self, nodeid: int, _request: SgReader, reply: SgWriter) -> int:
+        return self._attr(reply, self.fs.getattr(nodeid))
+
+    def _setattr(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        (valid, _, fh, size, _lock, atime, mtime, _ctime, atimensec, mtimensec, _ctimensec, mode,
+         _, uid, gid, _) = request.read_struct(SETATTR_IN)  # fmt: skip
+        st = self.fs.setattr(
+            nodeid,
+            valid,
+            fh,
+            size,
+            atime * _NSEC + atimensec,
+            mtime * _NSEC + mtimensec,
+            mode,
+            uid,
+            gid,
+        )
+        return self._attr(reply, st)
+
+    def _readlink(self, nodeid: int, _request: SgReader, reply: SgWriter) -> int:
+        target = self.fs.readlink(nodeid)
+        reply.write_at(_HDR, target)
+        return len(target)
+
+    def _access(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        mask, _ = request.read_struct(ACCESS_IN)
+        self.fs.access(nodeid, mask, self._uid, self._gid)
+        return 0
+
+    def _statfs(self, nodeid: int, _request: SgReader, reply: SgWriter) -> int:
+        sv = self.fs.statfs(nodeid)
+        reply.pack_at(
+            STATFS_OUT,
+            _HDR,
+            sv.f_blocks,
+            sv.f_bfree,
+            sv.f_bavail,
+            sv.f_files,
+            sv.f_ffree,
+            sv.f_bsize,
+            sv.f_namemax,
+            sv.f_frsize,
+            0,
+        )
+        return STATFS_OUT.size
+
+    # --- names -----------------------------------------------------------------------------
+
+    def _mkdir(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        mode, _umask = request.read_struct(MKDIR_IN)
+        self._body_len -= MKDIR_IN.size
+        name = parse_name(self._body(request))
+        inode, st = self.fs.mkdir(nodeid, name, mode, self._uid, self._gid)
+        return self._entry(reply, _HDR, inode.nodeid, st)
+
+    def _mknod(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        mode, rdev, _umask, _ = request.read_struct(MKNOD_IN)
+        self._body_len -= MKNOD_IN.size
+        name = parse_name(self._body(request))
+        inode, st = self.fs.mknod(nodeid, name, mode, rdev, self._uid, self._gid)
+        return self._entry(reply, _HDR, inode.nodeid, st)
+
+    def _symlink(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        name, target = parse_symlink(self._body(request))
+        inode, st = self.fs.symlink(nodeid, name, target, self._uid, self._gid)
+        return self._entry(reply, _HDR, inode.nodeid, st)
+
+    def _link(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        (oldnodeid,) = request.read_struct(LINK_IN)
+        self._body_len -= LINK_IN.size
+        name = parse_name(self._body(request))
+        inode, st = self.fs.link(oldnodeid, nodeid, name)
+        return self._entry(reply, _HDR, inode.nodeid, st)
+
+    def _unlink(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        self.fs.unlink(nodeid, parse_name(self._body(request)))
+        return 0
+
+    def _rmdir(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        self.fs.rmdir(nodeid, parse_name(self._body(request)))
+        return 0
+
+    def _rename(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        (newdir,) = request.read_struct(RENAME_IN)
+        self._body_len -= RENAME_IN.size
+        old, new = parse_two_names(self._body(request))
+        self.fs.rename(nodeid, old, newdir, new, 0)
+        return 0
+
+    def _rename2(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        newdir, flags, _ = request.read_struct(RENAME2_IN)
+        self._body_len -= RENAME2_IN.size
+        if flags & ~_RENAME_FLAGS:
+            raise OSError(errno.EINVAL, f"unknown rename flags {flags:#x}")
+        old, new = parse_two_names(self._body(request))
+        self.fs.rename(nodeid, old, newdir, new, flags)
+        return 0
+
+    # --- files -----------------------------------------------------------------------------
+
+    def _open(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        flags, _ = request.read_struct(OPEN_IN)
+        fh, open_flags = self.fs.open(nodeid, flags)
+        reply.pack_at(OPEN_OUT, _HDR, fh, open_flags, 0)
+        return OPEN_OUT.size
+
+    def _create(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        flags, mode, _umask, _ = request.read_struct(CREATE_IN)
+        self._body_len -= CREATE_IN.size
+        name = parse_name(self._body(request))
+        inode, st, fh, open_flags = self.fs.create(nodeid, name, flags, mode, self._uid, self._gid)
+        self._entry(reply, _HDR, inode.nodeid, st)
+        reply.pack_at(OPEN_OUT, _HDR + ENTRY_OUT.size, fh, open_flags, 0)
+        return ENTRY_OUT.size + OPEN_OUT.size
+
+    def _read(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        fh, offset, size, _, _, _, _ = request.read_struct(READ_IN)
+        size = min(size, reply.capacity - _HDR, abi.MAX_WRITE)
+        return self.fs.read(fh, offset, reply.views(_HDR, size))
+
+    def _write(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        fh, offset, size, _, _, _, _ = request.read_struct(WRITE_IN)
+        written = self.fs.write(fh, offset, request.take_views(size))
+        reply.pack_at(WRITE_OUT, _HDR, written, 0)
+        return WRITE_OUT.size
+
+    def _flush(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        fh, _, _, _ = request.read_struct(FLUSH_IN)
+        self.fs.flush(fh)
+        return 0
+
+    def _release(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        fh, _, _, _ = request.read_struct(RELEASE_IN)
+        self.fs.release(fh)
+        return 0
+
+    def _fsync(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        fh, flags, _ = request.read_struct(FSYNC_IN)
+        self.fs.fsync(fh, bool(flags & FSYNC_FDATASYNC))
+        return 0
+
+    def _fallocate(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        fh, offset, length, mode, _ = request.read_struct(FALLOCATE_IN)
+        self.fs.fallocate(fh, mode, offset, length)
+        return 0
+
+    def _lseek(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        fh, offset, whence, _ = request.read_struct(LSEEK_IN)
+        reply.pack_at(LSEEK_OUT, _HDR, self.fs.lseek(fh, offset, whence))
+        return LSEEK_OUT.size
+
+    def _copy_file_range(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        fh_in, off_in, _nodeid_out, fh_out, off_out, length, flags = request.read_struct(
+            COPY_FILE_RANGE_IN
+        )
+        if flags:
+            raise OSError(errno.EINVAL, "copy_file_range flags must be 0")
+        # The reply's size field is 32 bits wide.
+        copied = self.fs.copy_file_range(fh_in, off_in, fh_out, off_out, min(length, 1 << 30))
+        reply.pack_at(WRITE_OUT, _HDR, copied, 0)
+        return WRITE_OUT.size
+
+    def _syncfs(self, nodeid: int, _request: SgReader, _reply: SgWriter) -> int:
+        self.fs.syncfs(nodeid)
+        return 0
+
+    # --- directories -----------------------------------------------------------------------
+
+    def _opendir(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        request.read_struct(OPEN_IN)
+        fh, open_flags = self.fs.opendir(nodeid)
+        reply.pack_at(OPEN_OUT, _HDR, fh, open_flags, 0)
+        return OPEN_OUT.size
+
+    def _releasedir(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        fh, _, _, _ = request.read_struct(RELEASE_IN)
+        self.fs.releasedir(fh)
+        return 0
+
+    def _fsyncdir(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        fh, flags, _ = request.read_struct(FSYNC_IN)
+        self.fs.fsyncdir(fh, bool(flags & FSYNC_FDATASYNC))
+        return 0
+
+    def _readdir(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        fh, offset, size, _, _, _, _ = request.read_struct(READ_IN)
+        entries = self.fs.readdir(fh, offset)
+        budget = min(size, reply.capacity - _HDR)
+        out = bytearray()
+        for index in range(offset, len(entries)):
+            name, ino, dtype = entries[index]
+            rec = abi.dirent_size(len(name))
+            if len(out) + rec > budget:
+                break
+            start = len(out)
+            out += DIRENT.pack(ino, index + 1, len(name), dtype)
+            out += name
+            out += bytes(start + rec - len(out))
+        reply.write_at(_HDR, out)
+        return len(out)
+
+    def _readdirplus(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        fh, offset, size, _, _, _, _ = request.read_struct(READ_IN)
+        fs = self.fs
+        handle = fs.handle(fh)
+        entries = fs.readdir(fh, offset)
+        budget = min(size, reply.capacity - _HDR)
+        used = 0
+        for index in range(offset, len(entries)):
+            name, ino, dtype = entries[index]
+            rec = abi.direntplus_size(len(name))
+            # Check the fit before the lookup: every emitted nodeid is a lookup to FORGET.
+            if used + rec > budget:
+                break
+            pos = _HDR + used
+            if name in (b".", b".."):
+                reply.write_at(pos, _ZERO_ENTRY)
+            else:
+                try:
+                    inode, st = fs.lookup_entry(handle.nodeid, name)
+                except FileNotFoundError:
+                    continue  # removed since the listing was taken
+                except OSError:
+                    if used:
+                        break  # send what we have; the error shows up on the next call
+                    raise
+                ino = st.st_ino
+                self._entry(reply, pos, inode.nodeid, st)
+            dpos = pos + ENTRY_OUT.size
+            reply.pack_at(DIRENT, dpos, ino, index + 1, len(name), dtype)
+            tail = dpos + DIRENT.size
+            reply.write_at(tail, name + bytes(pos + rec - tail - len(name)))
+            used += rec
+        return used
+
+
+def _op_name(opcode: int) -> str:
+    try:
+        return Opcode(opcode).name
+    except ValueError:
+        return f"opcode {opcode}"
