@@ -1,0 +1,184 @@
+"""The allowlist control socket: SOCK_SEQPACKET, one JSON request per packet, one answer each.
+
+Unlike crosvm, which serves one client at a time and drops a session on the first bad
+packet, every client gets its own task and a bad packet gets an ``Err`` answer while the
+session goes on. Requests are applied synchronously between awaits, so batches from
+concurrent clients never interleave.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import socket as stdlib_socket
+import stat
+from typing import NoReturn
+
+import trio
+
+from fsd.allowlist._sockbuf import enlarge_send_buffer
+from fsd.allowlist.handler import AfterHook, CheckHook, handle_packet
+from fsd.allowlist.protocol import MAX_PACKET, Err, encode_response
+from fsd.allowlist.trie import Allowlist
+
+logger = logging.getLogger("fsd.allowlist")
+
+SOCKET_MODE = 0o600
+"""Only the daemon's user may connect: the socket grants the guest access to host files."""
+
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_clients = itertools.count(1)
+
+
+async def serve_allowlist(
+    socket_path: str | os.PathLike[str],
+    allowlist: Allowlist,
+    *,
+    check: CheckHook | None = None,
+    after: AfterHook | None = None,
+    max_packet: int = MAX_PACKET,
+    mode: int = SOCKET_MODE,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve the control socket at ``socket_path`` until cancelled, then remove it.
+
+    A leftover socket file nobody listens on is replaced; a live one, or a file that is not
+    a socket, makes startup fail. ``task_status.started()`` gets the path once clients can
+    connect. ``check`` and ``after`` are the policy hooks of ``handle_packet``.
+    """
+    path = os.fspath(socket_path)
+    listener, identity = await _listen(path, mode)
+    try:
+        async with trio.open_nursery() as nursery:
+            logger.info("allowlist: control socket listening on %s", path)
+            task_status.started(path)
+            while True:
+                connection = await _accept(listener)
+                nursery.start_soon(_serve_client, connection, allowlist, check, after, max_packet)
+    finally:
+        listener.close()
+        _unlink_if_ours(path, identity)
+
+
+async def _listen(path: str, mode: int) -> tuple[trio.socket.SocketType, tuple[int, int]]:
+    """Bind, restrict permissions, then listen, so nobody can connect before the chmod."""
+    await _remove_stale_socket(path)
+    listener = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_SEQPACKET)
+    try:
+        await listener.bind(path)
+        os.chmod(path, mode)
+        info = os.lstat(path)
+        listener.listen(128)
+    except BaseException:
+        listener.close()
+        raise
+    return listener, (info.st_dev, info.st_ino)
+
+
+async def _remove_stale_socket(path: str) -> None:
+    """Unlink a socket file left by a dead server; refuse to touch anything else."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+    with trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_SEQPACKET) as probe:
+        try:
+            with trio.fail_after(1):
+                await probe.connect(path)
+        except ConnectionRefusedError:
+            logger.info("allowlist: removing stale socket %s", path)
+            os.unlink(path)
+            return
+        except trio.TooSlowError:
+            pass  # a full backlog: someone is listening
+    raise OSError(errno.EADDRINUSE, "another server is listening on this socket", path)
+
+
+def _unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
+    """Remove our socket file on exit, but not one a successor bound at the same path."""
+    try:
+        info = os.lstat(path)
+        if (info.st_dev, info.st_ino) == identity:
+            os.unlink(path)
+    except OSError as exc:
+        logger.warning("allowlist: could not remove %s: %s", path, exc)
+
+
+async def _accept(listener: trio.socket.SocketType) -> trio.socket.SocketType:
+    """Accept the next client, riding out fd exhaustion and aborted connections."""
+    while True:
+        try:
+            connection, _ = await listener.accept()
+        except OSError as exc:
+            if exc.errno in _RESOURCE_ERRORS:
+                logger.error("allowlist: accept failed, retrying in 100 ms: %s", exc)
+                await trio.sleep(0.1)
+            elif exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                continue
+            else:
+                raise
+        else:
+            return connection
+
+
+def _peer(connection: trio.socket.SocketType) -> str:
+    try:
+        creds = connection.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, 12)
+    except OSError:
+        return "unknown peer"
+    pid, uid, gid = (int.from_bytes(creds[i : i + 4], "little") for i in (0, 4, 8))
+    return f"pid={pid} uid={uid} gid={gid}"
+
+
+async def _serve_client(
+    connection: trio.socket.SocketType,
+    allowlist: Allowlist,
+    check: CheckHook | None,
+    after: AfterHook | None,
+    max_packet: int,
+) -> None:
+    """Answer every packet of one client until it hangs up; errors only end this client."""
+    client = f"client {next(_clients)} ({_peer(connection)})"
+    logger.debug("allowlist: %s connected", client)
+    with connection:
+        enlarge_send_buffer(connection)
+        while True:
+            try:
+                # No ancillary buffer: the kernel closes any fds a client sends.
+                data, _, flags, _ = await connection.recvmsg(max_packet)
+            except OSError as exc:
+                logger.warning("allowlist: %s: receive failed: %s", client, exc)
+                return
+            truncated = bool(flags & stdlib_socket.MSG_TRUNC)
+            if not data and not truncated:  # EOF; an empty packet reads the same, as in crosvm
+                logger.debug("allowlist: %s disconnected", client)
+                return
+            outcome = handle_packet(
+                allowlist,
+                data,
+                truncated=truncated,
+                max_packet=max_packet,
+                check=check,
+                after=after,
+            )
+            if outcome.change is not None:
+                logger.debug("allowlist: %s sent %s", client, outcome.change)
+            if not await _send(connection, outcome.reply, client):
+                return
+
+
+async def _send(connection: trio.socket.SocketType, reply: bytes, client: str) -> bool:
+    try:
+        await connection.send(reply)
+    except OSError as exc:
+        if exc.errno != errno.EMSGSIZE:
+            logger.warning("allowlist: %s: send failed: %s", client, exc)
+            return False
+        message = f"response of {len(reply)} bytes does not fit in one packet"
+        logger.warning("allowlist: %s: %s", client, message)
+        return await _send(connection, encode_response(Err(message)), client)
+    return True
