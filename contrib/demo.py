@@ -24,8 +24,8 @@ import trio  # noqa: E402
 
 from fsd.testing.guest import (  # noqa: E402
     BackendError,
+    GuestImage,
     GuestResult,
-    Testbed,
     build_testbed,
     fsd_env,
     fsd_serve_command,
@@ -99,10 +99,10 @@ async def allowlist(control: Path, verb: str, paths: list[str]) -> str:
 
 
 async def demo(args: argparse.Namespace) -> int:
-    testbed = Testbed.default()
-    if not testbed.exists():
+    guest_image = GuestImage.default()
+    if not guest_image.exists():
         say("host", "building the guest test bed (contrib/testbed/build.sh)")
-        testbed = build_testbed()
+        guest_image = build_testbed()
     shared = REPO_ROOT / "build" / "demo" / "shared"
     shutil.rmtree(shared, ignore_errors=True)
     shared.mkdir(parents=True)
@@ -153,7 +153,7 @@ async def demo(args: argparse.Namespace) -> int:
                 result = await run_guest(
                     workload,
                     socket_path=socket_path,
-                    testbed=testbed,
+                    guest_image=guest_image,
                     on_step=on_step,
                     on_line=transcript.on_line,
                     time_limit=args.time_limit,

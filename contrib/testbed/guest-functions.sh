@@ -25,5 +25,6 @@ host_step() {
 }
 
 # as_user CMD [ARGS...]: run a command as the unprivileged user (uid 1000, gid 1000, groups
-# user and extra), for credential tests. Busybox here has no chpst/setuidgid; su does the job.
-as_user() { su -s /bin/sh user -c 'exec "$@"' as_user "$@"; }
+# user and extra), for credential tests. Busybox here has no chpst/setuidgid; su does the job
+# ("--" keeps su from taking the command's own options).
+as_user() { su -s /bin/sh -c 'exec "$@"' -- user as_user "$@"; }

@@ -35,10 +35,10 @@ __all__ = [
     "Backend",
     "BackendError",
     "GuestError",
+    "GuestImage",
     "GuestResult",
     "GuestRunner",
     "StepHandler",
-    "Testbed",
     "build_testbed",
     "fsd_env",
     "fsd_serve_command",
@@ -70,14 +70,14 @@ class BackendError(Exception):
 
 
 @dataclass(frozen=True)
-class Testbed:
-    """Paths of a built test bed (kernel and base initramfs)."""
+class GuestImage:
+    """The boot files of a built test bed: kernel and base initramfs."""
 
     kernel: Path
     initramfs: Path
 
     @classmethod
-    def default(cls) -> Testbed:
+    def default(cls) -> GuestImage:
         """The test bed in ``$FSD_TESTBED_DIR`` or the repository's build/testbed."""
         root = Path(os.environ.get("FSD_TESTBED_DIR", REPO_ROOT / "build" / "testbed"))
         return cls(kernel=root / "vmlinuz", initramfs=root / "initramfs.cpio")
@@ -86,13 +86,13 @@ class Testbed:
         return self.kernel.is_file() and self.initramfs.is_file()
 
 
-def build_testbed() -> Testbed:
+def build_testbed() -> GuestImage:
     """Run build.sh (fast when already built) and return the result; raises if it fails."""
     subprocess.run(["bash", str(BUILD_SCRIPT)], check=True)
-    testbed = Testbed.default()
-    if not testbed.exists():
+    image = GuestImage.default()
+    if not image.exists():
         raise RuntimeError(f"{BUILD_SCRIPT} succeeded but left no kernel/initramfs")
-    return testbed
+    return image
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def _write_initrd(path: Path, base: Path, workload: str, tag: str, mount_options
 
 def qemu_command(
     *,
-    testbed: Testbed,
+    guest_image: GuestImage,
     initrd: Path,
     socket_path: Path,
     host_channel: Path,
@@ -216,7 +216,7 @@ def qemu_command(
         "-device",
         f"vhost-user-fs-pci,chardev=fs0,tag={tag}",
         "-kernel",
-        str(testbed.kernel),
+        str(guest_image.kernel),
         "-initrd",
         str(initrd),
         "-append",
@@ -306,7 +306,7 @@ async def run_guest(
     mount_options: str = "",
     on_step: StepHandler | None = None,
     on_line: Callable[[str], None] | None = None,
-    testbed: Testbed | None = None,
+    guest_image: GuestImage | None = None,
     accel: str | None = None,
 ) -> GuestResult:
     """Boot the guest against the backend listening on ``socket_path`` and run ``workload``.
@@ -317,20 +317,20 @@ async def run_guest(
     workload and shutdown) QEMU is killed and the result says so. Call ``.check()`` to turn
     anything but exit status 0 into a GuestError.
     """
-    testbed = testbed or Testbed.default()
-    if not testbed.exists():
-        raise GuestError(f"no test bed at {testbed.kernel.parent}: run {BUILD_SCRIPT}")
+    guest_image = guest_image or GuestImage.default()
+    if not guest_image.exists():
+        raise GuestError(f"no test bed at {guest_image.kernel.parent}: run {BUILD_SCRIPT}")
     accel = accel or os.environ.get("FSD_GUEST_ACCEL", "tcg")
     with tempfile.TemporaryDirectory(prefix="fsd-guest-") as tmp:
         initrd = Path(tmp) / "initrd.cpio"
-        _write_initrd(initrd, testbed.initramfs, workload, tag, mount_options)
+        _write_initrd(initrd, guest_image.initramfs, workload, tag, mount_options)
         host_channel = Path(tmp) / "host.sock"
         listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         with listener:
             await listener.bind(str(host_channel))
             listener.listen(1)
             argv = qemu_command(
-                testbed=testbed,
+                guest_image=guest_image,
                 initrd=initrd,
                 socket_path=Path(socket_path),
                 host_channel=host_channel,

@@ -1,4 +1,4 @@
-"""Fixtures for guest tests: the test bed (built once per session) and a backend per test.
+"""Guest test fixtures: the test bed (``guest_image``, built once per session) and a backend.
 
 The backend is ``python -m fsd serve`` unless FSD_GUEST_BACKEND=virtiofsd asks for QEMU's C
 virtiofsd, the reference backend these tests were first made to pass against.
@@ -19,9 +19,9 @@ import pytest
 from fsd.testing.guest import (
     Backend,
     GuestError,
+    GuestImage,
     GuestResult,
     GuestRunner,
-    Testbed,
     build_testbed,
     fsd_env,
     fsd_serve_command,
@@ -32,7 +32,7 @@ from fsd.testing.guest import (
 
 
 @pytest.fixture(scope="session")
-def testbed() -> Testbed:
+def guest_image() -> GuestImage:
     """Build (or find up to date) the kernel and initramfs; only x86_64 Linux can run them."""
     if sys.platform != "linux" or platform.machine() != "x86_64":
         pytest.skip("the guest test bed needs an x86_64 Linux host")
@@ -66,7 +66,7 @@ def backend_command(socket_path: Path, shared_dir: Path) -> list[str]:
 
 @pytest.fixture
 async def backend(
-    testbed: Testbed, socket_dir: Path, shared_dir: Path, tmp_path: Path
+    guest_image: GuestImage, socket_dir: Path, shared_dir: Path, tmp_path: Path
 ) -> AsyncIterator[Backend]:
     """A backend serving ``shared_dir``, listening before the test starts QEMU."""
     socket_path = socket_dir / "fs.sock"
@@ -77,13 +77,13 @@ async def backend(
 
 
 @pytest.fixture
-def run_in_guest(testbed: Testbed, backend: Backend) -> GuestRunner:
+def run_in_guest(guest_image: GuestImage, backend: Backend) -> GuestRunner:
     """Boot the guest against ``backend``, run a workload, and insist that it exits 0."""
 
     async def run(workload: str, **options: Any) -> GuestResult:
         options.setdefault("time_limit", 180.0)
         result = await run_guest(
-            workload, socket_path=backend.socket_path, testbed=testbed, **options
+            workload, socket_path=backend.socket_path, guest_image=guest_image, **options
         )
         if result.exit_status != 0:
             raise GuestError(f"{result.describe()}\n--- backend log ---\n{backend.log()}")
