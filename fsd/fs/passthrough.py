@@ -224,7 +224,10 @@ class PassthroughFs:
 
     def readlink(self, nodeid: int) -> bytes:
         """The symlink's target, verbatim (the guest resolves it, not the host)."""
-        return os.readlink(b"", dir_fd=self.inodes.get(nodeid).fd)
+        inode = self.inodes.get(nodeid)
+        if inode.kind != stat.S_IFLNK:
+            raise OSError(errno.EINVAL, "not a symlink")
+        return os.readlink(b"", dir_fd=inode.fd)
 
     def access(self, nodeid: int, mask: int, uid: int, gid: int) -> None:
         """Check ``mask`` (R_OK/W_OK/X_OK) for the caller against the mode bits."""
