@@ -1,0 +1,283 @@
+"""``fsd mount``: the same FUSE server, answering the host kernel through /dev/fuse.
+
+A guest's virtiofs driver and the host kernel's FUSE client speak the same messages; only the
+framing differs (descriptor chains there, one ``read``/``write`` per message here). Mounting on
+the host lets the filesystem be exercised with plain system calls and compared with a plain
+directory, without booting a VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import stat
+import struct
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+
+from fsd.daemon import mount_syscalls
+from fsd.fs import FsOptions, PassthroughFs
+from fsd.fs import parse_cfg as parse_fs_cfg
+from fsd.fuse import FuseServer
+from fsd.sgbuf import SgReader, SgWriter
+
+__all__ = [
+    "BUFFER_SIZE",
+    "MountError",
+    "RequestHandler",
+    "check_mountpoint",
+    "main",
+    "serve_mount",
+]
+
+log = logging.getLogger(__name__)
+
+DEV_FUSE = "/dev/fuse"
+FSTYPE = "fuse.fsd"
+MAX_WRITE = 1 << 20
+# The kernel refuses a read buffer smaller than in_header + write_in + max_write (EINVAL);
+# a page of slack covers the largest non-WRITE request (two names of PATH_MAX).
+BUFFER_SIZE = 40 + 40 + MAX_WRITE + 4096
+# Without a checkpoint now and then, a client that keeps the queue full would make the loop
+# uncancellable (it only awaits when a read finds nothing).
+_REQUESTS_PER_CHECKPOINT = 256
+
+_IN_HEADER = struct.Struct("<IIQ")  # len, opcode, unique: the part needed to answer EIO
+_OUT_HEADER = struct.Struct("<IiQ")
+_NO_REPLY_OPCODES = frozenset({2, 36, 42})  # FORGET, INTERRUPT, BATCH_FORGET
+
+
+class MountError(Exception):
+    """The shared directory or mount point cannot be used, or mount(2) refused."""
+
+
+class RequestHandler(Protocol):
+    """What the /dev/fuse loop needs from a FUSE server (``fsd.fuse.FuseServer`` is one)."""
+
+    def handle(self, request: SgReader, reply: SgWriter) -> int:
+        """Answer one request; return the reply's length, 0 for no reply. Never raises."""
+        ...
+
+
+def check_mountpoint(
+    shared_dir: str | os.PathLike[str], mountpoint: str | os.PathLike[str]
+) -> tuple[str, str]:
+    """Resolve and validate both paths; return them absolute, or raise :class:`MountError`.
+
+    The mount point must not lie inside the shared directory: the server would then look up
+    its own mount and wait on itself forever.
+    """
+    shared = os.path.realpath(shared_dir)
+    target = os.path.realpath(mountpoint)
+    if not os.path.isdir(shared):
+        raise MountError(f"shared directory {os.fspath(shared_dir)!r} is not a directory")
+    # Ask the mount table before stat'ing: a stat on a dead FUSE mount fails or blocks.
+    if mount_syscalls.is_mount_point(target):
+        raise MountError(f"mount point {target!r} is already a mount point (unmount it first)")
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        raise MountError(f"mount point {target!r} does not exist") from None
+    except OSError as e:
+        raise MountError(f"mount point {target!r} is unusable: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mount point {target!r} is not a directory")
+    if target == shared or target.startswith(shared.rstrip("/") + "/"):
+        raise MountError(
+            f"mount point {target!r} is inside the shared directory {shared!r} "
+            "(the server would have to serve its own mount)"
+        )
+    return shared, target
+
+
+def _default_server(shared_dir: str, options: FsOptions | None) -> RequestHandler:
+    """The passthrough filesystem behind the FUSE server, as ``fsd serve`` builds it."""
+    return FuseServer(PassthroughFs(shared_dir, options), transport="dev-fuse")
+
+
+async def serve_mount(
+    shared_dir: str | os.PathLike[str],
+    mountpoint: str | os.PathLike[str],
+    *,
+    options: FsOptions | None = None,
+    server: RequestHandler | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Mount ``shared_dir`` on ``mountpoint`` through /dev/fuse and serve it until cancelled.
+
+    ``task_status.started(mountpoint)`` is called once the mount exists. Returns by itself when
+    the mount is removed from outside (the kernel then answers ENODEV); on cancellation it
+    detaches the mount. ``server`` replaces the default passthrough server (tests, plugins).
+    """
+    shared, target = check_mountpoint(shared_dir, mountpoint)
+    if server is None:
+        server = _default_server(shared, options)
+    # The FUSE client already applied the caller's umask to the mode in MKNOD/MKDIR/CREATE;
+    # applying ours on top would strip bits the caller asked for.
+    old_umask = os.umask(0)
+    try:
+        fd = os.open(DEV_FUSE, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        os.umask(old_umask)
+        raise MountError(f"cannot open {DEV_FUSE}: {e.strerror}") from None
+    mounted = False
+    try:
+        data = (
+            f"fd={fd},rootmode={stat.S_IFDIR:o},user_id={os.getuid()},group_id={os.getgid()},"
+            "allow_other,default_permissions"
+        )
+        try:
+            mount_syscalls.mount(
+                shared, target, FSTYPE, mount_syscalls.MS_NOSUID | mount_syscalls.MS_NODEV, data
+            )
+        except OSError as e:
+            raise MountError(f"cannot mount on {target!r}: {e.strerror}") from None
+        mounted = True
+        log.info("serving %s on %s", shared, target)
+        task_status.started(target)
+        await _serve_requests(fd, server)
+        mounted = False  # unmounted from outside: nothing left to detach
+        log.info("%s was unmounted", target)
+    finally:
+        if mounted:
+            try:
+                mount_syscalls.umount(target)
+            except OSError as e:
+                log.warning("could not unmount %s: %s", target, e.strerror)
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+        os.umask(old_umask)
+
+
+async def _serve_requests(fd: int, server: RequestHandler) -> None:
+    """Read, answer, write, until the kernel says the mount is gone (ENODEV)."""
+    request = bytearray(BUFFER_SIZE)
+    reply = bytearray(BUFFER_SIZE)
+    request_view = memoryview(request)
+    reply_view = memoryview(reply)
+    reply_writer = SgWriter([reply_view])
+    since_checkpoint = 0
+    while True:
+        try:
+            n = os.readv(fd, [request])
+        except BlockingIOError:
+            since_checkpoint = 0
+            await trio.lowlevel.wait_readable(fd)
+            continue
+        except InterruptedError:
+            continue
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                return
+            if e.errno == errno.ENOENT:  # the request was interrupted before we read it
+                continue
+            raise
+        size = _handle(server, request_view[:n], reply_writer)
+        if size and not _write_reply(fd, reply_view[:size]):
+            return
+        since_checkpoint += 1
+        if since_checkpoint >= _REQUESTS_PER_CHECKPOINT:
+            since_checkpoint = 0
+            await trio.lowlevel.checkpoint()
+
+
+def _handle(server: RequestHandler, request: memoryview, reply: SgWriter) -> int:
+    """Call the server; if it breaks its never-raise promise, answer EIO instead of dying."""
+    try:
+        return server.handle(SgReader([request]), reply)
+    except Exception:
+        if len(request) < _IN_HEADER.size:
+            log.exception("FUSE server failed on a %d-byte request", len(request))
+            return 0
+        _, opcode, unique = _IN_HEADER.unpack_from(request)
+        log.exception("FUSE server raised on opcode %d (unique %d); answering EIO", opcode, unique)
+        if opcode in _NO_REPLY_OPCODES:
+            return 0
+        reply.pack_at(_OUT_HEADER, 0, _OUT_HEADER.size, -errno.EIO, unique)
+        return _OUT_HEADER.size
+
+
+def _write_reply(fd: int, reply: memoryview) -> bool:
+    """Send one reply; return False once the mount is gone."""
+    try:
+        os.write(fd, reply)
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            return False
+        if e.errno == errno.ENOENT:  # the kernel gave up on an interrupted request
+            return True
+        unique = _OUT_HEADER.unpack_from(reply)[2] if len(reply) >= _OUT_HEADER.size else 0
+        log.error("kernel rejected the reply to unique %d (%d bytes): %s", unique, len(reply), e)
+    return True
+
+
+def parse_cfg(items: Sequence[str]) -> FsOptions | None:
+    """Turn the ``--cfg`` arguments into ``FsOptions``; None (the defaults) when there are none.
+
+    Several ``--cfg`` flags are joined as if given as one comma-separated list.
+    """
+    text = ",".join(items)
+    return parse_fs_cfg(text) if text.strip(", ") else None
+
+
+async def _mount_until_signal(shared: str, target: str, options: FsOptions | None) -> None:
+    """Serve until SIGINT/SIGTERM (then detach) or until unmounted from outside."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_on_signal() -> None:
+                async for signum in signals:
+                    log.info("%s: unmounting %s", signal.Signals(signum).name, target)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(cancel_on_signal)
+            await serve_mount(shared, target, options=options)
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str]) -> int:
+    """``fsd mount SHARED_DIR MOUNTPOINT [--cfg k=v,...]``: exit 0 after a clean unmount."""
+    parser = argparse.ArgumentParser(
+        prog="fsd mount",
+        description="Serve SHARED_DIR on MOUNTPOINT through the host kernel's FUSE (/dev/fuse) "
+        "until SIGINT or SIGTERM.",
+    )
+    parser.add_argument("shared_dir", metavar="SHARED_DIR")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument(
+        "--cfg",
+        action="append",
+        default=[],
+        metavar="K=V[,K=V...]",
+        help="filesystem options: cache=never|auto|always, timeout=SECONDS, "
+        "negative_timeout=SECONDS, writeback=true|false",
+    )
+    args = parser.parse_args(list(argv))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="fsd mount: %(message)s")
+    try:
+        options = parse_cfg(args.cfg)
+        shared, target = check_mountpoint(args.shared_dir, args.mountpoint)
+    except (MountError, ValueError) as e:
+        print(f"fsd mount: {e}", file=sys.stderr)
+        return 2
+    failure: MountError | None = None
+    try:
+        trio.run(_mount_until_signal, shared, target, options)
+    except* MountError as group:
+        failure = next(e for e in group.exceptions if isinstance(e, MountError))
+    if failure is not None:
+        print(f"fsd mount: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

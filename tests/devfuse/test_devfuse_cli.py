@@ -1,0 +1,141 @@
+"""``fsd mount`` as a process: refuses unusable mount points, unmounts on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import fsd
+from fsd.daemon import mount_syscalls
+from fsd.testing.mount import devfuse_unavailable, force_unmount, mounted
+
+pytestmark = [
+    pytest.mark.devfuse,
+    pytest.mark.timeout(60, method="thread"),
+    pytest.mark.skipif(devfuse_unavailable() is not None, reason=str(devfuse_unavailable())),
+]
+
+_REPO = str(Path(fsd.__file__).resolve().parent.parent)
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fsd.daemon.devfuse", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": _REPO}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _command(*args), env=_env(), capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def _wait_until(predicate: object, what: str, timeout: float = 15.0) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def mountpoint(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "mnt"
+    path.mkdir()
+    yield path
+    force_unmount(path)
+
+
+def test_refuses_a_mountpoint_that_is_a_file(share: Path, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = _run(str(share), str(not_a_dir))
+    assert result.returncode != 0
+    assert "is not a directory" in result.stderr
+    assert not mount_syscalls.is_mount_point(str(not_a_dir))
+
+
+def test_refuses_a_missing_mountpoint(share: Path, tmp_path: Path) -> None:
+    result = _run(str(share), str(tmp_path / "missing"))
+    assert result.returncode != 0
+    assert "does not exist" in result.stderr
+
+
+def test_refuses_a_shared_dir_that_is_not_a_directory(tmp_path: Path, mountpoint: Path) -> None:
+    result = _run(str(tmp_path / "missing"), str(mountpoint))
+    assert result.returncode != 0
+    assert "shared directory" in result.stderr
+    assert not mount_syscalls.is_mount_point(str(mountpoint))
+
+
+def test_refuses_a_mountpoint_inside_the_share(share: Path) -> None:
+    inside = share / "sub"
+    inside.mkdir()
+    result = _run(str(share), str(inside))
+    assert result.returncode != 0
+    assert "inside the shared directory" in result.stderr
+
+
+def test_refuses_an_already_mounted_mountpoint(share: Path, mountpoint: Path) -> None:
+    with mounted(share, mountpoint):
+        result = _run(str(share), str(mountpoint))
+        assert result.returncode != 0
+        assert "already a mount point" in result.stderr
+        assert os.listdir(mountpoint) == []
+
+
+def test_refuses_an_unknown_cfg_key(share: Path, mountpoint: Path) -> None:
+    result = _run(str(share), str(mountpoint), "--cfg", "cache=auto,bogus=1")
+    assert result.returncode != 0
+    assert "bogus" in result.stderr
+    assert not mount_syscalls.is_mount_point(str(mountpoint))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_and_exits_zero(
+    share: Path, mountpoint: Path, signum: signal.Signals
+) -> None:
+    (share / "hello").write_text("hello")
+    process = subprocess.Popen(
+        [*_command(str(share), str(mountpoint), "--cfg", "timeout=0")],
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_until(lambda: mount_syscalls.is_mount_point(str(mountpoint)), "the mount")
+        assert (mountpoint / "hello").read_text() == "hello"
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert not mount_syscalls.is_mount_point(str(mountpoint))
+
+
+def test_exits_zero_when_unmounted_from_outside(share: Path, mountpoint: Path) -> None:
+    process = subprocess.Popen(
+        _command(str(share), str(mountpoint)), env=_env(), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_until(lambda: mount_syscalls.is_mount_point(str(mountpoint)), "the mount")
+        os.listdir(mountpoint)
+        mount_syscalls.umount(str(mountpoint))
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
