@@ -125,6 +125,8 @@ class DriverQueue:
             self.last_used = (self.last_used + 1) & 0xFFFF
             self._free_chain(head)
             self.in_flight -= 1
+        # Like Linux's virtqueue_get_buf: ask for an interrupt at the next used entry.
+        self.set_used_event(self.last_used)
         if not self.in_flight:
             # Buffers of completed chains stay readable until the next add_request.
             self.alloc.reset()

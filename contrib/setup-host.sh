@@ -1,0 +1,19 @@
+#!/bin/bash
+# Host packages fsd's development and tests need beyond the guest test bed (which
+# contrib/testbed/build.sh installs itself). Idempotent; runs as root on Debian 12.
+set -euo pipefail
+missing=()
+for pkg in python3 python3-venv python3-dev gcc socat; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup-host: please install: ${missing[*]} (as root)" >&2
+        exit 1
+    fi
+    echo "setup-host: installing ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
