@@ -52,19 +52,28 @@ show ls -l
 # (otherwise it trusts them for the entry timeout, as with any virtio-fs backend).
 ALLOWLIST_WORKLOAD = r"""
 show() { echo "\$ $*"; eval "$@"; }
+failures=0
+expect() {  # expect visible|hidden PATH: say what the guest sees, count surprises
+    if [ -e "$2" ]; then seen=visible; else seen=hidden; fi
+    if [ "$seen" = "$1" ]; then echo "ok: $2 is $seen"
+    else echo "UNEXPECTED: $2 is $seen, expected $1"; failures=$((failures + 1)); fi
+}
 echo "guest kernel $(uname -r), virtio-fs tag '$TAG' mounted on $MNT"
 echo "-- the allowlist starts empty: the guest sees nothing"
 show ls -la
-show 'cat public/hello.txt || echo "(hidden)"'
+expect hidden public/hello.txt
+expect hidden secret/plans.txt
 echo "host says: $(host_step allow /public /inbox)"
 show ls -l
 show cat public/hello.txt
-show 'cat secret/plans.txt || echo "(still hidden)"'
+expect hidden secret/plans.txt
 show 'echo "Hello from the guest" > inbox/hello-from-guest.txt'
 echo "host says: $(host_step revoke /public)"
 echo 2 > /proc/sys/vm/drop_caches
 show ls -l
-show 'cat public/hello.txt || echo "(hidden again)"'
+expect hidden public/hello.txt
+expect visible inbox/hello-from-guest.txt
+exit "$failures"
 """
 
 
@@ -90,12 +99,21 @@ class Transcript:
             say("guest", line)
 
 
+class AllowlistError(Exception):
+    """The allowlist client failed; the guest hears about it and the demo goes on."""
+
+
 async def allowlist(control: Path, verb: str, paths: list[str]) -> str:
     """Change fsd's allowlist with its own client, as an operator would."""
     argv = [sys.executable, "-m", "fsd", "allowlist", "--socket", str(control), verb, *paths]
     say("host", "$ fsd allowlist --socket CTRL " + " ".join([verb, *paths]))
-    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, env=fsd_env())
-    return (done.stdout + done.stderr).decode().strip() or "ok"
+    done = await trio.run_process(
+        argv, capture_stdout=True, capture_stderr=True, env=fsd_env(), check=False
+    )
+    text = (done.stdout + done.stderr).decode().strip()
+    if done.returncode != 0:
+        raise AllowlistError(text or f"exit status {done.returncode}")
+    return text or "ok"
 
 
 async def demo(args: argparse.Namespace) -> int:
@@ -131,7 +149,8 @@ async def demo(args: argparse.Namespace) -> int:
         else:
             extra = ["--allowlist-socket-path", str(control)] if args.allowlist else []
             argv = fsd_serve_command(socket_path, shared, *extra)
-        say("host", "$ " + " ".join(argv[1:] if argv[0] == sys.executable else argv))
+        shown = ["fsd", *argv[3:]] if argv[0] == sys.executable else argv
+        say("host", "$ " + " ".join(shown))
         log_path = REPO_ROOT / "build" / "demo" / "backend.log"
 
         async def on_step(name: str, words: list[str]) -> str:
@@ -141,7 +160,11 @@ async def demo(args: argparse.Namespace) -> int:
                 return f"I can see your file, {len(text)} characters"
             if name in ("allow", "revoke"):
                 verb = "add" if name == "allow" else "remove"
-                reply = await allowlist(control, verb, words)
+                try:
+                    reply = await allowlist(control, verb, words)
+                except AllowlistError as exc:
+                    say("host", f"the allowlist client failed: {exc}")
+                    return f"!{exc}"
                 say("host", reply)
                 return f"allowlist {verb} {' '.join(words)}: {reply}"
             return f"!unknown step {name}"
@@ -165,9 +188,14 @@ async def demo(args: argparse.Namespace) -> int:
 
 
 def report(result: GuestResult, guest_file: Path, log_path: Path) -> int:
-    if result.exit_status != 0:
+    console_path = log_path.with_name("console.log")
+    console_path.write_text(result.console + "\n")
+    if result.exit_status is None:
         say("host", result.describe())
-        say("host", f"backend log: {log_path}")
+    elif result.exit_status != 0:
+        say("host", f"the guest's workload failed (exit status {result.exit_status}, see above)")
+    if result.exit_status != 0:
+        say("host", f"guest console: {console_path}\nbackend log: {log_path}")
         return 1
     say("host", f"the guest powered off; {guest_file.name} on the host now reads:")
     say("host", f"  {guest_file.read_text().strip()!r}")

@@ -535,13 +535,16 @@ def fsd_serve_command(
 
 
 def fsd_env() -> dict[str, str]:
-    """Environment for ``python -m fsd`` children: this checkout first on PYTHONPATH.
+    """The environment for ``python -m fsd`` children: ours, with this checkout on PYTHONPATH.
 
     ``-m fsd`` finds the package through the child's cwd or an install; neither is certain
     when a test or the demo runs from elsewhere, so the checkout is named explicitly.
     """
     path = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)}
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT),
+    }
 
 
 def virtiofsd_command(
