@@ -69,6 +69,19 @@ class InodeTable:
             raise OSError(errno.EBADF, f"unknown nodeid {nodeid}")
         return inode
 
+    def ref(self, st: os.stat_result, path: bytes) -> Inode | None:
+        """Count one more lookup of an inode the table already holds, if it does.
+
+        Safe without opening anything: the held O_PATH fd keeps ``(st_dev, st_ino)`` from
+        being reused, so a match is the same host inode.
+        """
+        inode = self._by_key.get((st.st_dev, st.st_ino))
+        if inode is not None:
+            inode.refcount += 1
+            if inode is not self.root:
+                inode.path = path
+        return inode
+
     def adopt(self, fd: int, st: os.stat_result, path: bytes) -> Inode:
         """Count one more lookup of the host inode behind ``fd``, which the table now owns.
 

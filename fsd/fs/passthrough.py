@@ -110,6 +110,13 @@ class PassthroughFs:
         return self.inodes.adopt(fd, st, parent.child_path(name)), st
 
     def _lookup_child(self, parent: Inode, name: bytes) -> Entry:
+        # One syscall when the guest already knows the inode (the common repeat lookup);
+        # otherwise open an O_PATH fd to pin it and stat that fd, the source of truth.
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        path = parent.child_path(name)
+        inode = self.inodes.ref(st, path)
+        if inode is not None:
+            return inode, st
         fd = os.open(name, _O_PATH_FLAGS, dir_fd=parent.fd)
         return self._adopt(parent, name, fd)
 

@@ -80,8 +80,10 @@ _NO_REPLY: Final = -1
 _NO_REPLY_OPS: Final = frozenset(
     {Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY}
 )
+_INIT: Final = int(Opcode.INIT)
 _RENAME_FLAGS: Final = RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT
-_ZERO_ENTRY: Final = bytes(ENTRY_OUT.size)
+_ENTRY_SIZE: Final = ENTRY_OUT.size
+_DIRENT_SIZE: Final = DIRENT.size
 
 
 class FuseServer:
@@ -167,7 +169,7 @@ class FuseServer:
             self._body_len = body_len
             self._uid = uid
             self._gid = gid
-            if not self.session.initialized and opcode != Opcode.INIT:
+            if not self.session.initialized and opcode != _INIT:
                 raise OSError(errno.EIO, "request before INIT")
             handler = self._handlers.get(opcode)
             if handler is None:
@@ -490,22 +492,27 @@ class FuseServer:
     def _readdirplus(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
         fh, offset, size, _, _, _, _ = request.read_struct(READ_IN)
         fs = self.fs
-        handle = fs.handle(fh)
+        parent = fs.handle(fh).nodeid
         entries = fs.readdir(fh, offset)
-        budget = min(size, reply.capacity - _HDR)
+        budget = max(0, min(size, reply.capacity - _HDR))
+        # Built in a zeroed local buffer (padding and the dot entries' entry_out stay zero),
+        # then copied into the reply once.
+        buf = bytearray(budget)
+        e_s, e_ns = self._entry_valid
+        a_s, a_ns = self._attr_valid
+        pack_entry = ENTRY_OUT.pack_into
+        pack_dirent = DIRENT.pack_into
         used = 0
         for index in range(offset, len(entries)):
             name, ino, dtype = entries[index]
-            rec = abi.direntplus_size(len(name))
+            namelen = len(name)
+            rec = abi.direntplus_size(namelen)
             # Check the fit before the lookup: every emitted nodeid is a lookup to FORGET.
             if used + rec > budget:
                 break
-            pos = _HDR + used
-            if name in (b".", b".."):
-                reply.write_at(pos, _ZERO_ENTRY)
-            else:
+            if name != b"." and name != b"..":
                 try:
-                    inode, st = fs.lookup_entry(handle.nodeid, name)
+                    inode, st = fs.lookup_entry(parent, name)
                 except FileNotFoundError:
                     continue  # removed since the listing was taken
                 except OSError:
@@ -513,12 +520,13 @@ class FuseServer:
                         break  # send what we have; the error shows up on the next call
                     raise
                 ino = st.st_ino
-                self._entry(reply, pos, inode.nodeid, st)
-            dpos = pos + ENTRY_OUT.size
-            reply.pack_at(DIRENT, dpos, ino, index + 1, len(name), dtype)
-            tail = dpos + DIRENT.size
-            reply.write_at(tail, name + bytes(pos + rec - tail - len(name)))
+                pack_entry(buf, used, inode.nodeid, 0, e_s, a_s, e_ns, a_ns, *attr_values(st))
+            dpos = used + _ENTRY_SIZE
+            pack_dirent(buf, dpos, ino, index + 1, namelen, dtype)
+            dpos += _DIRENT_SIZE
+            buf[dpos : dpos + namelen] = name
             used += rec
+        reply.write_at(_HDR, memoryview(buf)[:used])
         return used
 
 
