@@ -11,6 +11,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out=${FSD_TESTBED_DIR:-$repo/build/testbed}
 mkdir -p "$out"
+# One builder at a time (parallel test sessions, make -j): the others wait, then find it done.
+exec 9> "$out/.lock"
+flock 9
 
 log() { printf 'testbed: %s\n' "$*" >&2; }
 
@@ -60,14 +63,18 @@ if [ ! -d "$kdir/boot" ]; then
     log "downloading $kpkg"
     dl="$out/download"
     rm -rf "$dl" && mkdir -p "$dl"
-    if ! (cd "$dl" && apt-get download "$kpkg" >&2); then
+    # As root, apt would drop to the _apt user, which cannot write here; it only warns.
+    download() { (cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$kpkg" >&2); }
+    if ! download; then
         apt_update_once
-        (cd "$dl" && apt-get download "$kpkg" >&2)
+        download
     fi
     rm -rf "$kdir.tmp" && mkdir -p "$kdir.tmp"
     dpkg-deb -x "$dl"/"$kpkg"_*.deb "$kdir.tmp"
     mv "$kdir.tmp" "$kdir"
     rm -rf "$dl"
+    # Older kernels (the metapackage moved on) are no longer needed.
+    find "$out/kernel" -mindepth 1 -maxdepth 1 ! -name "$kpkg" -exec rm -rf {} +
 fi
 vmlinuz=$(ls "$kdir"/boot/vmlinuz-* | head -n1)
 kver=${vmlinuz##*/vmlinuz-}

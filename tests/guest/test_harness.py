@@ -48,14 +48,15 @@ async def reference_backend(
 async def test_time_limit_kills_the_guest(
     guest_image: GuestImage, reference_backend: Backend
 ) -> None:
+    # Wherever the guest is after 5 s (booting on a slow machine, or sleeping), it dies.
     result = await run_guest(
-        "echo started; sleep 600", socket_path=reference_backend.socket_path, time_limit=10
+        "echo started; sleep 600", socket_path=reference_backend.socket_path, time_limit=5
     )
     assert result.timed_out
     assert result.exit_status is None
     assert result.qemu_returncode is not None  # killed, not left running
-    assert result.output == "started\n"
-    assert result.boot_to_mount_seconds is not None
+    assert result.output in ("", "started\n")
+    assert result.total_seconds < 10
 
 
 @pytest.mark.guest
