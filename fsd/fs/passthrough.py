@@ -152,6 +152,8 @@ class PassthroughFs:
     def lookup(self, parent: int, name: bytes) -> Entry:
         """Find ``name`` in ``parent`` (``.``/``..`` resolved inside the share) and count it."""
         pinode = self.inodes.get(parent)
+        if pinode.kind != stat.S_IFDIR:
+            raise OSError(errno.ENOTDIR, "lookup in a non-directory")
         if name == b".":
             name_path = pinode.path
         elif name == b"..":
