@@ -19,6 +19,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -426,24 +427,30 @@ async def _run_qemu(
     )
 
 
-def _unix_socket_listening(path: str | os.PathLike[str]) -> bool:
-    """True if some process listens on the Unix socket ``path``, seen in /proc/net/unix.
+def unix_socket_listening(path: str | os.PathLike[str]) -> bool:
+    """True once the Unix socket file ``path`` exists and some process listens on it.
 
     Connecting to find out would not do: a vhost-user backend takes the first connection as
-    its frontend, and QEMU's C virtiofsd exits when that connection closes.
+    its frontend, and QEMU's C virtiofsd exits when that connection closes. /proc/net/unix
+    shows the name a socket was bound to; a backend that binds a temporary name, listens and
+    renames it into place (an atomic publish) is listening once the file appears, though
+    /proc/net/unix never shows the final name.
     """
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return False
     listening_flag = 0x10000  # __SO_ACCEPTCON
     target = os.path.abspath(path)
-    try:
-        with open("/proc/net/unix") as table:
-            next(table)
-            for row in table:
-                cols = row.split()
-                if len(cols) >= 8 and cols[7] == target and int(cols[3], 16) & listening_flag:
-                    return True
-    except OSError:
-        pass
-    return False
+    bound_here: list[bool] = []
+    with open("/proc/net/unix") as table:
+        next(table)
+        for row in table:
+            cols = row.split()
+            if len(cols) >= 8 and cols[7] == target:
+                bound_here.append(bool(int(cols[3], 16) & listening_flag))
+    return any(bound_here) or not bound_here
 
 
 async def wait_listening(
@@ -453,7 +460,7 @@ async def wait_listening(
 
     It waits forever otherwise: bound it with ``trio.fail_after``.
     """
-    while not _unix_socket_listening(path):
+    while not unix_socket_listening(path):
         if process is not None and process.returncode is not None:
             raise BackendError(f"backend exited with {process.returncode} before listening")
         await trio.sleep(0.02)
@@ -504,7 +511,8 @@ async def running_backend(
                 with trio.fail_after(listen_timeout):
                     await wait_listening(socket_path, process=process)
             except (BackendError, trio.TooSlowError) as exc:
-                raise BackendError(f"{exc or 'backend never listened'}\n{backend.log()}") from exc
+                what = str(exc) or f"no listener on {socket_path} after {listen_timeout} s"
+                raise BackendError(f"{what}\n--- backend log ---\n{backend.log()}") from exc
             yield backend
         finally:
             with trio.CancelScope(shield=True):
