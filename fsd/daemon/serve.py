@@ -46,18 +46,12 @@ def open_vhost_user_listener(config: ServeConfig) -> trio.socket.SocketType:
             if not stat.S_ISSOCK(os.lstat(path).st_mode):
                 raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
             os.unlink(path)
-        # Bind and listen under a temporary name, then rename: a launcher that waits for the
-        # socket file to appear can never connect before listen() and be refused.
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        staging = f"{path}.{os.getpid()}.tmp"
         try:
-            sock.bind(staging)
+            sock.bind(path)
             sock.listen(1)
-            os.rename(staging, path)
         except BaseException:
             sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(staging)
             raise
     return trio.socket.from_stdlib_socket(sock)
 

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from fsd.testing.guest import unix_socket_listening
+
 __all__ = ["ServeProcess"]
 
 
@@ -24,7 +26,7 @@ class ServeProcess:
             text=True,
         )  # fmt: skip
         deadline = time.monotonic() + 20
-        while _inode(socket_path) in (None, stale):
+        while _inode(socket_path) in (None, stale) or not unix_socket_listening(socket_path):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"fsd serve did not start: {self.stop()[1]}")
             time.sleep(0.02)
