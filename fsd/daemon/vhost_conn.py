@@ -7,6 +7,7 @@ import array
 import logging
 import os
 import socket
+from collections.abc import Sequence
 
 import trio
 
@@ -92,7 +93,7 @@ class VhostUserConnection:
         self,
         sock: trio.socket.SocketType,
         device: DeviceSpec,
-        handlers: list[ChainHandler],
+        handlers: Sequence[ChainHandler],
         nursery: trio.Nursery,
     ) -> None:
         self.sock = sock
@@ -126,11 +127,11 @@ class VhostUserConnection:
             case Reply(request, payload):
                 await self._send(encode_message(request, payload))
             case MapRegion(region, fd):
-                self.memory = self.memory.with_region(map_region(region, fd))
+                self.set_memory(self.memory.with_region(map_region(region, fd)))
             case UnmapRegion(region):
-                self.memory = self.memory.without_region(region.guest_phys_addr)
+                self.set_memory(self.memory.without_region(region.guest_phys_addr))
             case UnmapAllRegions():
-                self.memory = GuestMemory()
+                self.set_memory(GuestMemory())
             case StartQueue(index):
                 self.start_queue(index)
             case StopQueue(index, reply):
@@ -148,6 +149,14 @@ class VhostUserConnection:
             case CloseFd(fd):
                 trio.lowlevel.notify_closing(fd)
                 os.close(fd)
+
+    def set_memory(self, memory: GuestMemory) -> None:
+        """Swap the memory table under running queues (memory hot-plug): their rings stay
+        where they were (the protocol stops a queue whose ring region goes away), and new
+        descriptor buffers are looked up in the new table."""
+        self.memory = memory
+        for runner in self.runners.values():
+            runner.queue.memory = memory
 
     async def _send(self, data: bytes) -> None:
         view = memoryview(data)
@@ -205,7 +214,7 @@ def _describe(msg: Message) -> str:
 
 
 async def serve_vhost_user_connection(
-    sock: trio.socket.SocketType, device: DeviceSpec, handlers: list[ChainHandler]
+    sock: trio.socket.SocketType, device: DeviceSpec, handlers: Sequence[ChainHandler]
 ) -> None:
     """Serve one front-end until it disconnects; queue tasks live in a child nursery."""
     async with trio.open_nursery() as nursery:

@@ -55,6 +55,7 @@ class VhostUserFrontend:
         self.kicks: list[int] = []
         self.calls: list[int] = []
         self.features = 0
+        self.extra_regions: list[tuple[int, mmap.mmap]] = []
 
     # -- raw messages -----------------------------------------------------------------
 
@@ -160,6 +161,18 @@ class VhostUserFrontend:
             for index in range(num_queues):
                 self.send(R.SET_VRING_ENABLE, VRING_STATE.pack(index, 1))
 
+    def hotplug_region(self, gpa: int, size: int) -> memoryview:
+        """Add a second memory region while the queues run (ADD_MEM_REG), as memory hot-plug
+        does; returns a view of it. The region is released by :meth:`close`."""
+        fd = os.memfd_create("fsd-test-hotplug", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        mapping = mmap.mmap(fd, size)
+        self.extra_regions.append((fd, mapping))
+        payload = SINGLE_REGION.pack(0, gpa, size, VA_BASE + gpa, 0)
+        self.send(R.ADD_MEM_REG, payload, [fd], flags=1 | HeaderFlags.NEED_REPLY)
+        assert U64.unpack(self.receive_reply(R.ADD_MEM_REG))[0] == 0
+        return memoryview(mapping)
+
     def set_vring_fd(self, request: int, index: int, fd: int | None) -> None:
         if fd is None:
             self.send(request, U64.pack(index | 0x100))
@@ -186,6 +199,10 @@ class VhostUserFrontend:
         self.memory.release()
         self.mapping.close()
         os.close(self.memfd)
+        for fd, mapping in self.extra_regions:
+            mapping.close()
+            os.close(fd)
+        self.extra_regions.clear()
 
     # -- requests ---------------------------------------------------------------------
 

@@ -54,11 +54,11 @@ class SplitQueue:
     __slots__ = (
         "_avail_ring",
         "_desc",
-        "_memory",
         "_signalled_used",
         "_used",
         "_used_idx_view",
         "event_idx",
+        "memory",
         "next_avail",
         "next_used",
         "size",
@@ -75,7 +75,8 @@ class SplitQueue:
         next_avail: int = 0,
         event_idx: bool = False,
     ) -> None:
-        self._memory = memory
+        #: Where descriptor buffers are looked up; replaced when the memory table grows.
+        self.memory = memory
         self.size: Final = size
         self.event_idx: Final = event_idx
         self._desc = memory.view(desc_gpa, 16 * size)
@@ -118,7 +119,7 @@ class SplitQueue:
         indirect = False
         index = head
         seen = 0
-        memory = self._memory
+        memory = self.memory
         try:
             while True:
                 addr, length, flags, nxt = DESC.unpack_from(table, 16 * index)
