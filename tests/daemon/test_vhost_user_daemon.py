@@ -105,6 +105,24 @@ def test_write_lands_in_the_host_file(frontend: VhostUserFrontend, shared_dir: P
     assert (shared_dir / "new.bin").read_bytes() == payload
 
 
+def test_hot_plugged_memory_serves_requests(frontend: VhostUserFrontend) -> None:
+    frontend.start()
+    init(frontend)
+    gpa = 1 << 32
+    extra = frontend.hotplug_region(gpa, 1 << 20)
+    request = fuse(Opcode.GETATTR, 70, FUSE_ROOT, bytes(16))
+    extra[: len(request)] = request
+    q = frontend.queues[1]
+    head = q.add_chain([(gpa, len(request), 0), (gpa + 4096, 256, F_WRITE)])
+    frontend.kick(1)
+    [(used_head, length)] = frontend.wait_used(1)
+    assert used_head == head
+    error, out = reply(bytes(extra[4096 : 4096 + length]), 70)
+    assert error == 0
+    assert stat.S_ISDIR(ATTR_OUT.unpack_from(out)[12])
+    extra.release()
+
+
 def test_forget_on_the_hiprio_queue_gets_no_reply(frontend: VhostUserFrontend) -> None:
     frontend.start()
     init(frontend)

@@ -60,7 +60,9 @@ def test_memory_spanning_two_regions_is_split() -> None:
         memory.views(0x0, 1)
 
 
-def write_desc(mem: memoryview, table: int, i: int, addr: int, length: int, flags: int, nxt: int) -> None:
+def write_desc(
+    mem: memoryview, table: int, i: int, addr: int, length: int, flags: int, nxt: int
+) -> None:
     struct.pack_into("<QIHH", mem, table + 16 * i, addr, length, flags, nxt)
 
 
