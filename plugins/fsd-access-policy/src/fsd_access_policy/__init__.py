@@ -1,0 +1,137 @@
+"""fsd plugin ``access-policy``: deny FUSE operations by path, uid and rate, from a TOML file.
+
+Options: ``--plugin-cfg access-policy:rules=/etc/fsd/policy.toml`` (required). The file
+format is in :mod:`fsd_access_policy.rules`.
+
+SIGHUP reloads the file without a restart: the daemon owns its signals and calls the
+``fsd_reload`` hook, which rereads the file here. A file that fails to parse keeps the rules
+in force and logs why. Every denial is logged (logger ``fsd_access_policy``). The plugin also
+refuses allowlist additions of denied paths.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from fsd.hookspecs import hookimpl
+from fsd_access_policy.bucket import TokenBucket
+from fsd_access_policy.rules import PolicyError, Rules, parse_rules
+
+if TYPE_CHECKING:
+    from fsd.allowlist.handler import AllowlistChange
+    from fsd.hookinfo import FuseRequestInfo
+    from fsd.plugin_options import OptionRegistry, PluginConfig
+
+__all__ = ["NAMESPACE", "AccessPolicy", "PolicyError", "Rules", "load_rules", "plugin"]
+
+NAMESPACE: Final = "access-policy"
+log = logging.getLogger("fsd_access_policy")
+
+
+def load_rules(path: str) -> Rules:
+    """Read and validate a rules file; raise :class:`PolicyError` (a ``ValueError``)."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise PolicyError(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: {exc}") from None
+    try:
+        return parse_rules(doc)
+    except PolicyError as exc:
+        raise PolicyError(f"{path}: {exc}") from None
+
+
+class AccessPolicy:
+    """The plugin. ``clock`` is injectable so rate limits are testable without sleeping."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path: str | None = None
+        self.rules = Rules()
+        self.buckets: dict[str, TokenBucket] = {}
+        self.clock = clock
+        self.denials = 0
+        # reload() may come from another thread (a test, an admin tool): swap atomically.
+        self._lock = threading.Lock()
+
+    def use(self, rules: Rules) -> None:
+        """Put ``rules`` in force (fresh rate buckets)."""
+        now = self.clock()
+        buckets = {name: TokenBucket(spec.per_second, spec.burst, now)
+                   for name, spec in rules.rates.items()}  # fmt: skip
+        with self._lock:
+            self.rules, self.buckets = rules, buckets
+
+    def load(self, path: str) -> None:
+        """Load ``path`` and remember it for reloads; raise if it is invalid."""
+        self.use(load_rules(path))
+        self.path = path
+        log.info("access policy loaded from %s", path)
+
+    def reload(self) -> bool:
+        """Reread the file; keep the old rules (and log) when the new file is bad."""
+        if self.path is None:
+            return False
+        try:
+            self.load(self.path)
+        except PolicyError as exc:
+            log.error("access policy not reloaded, keeping the previous rules: %s", exc)
+            return False
+        return True
+
+    # --- hooks -----------------------------------------------------------------------------
+
+    @hookimpl
+    def fsd_addoption(self, options: OptionRegistry) -> None:
+        options.add(NAMESPACE, "rules", "TOML rules file (required)")
+
+    @hookimpl
+    def fsd_configure(self, config: PluginConfig) -> None:
+        path = config.options(NAMESPACE).get("rules")
+        if not path:
+            raise ValueError(f"{NAMESPACE}: --plugin-cfg {NAMESPACE}:rules=FILE is required")
+        self.load(path)
+
+    @hookimpl
+    def fsd_reload(self) -> None:
+        self.reload()
+
+    @hookimpl
+    def fsd_fuse_check(self, request: FuseRequestInfo) -> int | None:
+        rules, buckets = self.rules, self.buckets
+        decision = rules.decide(request)
+        if decision is None:
+            bucket = buckets.get(request.op_class)
+            if bucket is None or bucket.take(self.clock()):
+                return None
+            code, reason = errno.EAGAIN, f"rate limit for {request.op_class} operations"
+        else:
+            code, reason = decision.errno, decision.reason
+        self.denials += 1
+        log.warning(
+            "denied %s %s (uid %d pid %d): %s",
+            request.op, " -> ".join(request.paths()) or f"nodeid {request.nodeid}",
+            request.uid, request.pid, reason,
+        )  # fmt: skip
+        return code
+
+    @hookimpl
+    def fsd_allowlist_check(self, change: AllowlistChange) -> str | None:
+        if change.op != "add":
+            return None
+        for path in change.path_strings():
+            if self.rules.denied_path(path):
+                log.warning("refused allowlist add of %s: denied by the access policy", path)
+                return f"{path} is denied by the access policy"
+        return None
+
+
+#: The object the ``access-policy`` entry point names.
+plugin = AccessPolicy()
