@@ -32,7 +32,11 @@ def _serve_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket-path", help="vhost-user Unix socket to listen on")
     where.add_argument("--fd", type=int, help="an already listening vhost-user socket fd")
-    p.add_argument("--shared-dir", required=True, help="host directory to share")
+    p.add_argument(
+        "--shared-dir",
+        required=True,
+        help="host directory to share; also crosvm's SRC:TAG:type=fs:key=value:... form",
+    )
     p.add_argument("--tag", help="tag in the device config space (for crosvm front-ends)")
     p.add_argument(
         "--allowlist-socket-path",
@@ -59,22 +63,29 @@ def _configure_logging(level: str) -> None:
 def serve_main(argv: Sequence[str]) -> int:
     from fsd.daemon.serve import ServeConfig, serve
     from fsd.fs.options import parse_cfg
+    from fsd.shared_dir import parse_shared_dir
+    from fsd.virtio_fs import virtio_fs_device
 
     parser = _serve_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)
-    if not os.path.isdir(args.shared_dir):
-        parser.error(f"--shared-dir {args.shared_dir!r} is not a directory")
     try:
-        fs_options = parse_cfg(args.cfg)
+        shared = parse_shared_dir(args.shared_dir)
+        if not os.path.isdir(shared.path):
+            parser.error(f"--shared-dir {shared.path!r} is not a directory")
+        if shared.tag and args.tag and shared.tag != args.tag:
+            parser.error(f"--tag {args.tag!r} disagrees with --shared-dir's tag {shared.tag!r}")
+        fs_options = parse_cfg(",".join(filter(None, [shared.cfg, args.cfg])))
         config = ServeConfig(
-            shared_dir=os.path.abspath(args.shared_dir),
+            shared_dir=os.path.abspath(shared.path),
             socket_path=args.socket_path,
             listen_fd=args.fd,
-            tag=args.tag,
+            tag=args.tag or shared.tag,
             allowlist_socket_path=args.allowlist_socket_path,
             fs_options=fs_options,
         )
+        if config.tag is not None:
+            virtio_fs_device(config.tag)  # checks the tag's length
     except ValueError as exc:
         parser.error(str(exc))
     try:

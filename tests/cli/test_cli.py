@@ -1,0 +1,70 @@
+"""The ``fsd`` command line: argument checking and crosvm's ``--shared-dir`` form."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fsd.shared_dir import SharedDirSpec, parse_shared_dir
+
+
+def fsd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fsd", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_plain_directory(tmp_path: Path) -> None:
+    assert parse_shared_dir(str(tmp_path)) == SharedDirSpec(str(tmp_path), None, "")
+
+
+def test_crosvm_form(tmp_path: Path) -> None:
+    spec = parse_shared_dir(f"{tmp_path}:myfs:type=fs:cache=always:timeout=0")
+    assert spec == SharedDirSpec(str(tmp_path), "myfs", "cache=always,timeout=0")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("/x:tag:type=p9", "only type=fs"),
+        ("/x:tag:uidmap=0 0 1", "not supported"),
+        ("/x:tag:cache", "not key=value"),
+        (":tag", "source directory is empty"),
+    ],
+)
+def test_crosvm_form_errors(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_shared_dir(value)
+
+
+def test_usage_lists_commands() -> None:
+    result = fsd("--help")
+    assert result.returncode == 0
+    for command in ("serve", "mount", "allowlist"):
+        assert command in result.stdout
+
+
+def test_unknown_command() -> None:
+    result = fsd("frobnicate")
+    assert result.returncode == 2
+    assert "unknown command" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shared-dir", "/nonexistent-fsd-dir"], "is not a directory"),
+        (["--shared-dir", "{tmp}", "--cfg", "bogus=1"], "bogus"),
+        (["--shared-dir", "{tmp}:t:type=fs:cache=sometimes"], "cache"),
+        (["--shared-dir", "{tmp}", "--tag", "x" * 37], "tag"),
+    ],
+)
+def test_serve_refuses_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    argv = [a.format(tmp=tmp_path) for a in args]
+    result = fsd("serve", "--socket-path", str(tmp_path / "s.sock"), *argv)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "s.sock").exists()
