@@ -21,7 +21,7 @@ __all__ = ["Inode", "InodeTable"]
 class Inode:
     """One host inode the guest knows: its O_PATH fd, file type and lookup count."""
 
-    __slots__ = ("fd", "key", "kind", "nodeid", "path", "refcount")
+    __slots__ = ("_share", "_share_of", "fd", "key", "kind", "nodeid", "path", "refcount")
 
     def __init__(self, nodeid: int, fd: int, st: os.stat_result, path: bytes) -> None:
         self.nodeid = nodeid
@@ -31,11 +31,21 @@ class Inode:
         self.kind = stat.S_IFMT(st.st_mode)
         self.path = path
         self.refcount = 1
+        self._share_of = b""
+        self._share: tuple[str, ...] = ()
 
     @property
     def proc_path(self) -> str:
         """``/proc/self/fd/N``: reopens or changes the inode itself; never follows a symlink."""
         return f"/proc/self/fd/{self.fd}"
+
+    def share_path(self) -> tuple[str, ...]:
+        """``path`` as the allowlist's name tuple, decoded once per path (renames replace it)."""
+        path = self.path
+        if path is not self._share_of:
+            self._share = tuple(os.fsdecode(path).split("/")) if path else ()
+            self._share_of = path
+        return self._share
 
     def child_path(self, name: bytes) -> bytes:
         """The share-relative path of ``name`` inside this directory."""

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
+from fsd.allowlist.trie import DENIED, FULL, TRAVERSE, Allowlist
 from fsd.fs import linux
 from fsd.fs.handles import DirEntry, Handle, HandleTable
 from fsd.fs.inodes import Inode, InodeTable
@@ -46,6 +47,7 @@ from fsd.fuse.abi import (
     FOPEN_KEEP_CACHE,
     RENAME_EXCHANGE,
 )
+from fsd.fuse.errors import HiddenByAllowlist
 
 __all__ = ["PassthroughFs"]
 
@@ -68,7 +70,9 @@ class PassthroughFs:
 
     __slots__ = (
         "_euid_egid",
+        "_gated",
         "_root_dirfd",
+        "allowlist",
         "dir_open_flags",
         "file_open_flags",
         "handles",
@@ -76,8 +80,17 @@ class PassthroughFs:
         "options",
     )
 
-    def __init__(self, root: str | os.PathLike[str], options: FsOptions | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        options: FsOptions | None = None,
+        *,
+        allowlist: Allowlist | None = None,
+    ) -> None:
         self.options = options if options is not None else FsOptions()
+        #: The dynamic path allowlist (crosvm's); ``None`` means the whole share, unchecked.
+        self.allowlist = allowlist if allowlist is not None else Allowlist.allow_all()
+        self._gated = self.allowlist.enabled
         fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self.inodes = InodeTable(fd)
@@ -99,6 +112,16 @@ class PassthroughFs:
         os.close(self.inodes.root.fd)
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _check_visible(self, parent: Inode, name: bytes) -> None:
+        """LOOKUP gate: a name the allowlist denies looks absent (before touching the host)."""
+        if self.allowlist.child_access(parent.share_path(), os.fsdecode(name)) is DENIED:
+            raise HiddenByAllowlist(errno.ENOENT, "hidden by the allowlist")
+
+    def _check_writable(self, parent: Inode, name: bytes) -> None:
+        """Create/remove/rename gate: only a FULL place may gain or lose an entry."""
+        if self.allowlist.child_access(parent.share_path(), os.fsdecode(name)) is not FULL:
+            raise OSError(errno.EACCES, "not writable under the allowlist")
 
     def _adopt(self, parent: Inode, name: bytes, fd: int) -> Entry:
         """Stat a freshly opened O_PATH fd and enter it into the inode table."""
@@ -159,7 +182,11 @@ class PassthroughFs:
         elif name == b"..":
             name_path = pinode.path.rpartition(b"/")[0]
         else:
+            if self._gated:
+                self._check_visible(pinode, name)
             return self._lookup_child(pinode, name)
+        if self._gated and name_path and self.allowlist.access(_share_path(name_path)) is DENIED:
+            raise HiddenByAllowlist(errno.ENOENT, "hidden by the allowlist")
         return self._walk(name_path)
 
     def _walk(self, path: bytes) -> Entry:
@@ -204,6 +231,9 @@ class PassthroughFs:
     ) -> os.stat_result:
         """Change what ``valid`` selects, through the open file if the guest named one."""
         inode = self.inodes.get(nodeid)
+        if self._gated and self.allowlist.access(inode.share_path()) is TRAVERSE:
+            # An ancestor of an allowed path is passage only (crosvm leaves this open).
+            raise OSError(errno.EACCES, "not writable under the allowlist")
         target: int | str = inode.proc_path
         if valid & FATTR_FH:
             target = self.handles.get(fh).fd
@@ -267,6 +297,8 @@ class PassthroughFs:
     def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Entry:
         """Create a directory owned by the caller."""
         pinode = self.inodes.get(parent)
+        if self._gated:
+            self._check_writable(pinode, name)
         os.mkdir(name, stat.S_IMODE(mode), dir_fd=pinode.fd)
         self._own(pinode, name, uid, gid)
         return self._lookup_child(pinode, name)
@@ -276,6 +308,8 @@ class PassthroughFs:
         if stat.S_IFMT(mode) not in _MKNOD_KINDS:
             raise OSError(errno.EPERM, "device nodes cannot be created in the share")
         pinode = self.inodes.get(parent)
+        if self._gated:
+            self._check_writable(pinode, name)
         os.mknod(name, mode, 0, dir_fd=pinode.fd)
         self._own(pinode, name, uid, gid)
         return self._lookup_child(pinode, name)
@@ -283,6 +317,8 @@ class PassthroughFs:
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Entry:
         """Create a symlink; its target is stored verbatim and never followed on the host."""
         pinode = self.inodes.get(parent)
+        if self._gated:
+            self._check_writable(pinode, name)
         os.symlink(target, name, dir_fd=pinode.fd)
         self._own(pinode, name, uid, gid)
         return self._lookup_child(pinode, name)
@@ -291,21 +327,32 @@ class PassthroughFs:
         """A new hard link to ``nodeid`` (not to whatever a symlink points at)."""
         inode = self.inodes.get(nodeid)
         pinode = self.inodes.get(newparent)
+        if self._gated:
+            self._check_writable(pinode, newname)
         os.link(inode.proc_path, newname, dst_dir_fd=pinode.fd, follow_symlinks=True)
         return self._lookup_child(pinode, newname)
 
     def unlink(self, parent: int, name: bytes) -> None:
         """Remove a non-directory name."""
-        os.unlink(name, dir_fd=self.inodes.get(parent).fd)
+        pinode = self.inodes.get(parent)
+        if self._gated:
+            self._check_writable(pinode, name)
+        os.unlink(name, dir_fd=pinode.fd)
 
     def rmdir(self, parent: int, name: bytes) -> None:
         """Remove an empty directory."""
-        os.rmdir(name, dir_fd=self.inodes.get(parent).fd)
+        pinode = self.inodes.get(parent)
+        if self._gated:
+            self._check_writable(pinode, name)
+        os.rmdir(name, dir_fd=pinode.fd)
 
     def rename(self, parent: int, name: bytes, newparent: int, newname: bytes, flags: int) -> None:
         """Rename (RENAME2 ``flags`` as renameat2) and keep the inode table's paths current."""
         pold = self.inodes.get(parent)
         pnew = self.inodes.get(newparent)
+        if self._gated:
+            self._check_writable(pold, name)
+            self._check_writable(pnew, newname)
         st = os.stat(name, dir_fd=pold.fd, follow_symlinks=False)
         other = None
         if flags & RENAME_EXCHANGE:
@@ -341,6 +388,8 @@ class PassthroughFs:
         (regular files only), so a host fifo at that name cannot block the daemon.
         """
         pinode = self.inodes.get(parent)
+        if self._gated:
+            self._check_writable(pinode, name)
         oflags = self._open_flags(flags & _CREATE_PASS_FLAGS)
         try:
             fd = os.open(
@@ -460,8 +509,13 @@ class PassthroughFs:
             except OSError:
                 parent_ino = own_ino
         entries: list[DirEntry] = [(b".", own_ino, DT_DIR), (b"..", parent_ino, DT_DIR)]
+        # The whole directory is read into the snapshot, so hidden entries never make a
+        # batch look like the end of the directory (crosvm filters one getdents batch).
+        visible = self.allowlist.visible_children(inode.share_path()) if self._gated else None
         with os.scandir(handle.fd) as it:
             for entry in it:
+                if visible is not None and entry.name not in visible:
+                    continue
                 if entry.is_symlink():
                     dtype = DT_LNK
                 elif entry.is_dir(follow_symlinks=False):
@@ -478,7 +532,10 @@ class PassthroughFs:
 
     def lookup_entry(self, parent: int, name: bytes) -> Entry:
         """LOOKUP for READDIRPLUS: the same as :meth:`lookup` for a listed name."""
-        return self._lookup_child(self.inodes.get(parent), name)
+        pinode = self.inodes.get(parent)
+        if self._gated:
+            self._check_visible(pinode, name)
+        return self._lookup_child(pinode, name)
 
     def releasedir(self, fh: int) -> None:
         """The guest closed the directory."""
@@ -494,3 +551,8 @@ class PassthroughFs:
         """Drop every handle and every inode but the root (the guest unmounted)."""
         self.handles.clear()
         self.inodes.clear()
+
+
+def _share_path(path: bytes) -> tuple[str, ...]:
+    """A share-relative bytes path as the allowlist's name tuple."""
+    return tuple(os.fsdecode(path).split("/")) if path else ()

@@ -59,7 +59,7 @@ from fsd.fuse.abi import (
     Opcode,
 )
 from fsd.fuse.codec import attr_values, parse_name, parse_symlink, parse_two_names, split_timeout
-from fsd.fuse.errors import ProtocolError
+from fsd.fuse.errors import HiddenByAllowlist, ProtocolError
 from fsd.fuse.session import FuseSession
 from fsd.sgbuf import BufferTooShort, SgReader, SgWriter
 
@@ -266,8 +266,8 @@ class FuseServer:
         name = parse_name(self._body(request), allow_dots=True)
         try:
             inode, st = self.fs.lookup(nodeid, name)
-        except FileNotFoundError:
-            if not self._negative_valid[0] and not self._negative_valid[1]:
+        except FileNotFoundError as exc:
+            if isinstance(exc, HiddenByAllowlist) or not any(self._negative_valid):
                 raise
             n_s, n_ns = self._negative_valid
             reply.pack_at(ENTRY_OUT, _HDR, 0, 0, n_s, 0, n_ns, 0, *(0,) * 16)
