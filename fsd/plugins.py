@@ -178,14 +178,19 @@ class Plugins:
 
     # --- configuration ---------------------------------------------------------------------
 
+    def collect_options(self) -> OptionRegistry:
+        """Ask every plugin to declare its options (``fsd_addoption``)."""
+        self.options = OptionRegistry()
+        self.pm.hook.fsd_addoption.call_historic(kwargs={"options": self.options})
+        return self.options
+
     def configure(self, given: Mapping[str, Mapping[str, str]] | None = None) -> PluginConfig:
         """Collect declared options, check ``given`` against them, and configure every plugin.
 
         Raises :class:`PluginError` on an undeclared option or a plugin refusing its values.
         """
-        self.options = OptionRegistry()
         try:
-            self.pm.hook.fsd_addoption.call_historic(kwargs={"options": self.options})
+            self.collect_options()
             self.config = self.options.resolve(given or {})
             self.pm.hook.fsd_configure.call_historic(kwargs={"config": self.config})
         except OptionError as exc:
@@ -390,8 +395,11 @@ def list_plugins_main(argv: Sequence[str]) -> int:
     if not args.plugin:
         return 0
     try:
-        plugins = setup_plugins(args.plugin)
-    except PluginError as exc:
+        pm = create_manager()
+        load_plugins(pm, args.plugin)
+        plugins = Plugins(pm)
+        plugins.collect_options()  # not configured: listing must not need their options
+    except (PluginError, OptionError) as exc:
         print(f"fsd plugins: {exc}", file=sys.stderr)
         return 1
     out.write("\nloaded:\n")
