@@ -1,8 +1,11 @@
-"""Virtqueue tasks: wait for a kick, drain every available chain, signal the driver once.
+"""Virtqueue workers: wait for a kick, drain every available chain, signal the driver once.
 
-Everything between two waits is synchronous: the FUSE server runs inline on the trio thread
-(cheap syscalls), and trio is touched once per wake-up, not once per request
-(prototype-lessons.md §3.3: a trio wait costs 15–20 µs of CPU).
+Each running queue is served by a worker thread that the connection's nursery supervises
+(:meth:`QueueRunner.run`): it blocks in its own ``epoll`` on the kick eventfd and a stop
+eventfd, so trio is not on the per-request path at all. Measured with
+contrib/bench_transport.py, a trio ``wait_readable`` per kick cost more wall time per request
+than the whole FUSE operation (see docs/performance.md). Requests of all queues go through
+one lock around the FUSE server, so the inode and handle tables see one request at a time.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
+import threading
 from collections.abc import Callable
 
 import trio
@@ -17,7 +22,7 @@ import trio
 from fsd.sgbuf import SgReader, SgWriter
 from fsd.virtio.splitq import InvalidChain, QueueBroken, SplitQueue
 
-__all__ = ["ChainHandler", "QueueRunner"]
+__all__ = ["ChainHandler", "QueueRunner", "serialized"]
 
 log = logging.getLogger("fsd.virtio")
 
@@ -25,8 +30,25 @@ ChainHandler = Callable[[SgReader, SgWriter], int]
 """Serves one request: reads it, writes the reply, returns the reply length."""
 
 
+def serialized(handler: ChainHandler) -> ChainHandler:
+    """Wrap ``handler`` so that calls from several queue threads never overlap."""
+    lock = threading.Lock()
+
+    def handle(request: SgReader, reply: SgWriter) -> int:
+        with lock:
+            return handler(request, reply)
+
+    return handle
+
+
 class QueueRunner:
-    """One running virtqueue: its ring, kick and call fds, and the task serving it."""
+    """One running virtqueue: its ring, kick and call fds, and the thread serving it.
+
+    The connection task (trio) and the worker thread share three things: the call fd (swapped
+    under ``_call_lock``, so it is never written after the connection closed it), the queue's
+    memory table (swapped by one attribute store), and ``queue.next_avail``, which the
+    connection reads only after :meth:`stop` has returned.
+    """
 
     def __init__(
         self,
@@ -39,20 +61,29 @@ class QueueRunner:
         self.index = index
         self.queue = queue
         self.kick_fd = kick_fd
-        self.call_fd = call_fd
         self.handler = handler
-        self.cancel_scope = trio.CancelScope()
         self.chains = 0
         self.interrupts = 0
+        self._call_fd = call_fd
+        self._call_lock = threading.Lock()
+        self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._done = trio.Event()
+
+    def set_call_fd(self, fd: int | None) -> None:
+        """Signal through ``fd`` from now on; the old fd may be closed once this returns."""
+        with self._call_lock:
+            self._call_fd = fd
 
     def interrupt(self) -> None:
-        fd = self.call_fd
-        if fd is not None:
+        with self._call_lock:
+            fd = self._call_fd
+            if fd is None:
+                return
             try:
                 os.eventfd_write(fd, 1)
             except OSError as exc:
                 log.error("queue %d: signalling the call eventfd failed: %s", self.index, exc)
-            self.interrupts += 1
+        self.interrupts += 1
 
     def drain(self) -> None:
         """Serve every available chain, re-arm kicks, and interrupt once if the driver wants."""
@@ -76,18 +107,46 @@ class QueueRunner:
         if queue.needs_interrupt():
             self.interrupt()
 
-    async def run(self) -> None:
-        """Serve the queue until cancelled (the front-end stopped it) or it breaks."""
-        kick = self.kick_fd
-        os.set_blocking(kick, False)
-        with self.cancel_scope:
+    def serve_blocking(self) -> None:
+        """The worker thread: drain, then sleep in epoll until a kick or a stop."""
+        kick, stop = self.kick_fd, self._stop_fd
+        with select.epoll(2) as poller:
+            poller.register(kick, select.EPOLLIN)
+            poller.register(stop, select.EPOLLIN)
             try:
                 while True:
                     self.drain()
-                    await trio.lowlevel.wait_readable(kick)
+                    for fd, _ in poller.poll():
+                        if fd == stop:
+                            return
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(kick)
             except QueueBroken as exc:
                 log.error("queue %d stopped: %s", self.index, exc)
-            except trio.ClosedResourceError:
-                pass
+            except Exception:
+                log.exception("queue %d: worker failed", self.index)
+
+    async def run(self) -> None:
+        """Run the worker thread until :meth:`stop`, cancellation, or a broken queue."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._stop_when_cancelled)
+                await trio.to_thread.run_sync(
+                    self.serve_blocking, thread_name=f"fsd-queue-{self.index}"
+                )
+                nursery.cancel_scope.cancel()
+        finally:
+            os.close(self._stop_fd)
+            self._done.set()
+
+    async def _stop_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            os.eventfd_write(self._stop_fd, 1)
+
+    async def stop(self) -> None:
+        """Stop the worker and wait until it has returned (its queue state is then stable)."""
+        if not self._done.is_set():
+            os.eventfd_write(self._stop_fd, 1)
+            await self._done.wait()

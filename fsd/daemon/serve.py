@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -13,6 +14,10 @@ import stat
 import attrs
 import trio
 
+from fsd.allowlist import Allowlist
+from fsd.allowlist.handler import AfterHook, CheckHook
+from fsd.allowlist.server import serve_allowlist
+from fsd.daemon.queues import serialized
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fuse import FuseServer
@@ -33,6 +38,9 @@ class ServeConfig:
     tag: str | None = None
     allowlist_socket_path: str | None = None
     fs_options: FsOptions = attrs.field(factory=FsOptions)
+    #: Policy hooks for allowlist changes (``serve_allowlist``'s ``check``/``after``).
+    allowlist_check: CheckHook | None = None
+    allowlist_after: AfterHook | None = None
 
 
 def open_vhost_user_listener(config: ServeConfig) -> trio.socket.SocketType:
@@ -76,20 +84,35 @@ async def serve(
     every mode it sends, and the host must not apply another one.
     """
     os.umask(0)
-    server = FuseServer(PassthroughFs(config.shared_dir, config.fs_options), transport="vhost-user")
+    # With a control socket the guest starts seeing nothing (crosvm); without, everything.
+    allowlist = Allowlist() if config.allowlist_socket_path is not None else None
+    fs = PassthroughFs(config.shared_dir, config.fs_options, allowlist=allowlist)
+    server = FuseServer(fs, transport="vhost-user")
     device = virtio_fs_device(config.tag)
     listener = open_vhost_user_listener(config)
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            if allowlist is not None:
+                assert config.allowlist_socket_path is not None
+                await nursery.start(
+                    functools.partial(
+                        serve_allowlist,
+                        config.allowlist_socket_path,
+                        allowlist,
+                        check=config.allowlist_check,
+                        after=config.allowlist_after,
+                    )
+                )
+                log.info("allowlist: control socket %s", config.allowlist_socket_path)
             log.info("vhost-user: listening on %s", config.socket_path or f"fd {config.listen_fd}")
             task_status.started(config.socket_path)
             with listener:
                 sock, _ = await listener.accept()
             log.info("vhost-user: front-end connected")
             with sock:
-                handlers = [server.handle] * NUM_QUEUES
+                handlers = [serialized(server.handle)] * NUM_QUEUES
                 await serve_vhost_user_connection(sock, device, handlers)
             nursery.cancel_scope.cancel()
     finally:

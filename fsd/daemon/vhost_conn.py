@@ -120,7 +120,8 @@ class VhostUserConnection:
         except (ConnectionClosed, ConnectionResetError):
             log.info("vhost-user: front-end disconnected")
         finally:
-            self.close()
+            with trio.CancelScope(shield=True):
+                await self.close()
 
     async def apply(self, effect: Effect) -> None:
         match effect:
@@ -135,7 +136,7 @@ class VhostUserConnection:
             case StartQueue(index):
                 self.start_queue(index)
             case StopQueue(index, reply):
-                next_avail = self.stop_queue(index)
+                next_avail = await self.stop_queue(index)
                 if reply:
                     await self._send(
                         encode_message(
@@ -145,7 +146,7 @@ class VhostUserConnection:
             case SetCallFd(index, fd):
                 self.call_fds[index] = fd
                 if index in self.runners:
-                    self.runners[index].call_fd = fd
+                    self.runners[index].set_call_fd(fd)
             case CloseFd(fd):
                 trio.lowlevel.notify_closing(fd)
                 os.close(fd)
@@ -186,19 +187,19 @@ class VhostUserConnection:
         self.nursery.start_soon(runner.run, name=f"fsd-queue-{index}")
         log.debug("queue %d started: %s", index, config)
 
-    def stop_queue(self, index: int) -> int:
+    async def stop_queue(self, index: int) -> int:
         runner = self.runners.pop(index, None)
         if runner is None:
             return self.state.vrings[index].base
-        runner.cancel_scope.cancel()
+        await runner.stop()
         next_avail = runner.queue.next_avail
         self.state.queue_stopped(index, next_avail)
         log.debug("queue %d stopped at %d after %d chains", index, next_avail, runner.chains)
         return next_avail
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for index in list(self.runners):
-            self.stop_queue(index)
+            await self.stop_queue(index)
         for fd in self.state.open_fds():
             trio.lowlevel.notify_closing(fd)
             os.close(fd)
