@@ -80,7 +80,7 @@ def test_rules_through_fuse(layout: Path, policy_file: Path, caplog: Any) -> Non
 
 
 def test_per_uid_rules(layout: Path, policy_file: Path) -> None:
-    policy, manager = configured(policy_file)
+    _, manager = configured(policy_file)
     with hooked_client(layout, manager) as c:
         u1000 = fr.mkdir(c.next_unique(), 1, "mine", uid=1000, gid=1000)
         assert c.errno_of(u1000) == errno.EROFS
@@ -166,7 +166,7 @@ def test_missing_rules_option_stops_startup() -> None:
 
 def test_allowlist_add_of_a_denied_path_is_refused(policy_file: Path) -> None:
     _, manager = configured(policy_file)
-    check, after = manager.allowlist_callbacks()
+    check, _ = manager.allowlist_callbacks()
     allowlist = Allowlist()
     refused = handle_packet(allowlist, b'{"AddPaths":{"paths":["/secret/x"]}}', check=check)
     assert isinstance(refused.response, Err) and "denied" in refused.response.message
@@ -184,9 +184,8 @@ def test_policy_on_a_real_mount(layout: Path, policy_file: Path, tmp_path: Path)
     with mounted_with_plugins(layout, configured(policy_file)[1], mountpoint=mnt) as mount:
         root = mount.mountpoint
         assert (root / "ro" / "file").read_text() == "r"
-        with pytest.raises(OSError) as exc:
+        with pytest.raises(OSError, match="Read-only file system"):
             (root / "ro" / "new").write_text("x")
-        assert exc.value.errno == errno.EROFS
         with pytest.raises(PermissionError):
             (root / "secret" / "s").read_text()
         (root / "rw" / "new").write_text("fine")
