@@ -12,6 +12,7 @@ included) and the back-end's own CPU time per request, read from /proc/PID/stat.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -45,10 +46,8 @@ def cpu_seconds(pid: int) -> float:
     """CPU time of every thread of ``pid`` (schedstat: nanoseconds, not 10 ms ticks)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
     return total / 1e9
 
 

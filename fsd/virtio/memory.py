@@ -33,7 +33,7 @@ class GuestRegion(NamedTuple):
 class GuestMemory:
     """An immutable, sorted set of guest memory regions."""
 
-    __slots__ = ("_ends", "_regions", "_starts")
+    __slots__ = ("_ends", "_only", "_regions", "_starts")
 
     def __init__(self, regions: Iterable[GuestRegion] = ()) -> None:
         ordered = sorted(regions, key=lambda r: r.gpa)
@@ -43,6 +43,8 @@ class GuestMemory:
         self._regions: Final = ordered
         self._starts: Final = [r.gpa for r in ordered]
         self._ends: Final = [r.end for r in ordered]
+        # One region is the common case (QEMU's -m up to 2-3 GiB): look up without bisect.
+        self._only: Final = ordered[0] if len(ordered) == 1 else None
 
     @property
     def regions(self) -> list[GuestRegion]:
@@ -62,6 +64,11 @@ class GuestMemory:
 
     def view(self, gpa: int, length: int) -> memoryview:
         """A view of ``length`` bytes at ``gpa`` that lies inside one region (rings, tables)."""
+        only = self._only
+        if only is not None:
+            off = gpa - only.gpa
+            if off >= 0 and length >= 0 and off + length <= len(only.view):
+                return only.view[off : off + length]
         if length < 0:
             raise GuestMemoryError(f"negative length {length}")
         i = self._find(gpa)

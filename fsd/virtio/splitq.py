@@ -110,49 +110,90 @@ class SplitQueue:
         return head, readable, writable
 
     def _walk(self, head: int) -> tuple[list[memoryview], list[memoryview]]:
+        """Follow chain ``head`` through the descriptor table (and an indirect table)."""
         if head >= self.size:
             raise InvalidChain(head, f"head index out of range (queue size {self.size})")
         readable: list[memoryview] = []
         writable: list[memoryview] = []
         table = self._desc
-        limit = self.size
-        indirect = False
         index = head
         seen = 0
-        memory = self.memory
         try:
             while True:
                 addr, length, flags, nxt = DESC.unpack_from(table, 16 * index)
                 if flags & DESC_F_INDIRECT:
-                    if indirect:
-                        raise InvalidChain(head, "nested indirect table")
                     if flags & DESC_F_NEXT:
                         raise InvalidChain(head, "indirect descriptor with NEXT set")
                     if length == 0 or length % 16:
                         raise InvalidChain(head, f"indirect table of {length} bytes")
-                    table = memory.view(addr, length)
-                    limit = length // 16
-                    indirect = True
-                    index = seen = 0
-                    continue
+                    # Linux puts every request in one indirect table: unpack it in one call.
+                    descriptors = list(DESC.iter_unpack(self.memory.view(addr, length)))
+                    self._follow(head, descriptors, readable, writable)
+                    return readable, writable
                 seen += 1
-                if seen > limit:
+                if seen > self.size:
                     raise InvalidChain(head, "descriptor loop")
                 if length:
-                    views = memory.views(addr, length)
-                    if flags & DESC_F_WRITE:
-                        writable += views
-                    elif writable:
-                        raise InvalidChain(head, "readable descriptor after a writable one")
-                    else:
-                        readable += views
+                    self._add_buffer(head, addr, length, flags, readable, writable)
                 if not flags & DESC_F_NEXT:
                     return readable, writable
                 index = nxt
-                if index >= limit:
+                if index >= self.size:
                     raise InvalidChain(head, f"next index {index} out of range")
         except GuestMemoryError as exc:
             raise InvalidChain(head, str(exc)) from None
+
+    def _follow(
+        self,
+        head: int,
+        descriptors: list[tuple[int, int, int, int]],
+        readable: list[memoryview],
+        writable: list[memoryview],
+    ) -> None:
+        """Walk an indirect table from its first entry (the hot path for large requests)."""
+        limit = len(descriptors)
+        view = self.memory.view
+        index = 0
+        for _ in range(limit):
+            addr, length, flags, nxt = descriptors[index]
+            if flags & DESC_F_INDIRECT:
+                raise InvalidChain(head, "nested indirect table")
+            if length:
+                if flags & DESC_F_WRITE:
+                    try:
+                        writable.append(view(addr, length))
+                    except GuestMemoryError:
+                        writable += self.memory.views(addr, length)
+                elif writable:
+                    raise InvalidChain(head, "readable descriptor after a writable one")
+                else:
+                    try:
+                        readable.append(view(addr, length))
+                    except GuestMemoryError:
+                        readable += self.memory.views(addr, length)
+            if not flags & DESC_F_NEXT:
+                return
+            index = nxt
+            if index >= limit:
+                raise InvalidChain(head, f"next index {index} out of range")
+        raise InvalidChain(head, "descriptor loop")
+
+    def _add_buffer(
+        self,
+        head: int,
+        addr: int,
+        length: int,
+        flags: int,
+        readable: list[memoryview],
+        writable: list[memoryview],
+    ) -> None:
+        views = self.memory.views(addr, length)
+        if flags & DESC_F_WRITE:
+            writable += views
+        elif writable:
+            raise InvalidChain(head, "readable descriptor after a writable one")
+        else:
+            readable += views
 
     # -- device → driver ----------------------------------------------------------------
 
