@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import logging
 import os
 import signal
@@ -21,6 +22,9 @@ from typing import Protocol
 
 import trio
 
+from fsd.allowlist import Allowlist
+from fsd.allowlist.handler import AfterHook, CheckHook
+from fsd.allowlist.server import serve_allowlist
 from fsd.daemon import mount_syscalls
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fs import parse_cfg as parse_fs_cfg
@@ -96,9 +100,11 @@ def check_mountpoint(
     return shared, target
 
 
-def _default_server(shared_dir: str, options: FsOptions | None) -> RequestHandler:
+def _default_server(
+    shared_dir: str, options: FsOptions | None, allowlist: Allowlist | None = None
+) -> RequestHandler:
     """The passthrough filesystem behind the FUSE server, as ``fsd serve`` builds it."""
-    return FuseServer(PassthroughFs(shared_dir, options), transport="dev-fuse")
+    return FuseServer(PassthroughFs(shared_dir, options, allowlist=allowlist), transport="dev-fuse")
 
 
 async def serve_mount(
@@ -107,6 +113,10 @@ async def serve_mount(
     *,
     options: FsOptions | None = None,
     server: RequestHandler | None = None,
+    allowlist_socket_path: str | os.PathLike[str] | None = None,
+    allowlist: Allowlist | None = None,
+    allowlist_check: CheckHook | None = None,
+    allowlist_after: AfterHook | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount ``shared_dir`` on ``mountpoint`` through /dev/fuse and serve it until cancelled.
@@ -114,10 +124,38 @@ async def serve_mount(
     ``task_status.started(mountpoint)`` is called once the mount exists. Returns by itself when
     the mount is removed from outside (the kernel then answers ENODEV); on cancellation it
     detaches the mount. ``server`` replaces the default passthrough server (tests, plugins).
+
+    ``allowlist_socket_path`` starts the allowlist control server (as ``fsd serve`` does) for
+    ``allowlist`` (a fresh, empty one by default) before mounting; a custom ``server`` must
+    then be built on that same allowlist.
     """
     shared, target = check_mountpoint(shared_dir, mountpoint)
+    if allowlist_socket_path is not None and allowlist is None:
+        allowlist = Allowlist()
     if server is None:
-        server = _default_server(shared, options)
+        server = _default_server(shared, options, allowlist)
+    if allowlist_socket_path is None:
+        await _mount_and_serve(shared, target, server, task_status)
+        return
+    assert allowlist is not None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(
+                serve_allowlist,
+                allowlist_socket_path,
+                allowlist,
+                check=allowlist_check,
+                after=allowlist_after,
+            )
+        )
+        await _mount_and_serve(shared, target, server, task_status)
+        nursery.cancel_scope.cancel()
+
+
+async def _mount_and_serve(
+    shared: str, target: str, server: RequestHandler, task_status: trio.TaskStatus[str]
+) -> None:
+    """Mount, report the mount point, serve until unmounted or cancelled, then detach."""
     # The FUSE client already applied the caller's umask to the mode in MKNOD/MKDIR/CREATE;
     # applying ours on top would strip bits the caller asked for.
     old_umask = os.umask(0)
@@ -226,7 +264,9 @@ def parse_cfg(items: Sequence[str]) -> FsOptions | None:
     return parse_fs_cfg(text) if text.strip(", ") else None
 
 
-async def _mount_until_signal(shared: str, target: str, options: FsOptions | None) -> None:
+async def _mount_until_signal(
+    shared: str, target: str, options: FsOptions | None, allowlist_socket_path: str | None
+) -> None:
     """Serve until SIGINT/SIGTERM (then detach) or until unmounted from outside."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -238,8 +278,18 @@ async def _mount_until_signal(shared: str, target: str, options: FsOptions | Non
                     return
 
             nursery.start_soon(cancel_on_signal)
-            await serve_mount(shared, target, options=options)
+            await serve_mount(
+                shared, target, options=options, allowlist_socket_path=allowlist_socket_path
+            )
             nursery.cancel_scope.cancel()
+
+
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    """The first plain exception in a (possibly nested) exception group."""
+    first: Exception | BaseExceptionGroup[Exception] = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 def main(argv: Sequence[str]) -> int:
@@ -259,6 +309,12 @@ def main(argv: Sequence[str]) -> int:
         help="filesystem options: cache=never|auto|always, timeout=SECONDS, "
         "negative_timeout=SECONDS, writeback=true|false",
     )
+    parser.add_argument(
+        "--allowlist-socket-path",
+        metavar="CTRL",
+        help="SOCK_SEQPACKET control socket for the dynamic path allowlist (deny all until "
+        "added; use --cfg timeout=0 so that removals take effect at once)",
+    )
     args = parser.parse_args(list(argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="fsd mount: %(message)s")
@@ -268,11 +324,11 @@ def main(argv: Sequence[str]) -> int:
     except (MountError, ValueError) as e:
         print(f"fsd mount: {e}", file=sys.stderr)
         return 2
-    failure: MountError | None = None
+    failure: Exception | None = None
     try:
-        trio.run(_mount_until_signal, shared, target, options)
-    except* MountError as group:
-        failure = next(e for e in group.exceptions if isinstance(e, MountError))
+        trio.run(_mount_until_signal, shared, target, options, args.allowlist_socket_path)
+    except* (MountError, OSError) as group:  # OSError: the allowlist socket was refused
+        failure = _first_leaf(group)
     if failure is not None:
         print(f"fsd mount: {failure}", file=sys.stderr)
         return 1
