@@ -29,7 +29,7 @@ test: setup check
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) contrib/demo.py
+	$(PY) contrib/demo.py --allowlist
 
 clean:
 	rm -rf build $(VENV)

@@ -26,13 +26,7 @@ from fsd.testing.guest import (
     running_backend,
 )
 
-pytestmark = [
-    pytest.mark.guest,
-    pytest.mark.xfail(
-        strict=False,
-        reason="fsd serve does not start the allowlist control server yet: drop this marker",
-    ),
-]
+pytestmark = pytest.mark.guest
 
 WORKLOAD = r"""
 expect() {  # expect visible|hidden PATH
