@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from fsd.allowlist.trie import DENIED, FULL, TRAVERSE, Allowlist
-from fsd.fs import linux
+from fsd.fs import linux, xattrs
 from fsd.fs.handles import DirEntry, Handle, HandleTable
 from fsd.fs.inodes import Inode, InodeTable
 from fsd.fs.options import FsOptions
@@ -544,6 +544,46 @@ class PassthroughFs:
     def fsyncdir(self, fh: int, datasync: bool) -> None:
         """Flush a directory's entries to disk."""
         self.fsync(fh, datasync)
+
+    # --- extended attributes (fsd/fs/xattrs.py) --------------------------------------------
+
+    def _xattr_writable(self, inode: Inode) -> None:
+        if self._gated and self.allowlist.access(inode.share_path()) is TRAVERSE:
+            raise OSError(errno.EACCES, "not writable under the allowlist")
+
+    def getxattr(self, nodeid: int, name: bytes) -> bytes:
+        """The value of xattr ``name`` (ENODATA if unset); the server does the size probe."""
+        inode = self.inodes.get(nodeid)
+        rewrite = self.options.rewrite_security_xattrs
+        return xattrs.getxattr(inode, xattrs.host_name(name, rewrite=rewrite))
+
+    def listxattr(self, nodeid: int) -> list[bytes]:
+        """The inode's xattr names as the guest sees them."""
+        names = xattrs.listxattr(self.inodes.get(nodeid))
+        return xattrs.guest_names(names, rewrite=self.options.rewrite_security_xattrs)
+
+    def setxattr(self, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
+        """Set xattr ``name`` (``flags``: XATTR_CREATE / XATTR_REPLACE)."""
+        inode = self.inodes.get(nodeid)
+        self._xattr_writable(inode)
+        rewrite = self.options.rewrite_security_xattrs
+        xattrs.setxattr(inode, xattrs.host_name(name, rewrite=rewrite, setting=True), value, flags)
+
+    def removexattr(self, nodeid: int, name: bytes) -> None:
+        """Remove xattr ``name`` (ENODATA if unset)."""
+        inode = self.inodes.get(nodeid)
+        self._xattr_writable(inode)
+        rewrite = self.options.rewrite_security_xattrs
+        xattrs.removexattr(inode, xattrs.host_name(name, rewrite=rewrite))
+
+    def kill_suidgid(self, nodeid: int, fh: int | None = None) -> None:
+        """HANDLE_KILLPRIV_V2: drop set-id bits the guest says a write/truncate must drop."""
+        if fh is not None:
+            xattrs.kill_suidgid(self.handles.get(fh).fd)
+            return
+        inode = self.inodes.get(nodeid)
+        if inode.kind == stat.S_IFREG:
+            xattrs.kill_suidgid(inode.proc_path)
 
     # --- session ---------------------------------------------------------------------------
 

@@ -162,6 +162,16 @@ WRITE_CACHE: Final = 1 << 0
 WRITE_LOCKOWNER: Final = 1 << 1
 WRITE_KILL_SUIDGID: Final = 1 << 2
 
+#: Linux xattr limits (``include/uapi/linux/limits.h``): name, value, and name-list bytes.
+XATTR_NAME_MAX: Final = 255
+XATTR_SIZE_MAX: Final = 65536
+XATTR_LIST_MAX: Final = 65536
+
+# fuse_open_in.open_flags / fuse_create_in.open_flags (HANDLE_KILLPRIV_V2)
+OPEN_KILL_SUIDGID: Final = 1 << 0
+# fuse_lk_in.lk_flags: the lock is a BSD flock(2), not a POSIX lock
+LK_FLOCK: Final = 1 << 0
+
 # renameat2 flags carried by RENAME2
 RENAME_NOREPLACE: Final = 1 << 0
 RENAME_EXCHANGE: Final = 1 << 1
@@ -243,6 +253,12 @@ ACCESS_IN: Final = struct.Struct("<II")
 SETXATTR_IN: Final = struct.Struct("<II")
 #: size, padding
 GETXATTR_IN: Final = struct.Struct("<II")
+#: fh, owner, lk (start, end, type, pid), lk_flags, padding (GETLK/SETLK/SETLKW)
+LK_IN: Final = struct.Struct("<QQQQIIII")
+#: start, end, type, pid (GETLK's reply)
+LK_OUT: Final = struct.Struct("<QQII")
+#: fh, flags, cmd, arg, in_size, out_size
+IOCTL_IN: Final = struct.Struct("<QIIQII")
 #: unique of the interrupted request
 INTERRUPT_IN: Final = struct.Struct("<Q")
 #: fh, offset, length, mode, padding

@@ -19,6 +19,7 @@ __all__ = [
     "parse_name",
     "parse_symlink",
     "parse_two_names",
+    "parse_xattr_name",
     "split_timeout",
 ]
 
@@ -69,6 +70,16 @@ def parse_symlink(body: bytes) -> tuple[bytes, bytes]:
     if not target:
         raise ProtocolError("empty symlink target", errno.ENOENT)
     return name, target
+
+
+def parse_xattr_name(body: bytes) -> bytes:
+    """The NUL-terminated xattr name that starts ``body`` (any bytes but NUL, even ``/``)."""
+    end = body.find(b"\0")
+    if end < 0:
+        raise ProtocolError("xattr name without NUL terminator")
+    if end == 0 or end > 255:
+        raise ProtocolError(f"bad xattr name length {end}", errno.ERANGE if end else errno.EINVAL)
+    return body[:end]
 
 
 def attr_values(st: os.stat_result) -> tuple[int, ...]:

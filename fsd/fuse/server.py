@@ -26,22 +26,27 @@ from fsd.fuse.abi import (
     DIRENT,
     ENTRY_OUT,
     FALLOCATE_IN,
+    FATTR_KILL_SUIDGID,
     FLUSH_IN,
     FORGET_IN,
     FORGET_ONE,
     FSYNC_FDATASYNC,
     FSYNC_IN,
+    GETXATTR_IN,
+    GETXATTR_OUT,
     IN_HEADER,
     INIT_IN,
     INIT_IN_V1,
     INIT_IN_V2,
     INIT_OUT,
+    IOCTL_IN,
     LINK_IN,
     LSEEK_IN,
     LSEEK_OUT,
     MKDIR_IN,
     MKNOD_IN,
     OPEN_IN,
+    OPEN_KILL_SUIDGID,
     OPEN_OUT,
     OUT_HEADER,
     READ_IN,
@@ -52,13 +57,24 @@ from fsd.fuse.abi import (
     RENAME_NOREPLACE,
     RENAME_WHITEOUT,
     SETATTR_IN,
+    SETXATTR_IN,
     STATFS_OUT,
     WRITE_IN,
+    WRITE_KILL_SUIDGID,
     WRITE_OUT,
+    XATTR_LIST_MAX,
+    XATTR_SIZE_MAX,
     InitFlag,
     Opcode,
 )
-from fsd.fuse.codec import attr_values, parse_name, parse_symlink, parse_two_names, split_timeout
+from fsd.fuse.codec import (
+    attr_values,
+    parse_name,
+    parse_symlink,
+    parse_two_names,
+    parse_xattr_name,
+    split_timeout,
+)
 from fsd.fuse.errors import HiddenByAllowlist, ProtocolError
 from fsd.fuse.session import FuseSession
 from fsd.sgbuf import BufferTooShort, SgReader, SgWriter
@@ -99,6 +115,12 @@ class FuseServer:
         self.transport = transport
         options = fs.options
         optional = InitFlag.WRITEBACK_CACHE if options.writeback else InitFlag(0)
+        if not options.rewrite_security_xattrs:
+            # The server drops set-id bits when told to (and the host write drops
+            # security.capability), so the guest need not GETXATTR before every WRITE
+            # (prototype-lessons pitfall 16). A rewritten security.capability is a user.* xattr
+            # the host never drops: then the guest must keep checking and removing it itself.
+            optional |= InitFlag.HANDLE_KILLPRIV_V2
         self.session = FuseSession(optional)
         self._entry_valid = split_timeout(options.timeout)
         self._attr_valid = self._entry_valid
@@ -143,6 +165,11 @@ class FuseServer:
             Opcode.FALLOCATE: self._fallocate,
             Opcode.LSEEK: self._lseek,
             Opcode.COPY_FILE_RANGE: self._copy_file_range,
+            Opcode.SETXATTR: self._setxattr,
+            Opcode.GETXATTR: self._getxattr,
+            Opcode.LISTXATTR: self._listxattr,
+            Opcode.REMOVEXATTR: self._removexattr,
+            Opcode.IOCTL: self._ioctl,
         }
 
     # --- the entry point -------------------------------------------------------------------
@@ -305,6 +332,9 @@ class FuseServer:
             uid,
             gid,
         )
+        if valid & FATTR_KILL_SUIDGID:
+            self.fs.kill_suidgid(nodeid)
+            st = self.fs.getattr(nodeid)
         return self._attr(reply, st)
 
     def _readlink(self, nodeid: int, _request: SgReader, reply: SgWriter) -> int:
@@ -382,6 +412,9 @@ class FuseServer:
         self._body_len -= RENAME2_IN.size
         if flags & ~_RENAME_FLAGS:
             raise OSError(errno.EINVAL, f"unknown rename flags {flags:#x}")
+        if flags & RENAME_WHITEOUT:
+            # A whiteout is a 0/0 character device: device nodes are never made in the share.
+            raise OSError(errno.EINVAL, "RENAME_WHITEOUT is not supported")
         old, new = parse_two_names(self._body(request))
         self.fs.rename(nodeid, old, newdir, new, flags)
         return 0
@@ -389,16 +422,21 @@ class FuseServer:
     # --- files -----------------------------------------------------------------------------
 
     def _open(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
-        flags, _ = request.read_struct(OPEN_IN)
+        flags, kill = request.read_struct(OPEN_IN)
         fh, open_flags = self.fs.open(nodeid, flags)
+        if kill & OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
+            self.fs.kill_suidgid(nodeid, fh)
         reply.pack_at(OPEN_OUT, _HDR, fh, open_flags, 0)
         return OPEN_OUT.size
 
     def _create(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
-        flags, mode, _umask, _ = request.read_struct(CREATE_IN)
+        flags, mode, _umask, kill = request.read_struct(CREATE_IN)
         self._body_len -= CREATE_IN.size
         name = parse_name(self._body(request))
         inode, st, fh, open_flags = self.fs.create(nodeid, name, flags, mode, self._uid, self._gid)
+        if kill & OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
+            self.fs.kill_suidgid(inode.nodeid, fh)
+            st = self.fs.getattr(inode.nodeid)
         self._entry(reply, _HDR, inode.nodeid, st)
         reply.pack_at(OPEN_OUT, _HDR + ENTRY_OUT.size, fh, open_flags, 0)
         return ENTRY_OUT.size + OPEN_OUT.size
@@ -409,8 +447,10 @@ class FuseServer:
         return self.fs.read(fh, offset, reply.views(_HDR, size))
 
     def _write(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
-        fh, offset, size, _, _, _, _ = request.read_struct(WRITE_IN)
+        fh, offset, size, write_flags, _, _, _ = request.read_struct(WRITE_IN)
         written = self.fs.write(fh, offset, request.take_views(size))
+        if write_flags & WRITE_KILL_SUIDGID:
+            self.fs.kill_suidgid(0, fh)
         reply.pack_at(WRITE_OUT, _HDR, written, 0)
         return WRITE_OUT.size
 
@@ -449,6 +489,56 @@ class FuseServer:
         copied = self.fs.copy_file_range(fh_in, off_in, fh_out, off_out, min(length, 1 << 30))
         reply.pack_at(WRITE_OUT, _HDR, copied, 0)
         return WRITE_OUT.size
+
+    # --- extended attributes ---------------------------------------------------------------
+
+    def _sized(self, reply: SgWriter, data: bytes, size: int) -> int:
+        """The xattr size probe: ``size`` 0 asks for the length only; too small is ERANGE."""
+        if size == 0:
+            reply.pack_at(GETXATTR_OUT, _HDR, len(data), 0)
+            return GETXATTR_OUT.size
+        if len(data) > size:
+            raise OSError(errno.ERANGE, f"{len(data)} bytes do not fit in {size}")
+        if len(data) > reply.capacity - _HDR:
+            raise OSError(errno.E2BIG, "xattr larger than the reply buffer")
+        reply.write_at(_HDR, data)
+        return len(data)
+
+    def _getxattr(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        size, _ = request.read_struct(GETXATTR_IN)
+        self._body_len -= GETXATTR_IN.size
+        name = parse_xattr_name(self._body(request))
+        return self._sized(reply, self.fs.getxattr(nodeid, name), size)
+
+    def _listxattr(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        size, _ = request.read_struct(GETXATTR_IN)
+        names = b"".join(n + b"\0" for n in self.fs.listxattr(nodeid))
+        if len(names) > XATTR_LIST_MAX:
+            raise OSError(errno.E2BIG, "xattr list too long")
+        return self._sized(reply, names, size)
+
+    def _setxattr(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        # The 8-byte compat fuse_setxattr_in: SETXATTR_EXT is never granted.
+        size, flags = request.read_struct(SETXATTR_IN)
+        self._body_len -= SETXATTR_IN.size
+        body = self._body(request)
+        name = parse_xattr_name(body)
+        start = len(name) + 1
+        if size > XATTR_SIZE_MAX:
+            raise OSError(errno.E2BIG, "xattr value too large")
+        if len(body) < start + size:
+            raise ProtocolError(f"setxattr value shorter than {size} bytes")
+        self.fs.setxattr(nodeid, name, body[start : start + size], flags)
+        return 0
+
+    def _removexattr(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        self.fs.removexattr(nodeid, parse_xattr_name(self._body(request)))
+        return 0
+
+    def _ioctl(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        request.read_struct(IOCTL_IN)
+        # No ioctl is passed through to host files (crosvm's are ChromeOS-specific).
+        raise OSError(errno.ENOTTY, "no ioctls are supported")
 
     def _syncfs(self, nodeid: int, _request: SgReader, _reply: SgWriter) -> int:
         self.fs.syncfs(nodeid)

@@ -36,9 +36,11 @@ __all__ = [
     "fsync",
     "fsyncdir",
     "getattr",
+    "getxattr",
     "init_request",
     "interrupt",
     "link",
+    "listxattr",
     "lookup",
     "lseek",
     "mkdir",
@@ -60,11 +62,13 @@ __all__ = [
     "readlink",
     "release",
     "releasedir",
+    "removexattr",
     "rename",
     "rename2",
     "request",
     "rmdir",
     "setattr",
+    "setxattr",
     "statfs",
     "symlink",
     "syncfs",
@@ -341,6 +345,27 @@ def copy_file_range(
     """COPY_FILE_RANGE."""
     body = abi.COPY_FILE_RANGE_IN.pack(fh_in, off_in, nodeid_out, fh_out, off_out, length, 0)
     return request(Opcode.COPY_FILE_RANGE, unique, nodeid, body)
+
+
+def setxattr(unique: int, nodeid: int, name: bytes | str, value: bytes, flags: int = 0) -> bytes:
+    """SETXATTR with the 8-byte compat ``fuse_setxattr_in`` (no SETXATTR_EXT)."""
+    body = abi.SETXATTR_IN.pack(len(value), flags) + _z(name) + value
+    return request(Opcode.SETXATTR, unique, nodeid, body)
+
+
+def getxattr(unique: int, nodeid: int, name: bytes | str, size: int) -> bytes:
+    """GETXATTR; ``size`` 0 is the size probe."""
+    return request(Opcode.GETXATTR, unique, nodeid, abi.GETXATTR_IN.pack(size, 0) + _z(name))
+
+
+def listxattr(unique: int, nodeid: int, size: int) -> bytes:
+    """LISTXATTR; ``size`` 0 is the size probe."""
+    return request(Opcode.LISTXATTR, unique, nodeid, abi.GETXATTR_IN.pack(size, 0))
+
+
+def removexattr(unique: int, nodeid: int, name: bytes | str) -> bytes:
+    """REMOVEXATTR."""
+    return request(Opcode.REMOVEXATTR, unique, nodeid, _z(name))
 
 
 # --- replies -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections import Counter
 from collections.abc import Callable
 from itertools import count
 from pathlib import Path
@@ -29,7 +30,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fsd.testing.mount import Mount
+from fsd.fs import FsOptions, PassthroughFs
+from fsd.fuse import FuseServer, abi
+from fsd.fuse.abi import Opcode
+from fsd.sgbuf import SgReader, SgWriter
+from fsd.testing.mount import Mount, devfuse_unavailable, mounted
 
 pytestmark = [pytest.mark.devfuse, pytest.mark.timeout(120, method="thread")]
 
@@ -53,6 +58,9 @@ OPEN_FLAGS = st.sampled_from(
 # Relative targets that stay inside the case directory wherever the link is made. An absolute or
 # "../" target would make both trees write through it to the same host path outside the test.
 SYMLINK_TARGETS = st.sampled_from(["a", "d", "e/d", "missing"])
+XATTR_NAMES = st.sampled_from(["user.a", "user.b", "user.long." + "n" * 200, "trusted.t", "bad"])
+XATTR_VALUES = st.binary(max_size=64)
+XATTR_FLAGS = st.sampled_from([0, os.XATTR_CREATE, os.XATTR_REPLACE])
 
 Outcome = tuple[str, Any]
 
@@ -72,7 +80,7 @@ def _summary(st_: os.stat_result) -> tuple[int, int, int | None, int]:
 
 
 def _tree(root: Path) -> dict[str, Any]:
-    """Every entry under ``root`` with its type, mode, size, links and (for files) content."""
+    """Every entry under ``root``: type, mode, size, links, (files) content, and xattrs."""
     out: dict[str, Any] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -84,6 +92,8 @@ def _tree(root: Path) -> dict[str, Any]:
                 entry += (os.readlink(path),)
             elif stat.S_ISREG(lst.st_mode) and lst.st_mode & 0o400:
                 entry += (path.read_bytes(),)
+            names = sorted(os.listxattr(path, follow_symlinks=False))
+            entry += tuple((n, os.getxattr(path, n, follow_symlinks=False)) for n in names)
             out[rel] = entry
     return out
 
@@ -216,6 +226,22 @@ class SameAsPlainDirectory(RuleBasedStateMachine):
     def fd_fsync(self, pair: tuple[int, int]) -> None:
         self.both_fds(pair, os.fsync)
 
+    @rule(path=PATHS, name=XATTR_NAMES, value=XATTR_VALUES, flags=XATTR_FLAGS, follow=st.booleans())
+    def setxattr(self, path: str, name: str, value: bytes, flags: int, follow: bool) -> None:
+        self.both(lambda root: os.setxattr(root / path, name, value, flags, follow_symlinks=follow))
+
+    @rule(path=PATHS, name=XATTR_NAMES, follow=st.booleans())
+    def getxattr(self, path: str, name: str, follow: bool) -> None:
+        self.both(lambda root: os.getxattr(root / path, name, follow_symlinks=follow))
+
+    @rule(path=PATHS, follow=st.booleans())
+    def listxattr(self, path: str, follow: bool) -> None:
+        self.both(lambda root: sorted(os.listxattr(root / path, follow_symlinks=follow)))
+
+    @rule(path=PATHS, name=XATTR_NAMES, follow=st.booleans())
+    def removexattr(self, path: str, name: str, follow: bool) -> None:
+        self.both(lambda root: os.removexattr(root / path, name, follow_symlinks=follow))
+
     @invariant()
     def trees_match(self) -> None:
         assert _tree(self.mounted) == _tree(self.reference)
@@ -251,11 +277,6 @@ def test_same_results_as_a_plain_directory(fsd_mount: Mount, reference_root: Pat
     )
 
 
-@pytest.mark.xfail(
-    reason="known difference: the FUSE server does not serve xattrs yet (ENOTSUP on the mount)",
-    raises=OSError,
-    strict=True,
-)
 def test_xattrs_match_a_plain_directory(fsd_mount: Mount, reference_root: Path) -> None:
     results = []
     for root in (fsd_mount.mountpoint, reference_root):
@@ -273,3 +294,46 @@ def test_posix_locks_match_a_plain_directory(fsd_mount: Mount, reference_root: P
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
             fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+class _CountingServer:
+    """Counts requests by opcode on their way to a real FuseServer."""
+
+    def __init__(self, inner: FuseServer) -> None:
+        self.inner = inner
+        self.counts: Counter[int] = Counter()
+
+    def handle(self, request: SgReader, reply: SgWriter) -> int:
+        data = request.read_rest()  # a copy: fine for a test
+        self.counts[abi.IN_HEADER.unpack_from(data)[1]] += 1
+        return self.inner.handle(SgReader([memoryview(data)]), reply)
+
+
+@pytest.mark.parametrize("rewrite", [False, True], ids=["killpriv_v2", "rewrite_security"])
+def test_getxattr_per_write(share: Path, tmp_path: Path, rewrite: bool) -> None:
+    """Pitfall 16: with xattrs served, the guest must not ask for security.capability per WRITE.
+
+    With HANDLE_KILLPRIV_V2 (the default) the kernel marks the inode S_NOSEC after one check;
+    with rewrite_security_xattrs it must keep asking (and does, once per WRITE).
+    """
+    reason = devfuse_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    options = FsOptions(rewrite_security_xattrs=rewrite)
+    server = _CountingServer(FuseServer(PassthroughFs(share, options), transport="dev-fuse"))
+    writes = 200
+    with mounted(share, server=server, options=options) as mount:
+        fd = os.open(mount.mountpoint / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            for i in range(writes):
+                os.pwrite(fd, b"x" * 512, i * 512)
+        finally:
+            os.close(fd)
+    got_writes = server.counts[Opcode.WRITE]
+    getxattrs = server.counts[Opcode.GETXATTR]
+    print(f"rewrite={rewrite}: {got_writes} WRITE, {getxattrs} GETXATTR")
+    assert got_writes == writes
+    if rewrite:
+        assert getxattrs >= writes
+    else:
+        assert getxattrs <= 2

@@ -11,7 +11,7 @@ import pytest
 
 from fsd.fs import PassthroughFs
 from fsd.fuse import FuseServer, abi
-from fsd.fuse.abi import ROOT_ID, Opcode
+from fsd.fuse.abi import ROOT_ID, InitFlag, Opcode
 from fsd.testing import fuse_requests as fr
 from fsd.testing.fuse_requests import FuseClient
 
@@ -28,7 +28,7 @@ def test_init_reply_is_80_bytes(server: FuseServer) -> None:
     assert reply.unique == 2
     out = fr.parse_init(reply.payload)
     assert (out.major, out.minor, out.max_write, out.max_pages) == (7, 38, 1 << 20, 256)
-    assert out.flags == 0x44F029
+    assert out.flags == 0x44F029 | InitFlag.HANDLE_KILLPRIV_V2
 
 
 @pytest.mark.parametrize("size", [8, 16])
@@ -74,9 +74,7 @@ def test_lookup_missing_is_enoent(client: FuseClient) -> None:
 
 def test_unknown_opcode_is_enosys(client: FuseClient) -> None:
     assert client.errno_of(fr.request(9999, 8, ROOT_ID)) == errno.ENOSYS
-    assert client.errno_of(fr.request(Opcode.GETXATTR, 10, ROOT_ID, bytes(8) + b"a\0")) == (
-        errno.ENOSYS
-    )
+    assert client.errno_of(fr.request(Opcode.BMAP, 10, ROOT_ID, bytes(16))) == errno.ENOSYS
 
 
 def test_create_write_read_roundtrip(client: FuseClient, share: Path) -> None:
