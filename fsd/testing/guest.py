@@ -40,12 +40,15 @@ __all__ = [
     "GuestResult",
     "GuestRunner",
     "StepHandler",
+    "build_rootfs",
     "build_testbed",
     "fsd_env",
     "fsd_serve_command",
     "newc_archive",
     "qemu_command",
+    "rootfs_append",
     "run_guest",
+    "run_guest_rootfs",
     "running_backend",
     "virtiofsd_command",
     "wait_listening",
@@ -54,6 +57,8 @@ __all__ = [
 MARKER = "@@FSD "
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "contrib" / "testbed" / "build.sh"
+ROOTFS_SCRIPT = REPO_ROOT / "contrib" / "testbed" / "rootfs.sh"
+ROOTFS_INIT = REPO_ROOT / "contrib" / "testbed" / "init-rootfs.sh"
 
 StepHandler = Callable[[str, list[str]], Awaitable[str | None]]
 """``on_step(name, args)``: the host's part of a ``host_step`` call; returns the reply line."""
@@ -341,6 +346,89 @@ async def run_guest(
                 extra_append=extra_append,
             )
             return await _run_qemu(argv, listener, time_limit, on_step, on_line)
+
+
+def build_rootfs(dest: str | os.PathLike[str], *, workload: str | None = None) -> Path:
+    """Build a busybox root tree at ``dest`` (contrib/testbed/rootfs.sh) for a virtio-fs root.
+
+    ``workload`` goes to /etc/fsd/workload.sh, which the tree's boot script runs with cwd /root
+    between ``@@FSD BEGIN``/``END`` markers before powering off.
+    """
+    dest = Path(dest)
+    subprocess.run(["bash", str(ROOTFS_SCRIPT), str(dest)], check=True)
+    if workload is not None:
+        (dest / "etc" / "fsd" / "workload.sh").write_text(workload)
+    return dest
+
+
+def rootfs_append(tag: str, *, read_only: bool = False, root_flags: str = "") -> str:
+    """The kernel arguments that make virtio-fs ``tag`` the root filesystem."""
+    args = [f"rootfstype=virtiofs root={tag}", "ro" if read_only else "rw"]
+    if root_flags:
+        args.append(f"rootflags={root_flags}")
+    return " ".join(args)
+
+
+def _write_rootfs_initrd(path: Path, base: Path) -> None:
+    """Base initramfs (modules, busybox) with init-rootfs.sh appended over its /init."""
+    extra = newc_archive({"init": ROOTFS_INIT.read_bytes()})
+    with path.open("wb") as out, base.open("rb") as src:
+        size = 0
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+            size += len(chunk)
+        out.write(b"\0" * (-size % 4))
+        out.write(extra)
+
+
+async def run_guest_rootfs(
+    *,
+    socket_path: str | os.PathLike[str],
+    tag: str = "rootfs",
+    time_limit: float = 60.0,
+    memory: str = "1G",
+    read_only: bool = False,
+    root_flags: str = "",
+    extra_append: str = "",
+    on_line: Callable[[str], None] | None = None,
+    guest_image: GuestImage | None = None,
+    accel: str | None = None,
+) -> GuestResult:
+    """Boot the guest with the backend on ``socket_path`` as its root filesystem.
+
+    The backend serves a tree from ``build_rootfs``. The initramfs only loads the virtio-fs
+    modules, mounts ``tag`` and switch_roots; the tree's own init runs its workload and powers
+    off. ``boot_to_mount_seconds`` is QEMU start until the root was mounted; the tree's boot
+    script adds ``INIT``, ``POWEROFF``, ``ROOT-RO`` and ``DONE`` markers to the console.
+    """
+    guest_image = guest_image or GuestImage.default()
+    if not guest_image.exists():
+        raise GuestError(f"no test bed at {guest_image.kernel.parent}: run {BUILD_SCRIPT}")
+    accel = accel or os.environ.get("FSD_GUEST_ACCEL", "tcg")
+    append = " ".join(
+        part
+        for part in (rootfs_append(tag, read_only=read_only, root_flags=root_flags), extra_append)
+        if part
+    )
+    with tempfile.TemporaryDirectory(prefix="fsd-guest-") as tmp:
+        initrd = Path(tmp) / "initrd.cpio"
+        _write_rootfs_initrd(initrd, guest_image.initramfs)
+        host_channel = Path(tmp) / "host.sock"
+        listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        with listener:
+            await listener.bind(str(host_channel))
+            listener.listen(1)
+            argv = qemu_command(
+                guest_image=guest_image,
+                initrd=initrd,
+                socket_path=Path(socket_path),
+                host_channel=host_channel,
+                tag=tag,
+                memory=memory,
+                accel=accel,
+                extra_append=append,
+            )
+            return await _run_qemu(argv, listener, time_limit, None, on_line)
 
 
 async def _run_qemu(
