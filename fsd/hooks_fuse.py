@@ -36,7 +36,7 @@ from fsd.fuse.abi import (
     WRITE_OUT,
     Opcode,
 )
-from fsd.hookinfo import FuseRequestInfo, op_class_of
+from fsd.hookinfo import FuseRequestInfo, op_class_of, writes_of
 from fsd.sgbuf import BufferTooShort, SgReader, SgWriter
 
 if TYPE_CHECKING:
@@ -60,6 +60,15 @@ _NO_REPLY: Final = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRU
 #: Enough of any non-WRITE request for its structs and names (two names and a symlink target).
 _PEEK_MAX: Final = _HDR + 64 + 2 * 1025 + 4097
 _OP_NAMES: Final = {int(op): op.name for op in Opcode}
+#: Requests whose arguments describe_request decodes.
+_WITH_ARGS: Final = frozenset(
+    int(op)
+    for op in (Opcode.LOOKUP, Opcode.UNLINK, Opcode.RMDIR, Opcode.MKDIR, Opcode.MKNOD,
+               Opcode.CREATE, Opcode.SYMLINK, Opcode.RENAME, Opcode.RENAME2, Opcode.LINK,
+               Opcode.OPEN, Opcode.OPENDIR, Opcode.READ, Opcode.WRITE, Opcode.READDIR,
+               Opcode.READDIRPLUS, Opcode.SETATTR, Opcode.COPY_FILE_RANGE)
+)  # fmt: skip
+_LEN_OPCODE: Final = struct.Struct("<II")
 _DATA_REPLIES: Final = frozenset({Opcode.WRITE, Opcode.COPY_FILE_RANGE})
 
 
@@ -98,7 +107,9 @@ def describe_request(
     path = path_of(nodeid)
     extra: dict[str, Any] = {}
     flags: int | None = None
-    if opcode in (Opcode.LOOKUP, Opcode.UNLINK, Opcode.RMDIR):
+    if opcode not in _WITH_ARGS:
+        pass
+    elif opcode in (Opcode.LOOKUP, Opcode.UNLINK, Opcode.RMDIR):
         (extra["name"],) = _names(buf, _HDR, end, 1)
     elif opcode == Opcode.MKDIR:
         extra["mode"], _ = _unpack(MKDIR_IN, buf, end)
@@ -139,15 +150,13 @@ def describe_request(
     op_class = op_class_of(opcode, flags)
     return FuseRequestInfo(
         op, opcode, unique, nodeid, path, uid, gid, pid, transport, op_class,
-        writes=op_class == "write" or op_class == "namespace" or opcode == Opcode.SETATTR,
+        writes=writes_of(opcode, flags),
         flags=flags, **extra,
     )  # fmt: skip
 
 
-def _peek(views: list[memoryview], want: int) -> bytes | memoryview:
-    """The first ``want`` request bytes: the first segment itself when it holds them."""
-    if views and len(views[0]) >= want:
-        return views[0]
+def _peek(views: list[memoryview], want: int) -> bytes:
+    """The first ``want`` request bytes (or all there are), gathered from the segments."""
     out = bytearray()
     for view in views:
         out += view[: want - len(out)]
@@ -175,19 +184,20 @@ class HookedHandler:
             path = self._inodes.get(nodeid).path
         except OSError:
             return None
-        return "/" + os.fsdecode(path)
+        return "/" + path.decode("utf-8", "surrogateescape")  # os.fsdecode, minus a call
 
     def handle(self, request: SgReader, reply: SgWriter) -> int:
         """Check, serve, audit one request; see the module docstring."""
         views = request.take_views(request.remaining)
-        total = sum(len(v) for v in views)
+        first = views[0] if views else b""
         try:
-            head = _peek(views, min(_HDR, total))
-            length, opcode = struct.unpack_from("<II", head) if len(head) >= 8 else (0, -1)
-            want = _HDR + READ_IN.size if opcode == Opcode.WRITE else _PEEK_MAX
-            info = describe_request(
-                _peek(views, min(total, length, want)), self._path_of, self.transport
-            )
+            if len(first) >= _HDR:
+                length, opcode = _LEN_OPCODE.unpack_from(first)
+                want = _HDR + READ_IN.size if opcode == Opcode.WRITE else _PEEK_MAX
+                head = first if len(first) >= min(length, want) else _peek(views, want)
+            else:
+                head = _peek(views, _PEEK_MAX)
+            info = describe_request(head, self._path_of, self.transport)
         except BufferTooShort:
             return self.server.handle(SgReader(views), reply)  # it logs and drops it
         except ValueError as exc:
@@ -216,7 +226,10 @@ class HookedHandler:
         return self._refuse(views, reply, errno.EINVAL)
 
     def _refuse(self, views: list[memoryview], reply: SgWriter, error: int) -> int:
-        _, opcode, unique = struct.unpack_from("<IIQ", _peek(views, 16))
+        head = _peek(views, 16)
+        if len(head) < 16:
+            return 0
+        _, opcode, unique = struct.unpack_from("<IIQ", head)
         if opcode in self._no_reply:
             return 0
         return _error_reply(reply, error, unique)
@@ -235,7 +248,8 @@ def _outcome(opcode: int, reply: SgWriter, size: int) -> tuple[int, int]:
     """(errno, data bytes moved) read back from the reply the server wrote."""
     if size < _OUT:
         return 0, 0
-    _, error, _ = OUT_HEADER.unpack(b"".join(reply.views(0, _OUT)))
+    head = reply.views(0, _OUT)
+    _, error, _ = OUT_HEADER.unpack(head[0] if len(head) == 1 else b"".join(head))
     if error:
         return -error, 0
     if opcode == Opcode.READ:
