@@ -28,6 +28,7 @@ from fsd.allowlist.server import serve_allowlist
 from fsd.daemon import mount_syscalls
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fs import parse_cfg as parse_fs_cfg
+from fsd.fs.credentials import drop_supplementary_groups
 from fsd.fuse import FuseServer
 from fsd.sgbuf import SgReader, SgWriter
 
@@ -324,6 +325,7 @@ def main(argv: Sequence[str]) -> int:
     except (MountError, ValueError) as e:
         print(f"fsd mount: {e}", file=sys.stderr)
         return 2
+    drop_supplementary_groups()
     failure: Exception | None = None
     try:
         trio.run(_mount_until_signal, shared, target, options, args.allowlist_socket_path)

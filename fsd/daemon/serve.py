@@ -20,6 +20,7 @@ from fsd.allowlist.server import serve_allowlist
 from fsd.daemon.queues import serialized
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
 from fsd.fs import FsOptions, PassthroughFs
+from fsd.fs.credentials import drop_supplementary_groups
 from fsd.fuse import FuseServer
 from fsd.virtio_fs import NUM_QUEUES, virtio_fs_device
 
@@ -84,6 +85,7 @@ async def serve(
     every mode it sends, and the host must not apply another one.
     """
     os.umask(0)
+    drop_supplementary_groups()
     # With a control socket the guest starts seeing nothing (crosvm); without, everything.
     allowlist = Allowlist() if config.allowlist_socket_path is not None else None
     fs = PassthroughFs(config.shared_dir, config.fs_options, allowlist=allowlist)

@@ -25,6 +25,7 @@ from typing import Final
 
 from fsd.allowlist.trie import DENIED, FULL, TRAVERSE, Allowlist
 from fsd.fs import linux, xattrs
+from fsd.fs.credentials import Credentials
 from fsd.fs.handles import DirEntry, Handle, HandleTable
 from fsd.fs.inodes import Inode, InodeTable
 from fsd.fs.options import FsOptions
@@ -69,7 +70,7 @@ class PassthroughFs:
     """A host directory served to one FUSE client."""
 
     __slots__ = (
-        "_euid_egid",
+        "_creds",
         "_gated",
         "_root_dirfd",
         "allowlist",
@@ -100,7 +101,8 @@ class PassthroughFs:
             os.close(fd)
             raise
         self.handles = HandleTable()
-        self._euid_egid = (os.geteuid(), os.getegid())
+        # Creating ops run with the caller's fsuid/fsgid (see fsd.fs.credentials).
+        self._creds = Credentials()
         cache = self.options.cache
         self.file_open_flags = {"never": FOPEN_DIRECT_IO, "always": FOPEN_KEEP_CACHE}.get(cache, 0)
         self.dir_open_flags = FOPEN_CACHE_DIR if cache == "always" else 0
@@ -142,14 +144,6 @@ class PassthroughFs:
             return inode, st
         fd = os.open(name, _O_PATH_FLAGS, dir_fd=parent.fd)
         return self._adopt(parent, name, fd)
-
-    def _own(self, parent: Inode, name: bytes, uid: int, gid: int) -> None:
-        """Give a new node the caller's ownership (the daemon creates everything as itself)."""
-        if self._euid_egid == (uid, gid) or self._euid_egid[0] != 0:
-            return
-        if os.fstat(parent.fd).st_mode & stat.S_ISGID:
-            gid = -1  # a setgid directory decides the group
-        os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
 
     def _openable(self, inode: Inode, kind: int) -> None:
         if inode.kind != kind:
@@ -299,8 +293,12 @@ class PassthroughFs:
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_writable(pinode, name)
-        os.mkdir(name, stat.S_IMODE(mode), dir_fd=pinode.fd)
-        self._own(pinode, name, uid, gid)
+        switched = self._creds.switch(uid, gid)
+        try:
+            os.mkdir(name, stat.S_IMODE(mode), dir_fd=pinode.fd)
+        finally:
+            if switched:
+                self._creds.restore()
         return self._lookup_child(pinode, name)
 
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Entry:
@@ -310,8 +308,12 @@ class PassthroughFs:
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_writable(pinode, name)
-        os.mknod(name, mode, 0, dir_fd=pinode.fd)
-        self._own(pinode, name, uid, gid)
+        switched = self._creds.switch(uid, gid)
+        try:
+            os.mknod(name, mode, 0, dir_fd=pinode.fd)
+        finally:
+            if switched:
+                self._creds.restore()
         return self._lookup_child(pinode, name)
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Entry:
@@ -319,8 +321,12 @@ class PassthroughFs:
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_writable(pinode, name)
-        os.symlink(target, name, dir_fd=pinode.fd)
-        self._own(pinode, name, uid, gid)
+        switched = self._creds.switch(uid, gid)
+        try:
+            os.symlink(target, name, dir_fd=pinode.fd)
+        finally:
+            if switched:
+                self._creds.restore()
         return self._lookup_child(pinode, name)
 
     def link(self, nodeid: int, newparent: int, newname: bytes) -> Entry:
@@ -391,6 +397,7 @@ class PassthroughFs:
         if self._gated:
             self._check_writable(pinode, name)
         oflags = self._open_flags(flags & _CREATE_PASS_FLAGS)
+        switched = self._creds.switch(uid, gid)
         try:
             fd = os.open(
                 name,
@@ -399,6 +406,9 @@ class PassthroughFs:
                 dir_fd=pinode.fd,
             )
         except FileExistsError:
+            if switched:
+                self._creds.restore()
+                switched = False
             if flags & os.O_EXCL:
                 raise
             inode, st = self._lookup_child(pinode, name)
@@ -408,8 +418,10 @@ class PassthroughFs:
                 self.inodes.forget(inode.nodeid, 1)
                 raise
             return inode, st, fh, fopen
+        finally:
+            if switched:
+                self._creds.restore()
         try:
-            self._own(pinode, name, uid, gid)
             pfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
         except BaseException:
             os.close(fd)
@@ -418,6 +430,41 @@ class PassthroughFs:
         try:
             inode, st = self._adopt(pinode, name, pfd)
         except BaseException:
+            self.handles.close(fh)
+            raise
+        self.handles.get(fh).nodeid = inode.nodeid
+        return inode, st, fh, self.file_open_flags
+
+    def tmpfile(
+        self, parent: int, flags: int, mode: int, uid: int, gid: int
+    ) -> tuple[Inode, os.stat_result, int, int]:
+        """An unnamed regular file in ``parent`` (``O_TMPFILE``), open: like :meth:`create`.
+
+        The guest may give it a name later with ``linkat`` (LINK), unless it passed O_EXCL.
+        Its inode path is the directory's until then: it has no name of its own.
+        """
+        pinode = self.inodes.get(parent)
+        if self._gated and self.allowlist.access(pinode.share_path()) is not FULL:
+            raise OSError(errno.EACCES, "not writable under the allowlist")
+        # O_EXCL here means "never linkable"; _open_flags would drop it.
+        oflags = self._open_flags(flags) | os.O_TMPFILE | (flags & os.O_EXCL)
+        switched = self._creds.switch(uid, gid)
+        try:
+            fd = os.open(pinode.proc_path, oflags, stat.S_IMODE(mode))
+        finally:
+            if switched:
+                self._creds.restore()
+        try:
+            pfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+        except BaseException:
+            os.close(fd)
+            raise
+        fh = self.handles.add(fd, 0)
+        try:
+            st = os.fstat(pfd)
+            inode = self.inodes.adopt(pfd, st, pinode.path)
+        except BaseException:
+            os.close(pfd)
             self.handles.close(fh)
             raise
         self.handles.get(fh).nodeid = inode.nodeid

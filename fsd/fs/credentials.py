@@ -1,0 +1,103 @@
+"""Per-request file-system credentials: create as the guest's caller, checked by the host kernel.
+
+A root daemon that creates files as itself and chowns afterwards has a window where the file
+belongs to root, ignores the host's permission checks for the caller (a guest user could
+create files in any directory the daemon can write) and gets setgid directories and quota
+wrong. Like virtiofsd, fsd instead switches the serving thread's fsuid/fsgid to the request's
+uid/gid around each creating syscall: the host kernel then checks permissions and sets
+ownership exactly as for that user.
+
+``setfsuid``/``setfsgid`` change only the calling thread (glibc does not broadcast them, unlike
+``setresuid``), and fsd serves each request start to finish on one thread, so switching and
+restoring around the syscall cannot leak to another request. Dropping fsuid from 0 also
+clears the thread's file-system capabilities (CAP_DAC_OVERRIDE, CAP_FOWNER...), so root's
+overrides do not apply to the guest's users; restoring fsuid 0 brings them back.
+
+The host kernel checks group access against the fsgid and the thread's supplementary groups.
+The daemon's own supplementary groups would be wrongly granted to every guest user
+(CVE-2022-0358 in virtiofsd), so :func:`drop_supplementary_groups` clears them at start-up.
+The guest caller's own supplementary groups are not known to the device (FUSE sends one
+uid/gid), so host checks that only a supplementary group would pass fail.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+from typing import Final
+
+__all__ = ["Credentials", "drop_supplementary_groups"]
+
+log = logging.getLogger("fsd.fs")
+
+_libc: Final = ctypes.CDLL(None, use_errno=True)
+_setfsuid: Final = _libc.setfsuid
+_setfsgid: Final = _libc.setfsgid
+_setfsuid.argtypes = _setfsgid.argtypes = [ctypes.c_uint]
+_setfsuid.restype = _setfsgid.restype = ctypes.c_uint
+_QUERY: Final = 0xFFFFFFFF  # (uid_t) -1: an invalid id, so the call only reports the current one
+
+
+def drop_supplementary_groups() -> None:
+    """Clear the process's supplementary groups when running as root (CVE-2022-0358)."""
+    if os.geteuid() == 0 and os.getgroups():
+        os.setgroups([])
+        log.info("dropped the daemon's supplementary groups")
+
+
+class Credentials:
+    """Switches the current thread's fsuid/fsgid to a caller's and back.
+
+    Usage, around one creating syscall::
+
+        switched = creds.switch(uid, gid)
+        try:
+            os.mkdir(...)
+        finally:
+            if switched:
+                creds.restore()
+
+    Only a root daemon switches (anyone else cannot create files for other users, and the
+    files are then owned by the daemon's user); a caller equal to the daemon costs nothing.
+    """
+
+    __slots__ = ("enabled", "gid", "uid")
+
+    def __init__(self) -> None:
+        self.uid = os.geteuid()
+        self.gid = os.getegid()
+        #: False unless root: setfsuid would fail (silently) for any other daemon.
+        self.enabled = self.uid == 0
+
+    def switch(self, uid: int, gid: int) -> bool:
+        """Become ``uid``/``gid`` for file-system checks; False if nothing had to change.
+
+        Raises EPERM (nothing switched) if the kernel refused, for example for an id that is
+        not mapped in the daemon's user namespace: creating as root instead would be unsafe.
+        """
+        if not self.enabled or (uid == self.uid and gid == self.gid):
+            return False
+        if gid != self.gid:
+            _setfsgid(gid)
+            if _setfsgid(_QUERY) != gid:
+                _setfsgid(self.gid)
+                raise OSError(errno.EPERM, f"cannot switch to fsgid {gid}")
+        if uid != self.uid:
+            _setfsuid(uid)
+            if _setfsuid(_QUERY) != uid:
+                _setfsuid(self.uid)
+                _setfsgid(self.gid)
+                raise OSError(errno.EPERM, f"cannot switch to fsuid {uid}")
+        return True
+
+    def restore(self) -> None:
+        """Back to the daemon's own fsuid/fsgid (fsuid first: it restores the capabilities)."""
+        _setfsuid(self.uid)
+        _setfsgid(self.gid)
+
+    @staticmethod
+    def current() -> tuple[int, int]:
+        """This thread's ``(fsuid, fsgid)`` (for tests and assertions)."""
+        return _setfsuid(_QUERY), _setfsgid(_QUERY)
