@@ -170,6 +170,7 @@ class FuseServer:
             Opcode.LISTXATTR: self._listxattr,
             Opcode.REMOVEXATTR: self._removexattr,
             Opcode.IOCTL: self._ioctl,
+            Opcode.TMPFILE: self._tmpfile,
         }
 
     # --- the entry point -------------------------------------------------------------------
@@ -437,6 +438,14 @@ class FuseServer:
         if kill & OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
             self.fs.kill_suidgid(inode.nodeid, fh)
             st = self.fs.getattr(inode.nodeid)
+        self._entry(reply, _HDR, inode.nodeid, st)
+        reply.pack_at(OPEN_OUT, _HDR + ENTRY_OUT.size, fh, open_flags, 0)
+        return ENTRY_OUT.size + OPEN_OUT.size
+
+    def _tmpfile(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        # Same layout as CREATE; the name the kernel sends ("/") means nothing and is ignored.
+        flags, mode, _umask, _ = request.read_struct(CREATE_IN)
+        inode, st, fh, open_flags = self.fs.tmpfile(nodeid, flags, mode, self._uid, self._gid)
         self._entry(reply, _HDR, inode.nodeid, st)
         reply.pack_at(OPEN_OUT, _HDR + ENTRY_OUT.size, fh, open_flags, 0)
         return ENTRY_OUT.size + OPEN_OUT.size
