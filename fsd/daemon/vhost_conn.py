@@ -194,7 +194,13 @@ class VhostUserConnection:
         await runner.stop()
         next_avail = runner.queue.next_avail
         self.state.queue_stopped(index, next_avail)
-        log.debug("queue %d stopped at %d after %d chains", index, next_avail, runner.chains)
+        log.info(
+            "queue %d stopped at avail index %d: %d requests, %d interrupts",
+            index,
+            next_avail,
+            runner.chains,
+            runner.interrupts,
+        )
         return next_avail
 
     async def close(self) -> None:
