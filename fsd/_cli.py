@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
 import trio
+
+from fsd.plugins import PluginError, add_plugin_arguments, setup_plugins
 
 __all__ = ["main"]
 
@@ -19,6 +22,7 @@ commands:
   serve       serve a host directory to a VMM over vhost-user (virtio-fs)
   mount       serve a host directory through the host kernel's /dev/fuse
   allowlist   add, remove or list paths over an allowlist control socket
+  plugins     list installed plugins; with --plugin NAME, their hooks and options
 
 `fsd <command> --help` describes each command.
 """
@@ -45,10 +49,11 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cfg",
         default="",
-        help="filesystem options as crosvm's key=value,... (cache, timeout, negative_timeout, "
-        "writeback)",
+        help="filesystem options as crosvm's key=value,...: cache=never|auto|always, timeout, "
+        "negative_timeout, writeback, rewrite_security_xattrs (see docs/filesystem.md)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_plugin_arguments(p)
     return p
 
 
@@ -86,10 +91,11 @@ def serve_main(argv: Sequence[str]) -> int:
         )
         if config.tag is not None:
             virtio_fs_device(config.tag)  # checks the tag's length
-    except ValueError as exc:
+        plugins = setup_plugins(args.plugin, args.plugin_cfg)
+    except (ValueError, PluginError) as exc:
         parser.error(str(exc))
     try:
-        trio.run(serve, config)
+        trio.run(functools.partial(serve, config, plugins=plugins))
     except OSError as exc:
         logging.getLogger("fsd").error("%s", exc)
         return 1
@@ -108,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fsd.daemon.devfuse import main as mount_main
 
         return mount_main(rest)
+    if command == "plugins":
+        from fsd.plugins import list_plugins_main
+
+        return list_plugins_main(rest)
     if command == "allowlist":
         from fsd.allowlist.client import main as allowlist_main
 

@@ -51,6 +51,35 @@ AfterHook: TypeAlias = Callable[[AllowlistChange, Response], None]
 """Called for every decoded change, applied or not, with the response the client gets."""
 
 
+def chain_checks(*checks: CheckHook | None) -> CheckHook | None:
+    """One check made of several: the first reason to refuse wins."""
+    present = [c for c in checks if c is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def check(change: AllowlistChange) -> str | None:
+        for each in present:
+            reason = each(change)
+            if reason is not None:
+                return reason
+        return None
+
+    return check
+
+
+def chain_afters(*afters: AfterHook | None) -> AfterHook | None:
+    """One audit callback made of several, called in order."""
+    present = [a for a in afters if a is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def after(change: AllowlistChange, response: Response) -> None:
+        for each in present:
+            each(change, response)
+
+    return after
+
+
 @attrs.frozen
 class Outcome:
     """What a packet led to: the reply to send and, for add/remove, the change and its fate."""

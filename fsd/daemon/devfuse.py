@@ -23,13 +23,16 @@ from typing import Protocol
 import trio
 
 from fsd.allowlist import Allowlist
-from fsd.allowlist.handler import AfterHook, CheckHook
+from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_checks
 from fsd.allowlist.server import serve_allowlist
 from fsd.daemon import mount_syscalls
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fs import parse_cfg as parse_fs_cfg
 from fsd.fs.credentials import drop_supplementary_groups
 from fsd.fuse import FuseServer
+from fsd.hookinfo import DaemonInfo
+from fsd.hooks_fuse import HookedHandler
+from fsd.plugins import PluginError, Plugins, add_plugin_arguments, setup_plugins
 from fsd.sgbuf import SgReader, SgWriter
 
 __all__ = [
@@ -102,10 +105,18 @@ def check_mountpoint(
 
 
 def _default_server(
-    shared_dir: str, options: FsOptions | None, allowlist: Allowlist | None = None
+    shared_dir: str,
+    options: FsOptions | None,
+    allowlist: Allowlist | None = None,
+    plugins: Plugins | None = None,
 ) -> RequestHandler:
-    """The passthrough filesystem behind the FUSE server, as ``fsd serve`` builds it."""
-    return FuseServer(PassthroughFs(shared_dir, options, allowlist=allowlist), transport="dev-fuse")
+    """The passthrough filesystem behind the FUSE server, as ``fsd serve`` builds it, with the
+    plugins' FUSE hooks around it only if some plugin implements one."""
+    fs = PassthroughFs(shared_dir, options, allowlist=allowlist)
+    server = FuseServer(fs, transport="dev-fuse")
+    if plugins is not None and plugins.has_fuse_hooks:
+        return HookedHandler(server, plugins)
+    return server
 
 
 async def serve_mount(
@@ -118,6 +129,7 @@ async def serve_mount(
     allowlist: Allowlist | None = None,
     allowlist_check: CheckHook | None = None,
     allowlist_after: AfterHook | None = None,
+    plugins: Plugins | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount ``shared_dir`` on ``mountpoint`` through /dev/fuse and serve it until cancelled.
@@ -128,13 +140,18 @@ async def serve_mount(
 
     ``allowlist_socket_path`` starts the allowlist control server (as ``fsd serve`` does) for
     ``allowlist`` (a fresh, empty one by default) before mounting; a custom ``server`` must
-    then be built on that same allowlist.
+    then be built on that same allowlist. ``plugins`` adds their FUSE hooks to the default
+    server and their allowlist hooks to the control server.
     """
     shared, target = check_mountpoint(shared_dir, mountpoint)
     if allowlist_socket_path is not None and allowlist is None:
         allowlist = Allowlist()
     if server is None:
-        server = _default_server(shared, options, allowlist)
+        server = _default_server(shared, options, allowlist, plugins)
+    if plugins is not None:
+        plugin_check, plugin_after = plugins.allowlist_callbacks()
+        allowlist_check = chain_checks(allowlist_check, plugin_check)
+        allowlist_after = chain_afters(allowlist_after, plugin_after)
     if allowlist_socket_path is None:
         await _mount_and_serve(shared, target, server, task_status)
         return
@@ -266,23 +283,47 @@ def parse_cfg(items: Sequence[str]) -> FsOptions | None:
 
 
 async def _mount_until_signal(
-    shared: str, target: str, options: FsOptions | None, allowlist_socket_path: str | None
+    shared: str,
+    target: str,
+    options: FsOptions | None,
+    allowlist_socket_path: str | None,
+    plugins: Plugins,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (then detach) or until unmounted from outside."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
+    """Serve until SIGINT/SIGTERM (then detach) or until unmounted from outside; SIGHUP asks
+    plugins to reload their configuration."""
+    reason = "unmounted"
+    signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    try:
+        with trio.open_signal_receiver(*signals_wanted) as signals:
+            async with trio.open_nursery() as nursery:
 
-            async def cancel_on_signal() -> None:
-                async for signum in signals:
-                    log.info("%s: unmounting %s", signal.Signals(signum).name, target)
-                    nursery.cancel_scope.cancel()
-                    return
+                async def cancel_on_signal() -> None:
+                    nonlocal reason
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            plugins.reload()
+                            continue
+                        reason = f"signal {signal.Signals(signum).name}"
+                        log.info("%s: unmounting %s", signal.Signals(signum).name, target)
+                        nursery.cancel_scope.cancel()
+                        return
 
-            nursery.start_soon(cancel_on_signal)
-            await serve_mount(
-                shared, target, options=options, allowlist_socket_path=allowlist_socket_path
-            )
-            nursery.cancel_scope.cancel()
+                async def serve_then_stop(task_status: trio.TaskStatus[str]) -> None:
+                    await serve_mount(
+                        shared,
+                        target,
+                        options=options,
+                        allowlist_socket_path=allowlist_socket_path,
+                        plugins=plugins,
+                        task_status=task_status,
+                    )
+                    nursery.cancel_scope.cancel()  # unmounted from outside
+
+                nursery.start_soon(cancel_on_signal)
+                await nursery.start(serve_then_stop)
+                await plugins.daemon_started(DaemonInfo(shared, "dev-fuse", target))
+    finally:
+        await plugins.daemon_stopping(reason)
 
 
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
@@ -316,19 +357,21 @@ def main(argv: Sequence[str]) -> int:
         help="SOCK_SEQPACKET control socket for the dynamic path allowlist (deny all until "
         "added; use --cfg timeout=0 so that removals take effect at once)",
     )
+    add_plugin_arguments(parser)
     args = parser.parse_args(list(argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="fsd mount: %(message)s")
     try:
         options = parse_cfg(args.cfg)
         shared, target = check_mountpoint(args.shared_dir, args.mountpoint)
-    except (MountError, ValueError) as e:
+        plugins = setup_plugins(args.plugin, args.plugin_cfg)
+    except (MountError, ValueError, PluginError) as e:
         print(f"fsd mount: {e}", file=sys.stderr)
         return 2
     drop_supplementary_groups()
     failure: Exception | None = None
     try:
-        trio.run(_mount_until_signal, shared, target, options, args.allowlist_socket_path)
+        trio.run(_mount_until_signal, shared, target, options, args.allowlist_socket_path, plugins)
     except* (MountError, OSError) as group:  # OSError: the allowlist socket was refused
         failure = _first_leaf(group)
     if failure is not None:

@@ -10,18 +10,22 @@ import os
 import signal
 import socket
 import stat
+import struct
 
 import attrs
 import trio
 
 from fsd.allowlist import Allowlist
-from fsd.allowlist.handler import AfterHook, CheckHook
+from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_checks
 from fsd.allowlist.server import serve_allowlist
 from fsd.daemon.queues import serialized
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fs.credentials import drop_supplementary_groups
 from fsd.fuse import FuseServer
+from fsd.hookinfo import DaemonInfo, VmmInfo
+from fsd.hooks_fuse import make_request_handler
+from fsd.plugins import Plugins
 from fsd.virtio_fs import NUM_QUEUES, virtio_fs_device
 
 __all__ = ["ServeConfig", "serve"]
@@ -39,7 +43,8 @@ class ServeConfig:
     tag: str | None = None
     allowlist_socket_path: str | None = None
     fs_options: FsOptions = attrs.field(factory=FsOptions)
-    #: Policy hooks for allowlist changes (``serve_allowlist``'s ``check``/``after``).
+    #: Policy hooks for allowlist changes (``serve_allowlist``'s ``check``/``after``),
+    #: beside those of plugins.
     allowlist_check: CheckHook | None = None
     allowlist_after: AfterHook | None = None
 
@@ -65,17 +70,40 @@ def open_vhost_user_listener(config: ServeConfig) -> trio.socket.SocketType:
     return trio.socket.from_stdlib_socket(sock)
 
 
-async def _cancel_on_signals(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+class _Shutdown:
+    """Why the daemon stops, for the ``fsd_daemon_stopping`` hook."""
+
+    reason = "vmm disconnected"
+
+
+async def _handle_signals(scope: trio.CancelScope, plugins: Plugins, shutdown: _Shutdown) -> None:
+    """SIGINT/SIGTERM stop the daemon; SIGHUP asks plugins to reload their configuration."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
-            log.info("%s: shutting down", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading plugin configuration")
+                plugins.reload()
+                continue
+            log.info("%s: shutting down", name)
+            shutdown.reason = f"signal {name}"
             scope.cancel()
             return
+
+
+def _peer(sock: trio.socket.SocketType) -> VmmInfo:
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    except OSError:
+        return VmmInfo()
+    pid, uid, gid = struct.unpack("3i", creds)
+    return VmmInfo(pid, uid, gid)
 
 
 async def serve(
     config: ServeConfig,
     *,
+    plugins: Plugins | None = None,
     handle_signals: bool = True,
     task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -84,18 +112,23 @@ async def serve(
     The process umask becomes 0: the guest kernel has already applied the caller's umask to
     every mode it sends, and the host must not apply another one.
     """
+    plugins = plugins if plugins is not None else Plugins()
+    shutdown = _Shutdown()
     os.umask(0)
     drop_supplementary_groups()
     # With a control socket the guest starts seeing nothing (crosvm); without, everything.
     allowlist = Allowlist() if config.allowlist_socket_path is not None else None
     fs = PassthroughFs(config.shared_dir, config.fs_options, allowlist=allowlist)
     server = FuseServer(fs, transport="vhost-user")
+    # server.handle itself unless a plugin implements a FUSE hook: no cost without plugins.
+    handler = serialized(make_request_handler(server, plugins))
+    plugin_check, plugin_after = plugins.allowlist_callbacks()
     device = virtio_fs_device(config.tag)
     listener = open_vhost_user_listener(config)
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals:
-                nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+                nursery.start_soon(_handle_signals, nursery.cancel_scope, plugins, shutdown)
             if allowlist is not None:
                 assert config.allowlist_socket_path is not None
                 await nursery.start(
@@ -103,21 +136,29 @@ async def serve(
                         serve_allowlist,
                         config.allowlist_socket_path,
                         allowlist,
-                        check=config.allowlist_check,
-                        after=config.allowlist_after,
+                        check=chain_checks(config.allowlist_check, plugin_check),
+                        after=chain_afters(config.allowlist_after, plugin_after),
                     )
                 )
                 log.info("allowlist: control socket %s", config.allowlist_socket_path)
             log.info("vhost-user: listening on %s", config.socket_path or f"fd {config.listen_fd}")
             task_status.started(config.socket_path)
+            await plugins.daemon_started(
+                DaemonInfo(config.shared_dir, "vhost-user", config.socket_path)
+            )
             with listener:
                 sock, _ = await listener.accept()
-            log.info("vhost-user: front-end connected")
             with sock:
-                handlers = [serialized(server.handle)] * NUM_QUEUES
-                await serve_vhost_user_connection(sock, device, handlers)
+                vmm = _peer(sock)
+                log.info("vhost-user: front-end connected (pid %d)", vmm.pid)
+                await plugins.vmm_connected(vmm)
+                try:
+                    await serve_vhost_user_connection(sock, device, [handler] * NUM_QUEUES)
+                finally:
+                    await plugins.vmm_disconnected(vmm)
             nursery.cancel_scope.cancel()
     finally:
+        await plugins.daemon_stopping(shutdown.reason)
         if config.socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(config.socket_path)
