@@ -53,6 +53,10 @@ class HandleTable:
             raise OSError(errno.EBADF, f"unknown file handle {fh}")
         return handle
 
+    def has_nodeid(self, nodeid: int) -> bool:
+        """Whether any open handle is on ``nodeid`` (a scan: only when locks are held)."""
+        return any(h.nodeid == nodeid for h in self._handles.values())
+
     def close(self, fh: int) -> None:
         """Release ``fh`` and close its fd; EBADF if unknown."""
         handle = self._handles.pop(fh, None)

@@ -28,6 +28,7 @@ from fsd.fs import linux, xattrs
 from fsd.fs.credentials import Credentials
 from fsd.fs.handles import DirEntry, Handle, HandleTable
 from fsd.fs.inodes import Inode, InodeTable
+from fsd.fs.locks import LockTable
 from fsd.fs.options import FsOptions
 from fsd.fuse.abi import (
     DT_DIR,
@@ -48,6 +49,7 @@ from fsd.fuse.abi import (
     FOPEN_KEEP_CACHE,
     RENAME_EXCHANGE,
 )
+from fsd.fuse.deferred import Deferred
 from fsd.fuse.errors import HiddenByAllowlist
 
 __all__ = ["PassthroughFs"]
@@ -78,6 +80,7 @@ class PassthroughFs:
         "file_open_flags",
         "handles",
         "inodes",
+        "locks",
         "options",
     )
 
@@ -101,6 +104,8 @@ class PassthroughFs:
             os.close(fd)
             raise
         self.handles = HandleTable()
+        #: POSIX and BSD locks the guest holds, and blocking lock requests still waiting.
+        self.locks = LockTable()
         # Creating ops run with the caller's fsuid/fsgid (see fsd.fs.credentials).
         self._creds = Credentials()
         cache = self.options.cache
@@ -482,15 +487,51 @@ class PassthroughFs:
         """Write straight from the request's memory; returns the bytes written."""
         return os.pwritev(self.handles.get(fh).fd, views, offset) if views else 0
 
-    def flush(self, fh: int) -> None:
-        """Nothing to do: there are no locks to drop and close happens at RELEASE.
+    def flush(self, fh: int, lock_owner: int = 0) -> None:
+        """A guest process closed an fd: POSIX semantics drop its locks on the file.
 
-        Kept free of syscalls on purpose (two FLUSHes per ``close`` of a dup'd fd).
+        Otherwise free of syscalls on purpose (two FLUSHes per ``close`` of a dup'd fd), and
+        one truth test when no lock was ever taken.
         """
+        if self.locks:
+            self.locks.drop_owner(self.handles.get(fh).nodeid, lock_owner)
 
     def release(self, fh: int) -> None:
-        """The guest closed its last reference to ``fh``."""
+        """The guest closed its last reference to ``fh`` (closing the fd drops its flock)."""
+        if self.locks:
+            nodeid = self.handles.get(fh).nodeid
+            self.handles.close(fh)
+            # No guest process can hold a POSIX lock on a file it no longer has open.
+            if self.locks.has_inode(nodeid) and not self.handles.has_nodeid(nodeid):
+                self.locks.drop_inode(nodeid)
+            return
         self.handles.close(fh)
+
+    # --- locks -----------------------------------------------------------------------------
+
+    def getlk(
+        self, fh: int, owner: int, start: int, end: int, kind: int
+    ) -> tuple[int, int, int, int]:
+        """GETLK: the lock that would conflict (start, end, type, guest pid), or F_UNLCK."""
+        handle = self.handles.get(fh)
+        return self.locks.getlk(handle.nodeid, owner, handle.fd, start, end, kind)
+
+    def setlk(
+        self,
+        fh: int,
+        owner: int,
+        start: int,
+        end: int,
+        kind: int,
+        pid: int,
+        flock: bool,
+        wait: Deferred | None = None,
+    ) -> bool:
+        """SETLK/SETLKW: True when done; False when ``wait`` will be finished later."""
+        handle = self.handles.get(fh)
+        if flock:
+            return self.locks.flock(handle.fd, kind, wait)
+        return self.locks.setlk(handle.nodeid, owner, handle.fd, start, end, kind, pid, wait)
 
     def fsync(self, fh: int, datasync: bool) -> None:
         """Flush file data (and metadata unless ``datasync``) to the host disk."""
@@ -636,6 +677,7 @@ class PassthroughFs:
 
     def destroy(self) -> None:
         """Drop every handle and every inode but the root (the guest unmounted)."""
+        self.locks.clear()
         self.handles.clear()
         self.inodes.clear()
 

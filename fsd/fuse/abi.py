@@ -157,6 +157,8 @@ GETATTR_FH: Final = 1 << 0
 FSYNC_FDATASYNC: Final = 1 << 0
 # fuse_release_in.release_flags
 RELEASE_FLUSH: Final = 1 << 0
+#: the file had a flock(2); lock_owner is the open file's flock owner
+RELEASE_FLOCK_UNLOCK: Final = 1 << 1
 # fuse_write_in.write_flags
 WRITE_CACHE: Final = 1 << 0
 WRITE_LOCKOWNER: Final = 1 << 1
@@ -255,6 +257,8 @@ SETXATTR_IN: Final = struct.Struct("<II")
 GETXATTR_IN: Final = struct.Struct("<II")
 #: fh, owner, lk (start, end, type, pid), lk_flags, padding (GETLK/SETLK/SETLKW)
 LK_IN: Final = struct.Struct("<QQQQIIII")
+#: fuse_file_lock.end for "to the end of the file"
+OFFSET_MAX: Final = 0x7FFF_FFFF_FFFF_FFFF
 #: start, end, type, pid (GETLK's reply)
 LK_OUT: Final = struct.Struct("<QQII")
 #: fh, flags, cmd, arg, in_size, out_size

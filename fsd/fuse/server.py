@@ -39,8 +39,12 @@ from fsd.fuse.abi import (
     INIT_IN_V1,
     INIT_IN_V2,
     INIT_OUT,
+    INTERRUPT_IN,
     IOCTL_IN,
     LINK_IN,
+    LK_FLOCK,
+    LK_IN,
+    LK_OUT,
     LSEEK_IN,
     LSEEK_OUT,
     MKDIR_IN,
@@ -75,6 +79,7 @@ from fsd.fuse.codec import (
     parse_xattr_name,
     split_timeout,
 )
+from fsd.fuse.deferred import DEFERRED, Deferred, defer
 from fsd.fuse.errors import HiddenByAllowlist, ProtocolError
 from fsd.fuse.session import FuseSession
 from fsd.sgbuf import BufferTooShort, SgReader, SgWriter
@@ -93,6 +98,8 @@ _HDR: Final = OUT_HEADER.size
 _NSEC: Final = 1_000_000_000
 #: Returned by a handler that must not be answered.
 _NO_REPLY: Final = -1
+#: Returned by a handler that will be answered later (see fsd.fuse.deferred).
+_DEFER: Final = -2
 _NO_REPLY_OPS: Final = frozenset(
     {Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY}
 )
@@ -129,6 +136,7 @@ class FuseServer:
         self._uid = 0
         self._gid = 0
         self._body_len = 0
+        self._unique = 0  # for a Deferred (SETLKW)
         self._handlers: dict[int, Handler] = {
             Opcode.INIT: self._init,
             Opcode.DESTROY: self._destroy,
@@ -171,6 +179,9 @@ class FuseServer:
             Opcode.REMOVEXATTR: self._removexattr,
             Opcode.IOCTL: self._ioctl,
             Opcode.TMPFILE: self._tmpfile,
+            Opcode.GETLK: self._getlk,
+            Opcode.SETLK: self._setlk,
+            Opcode.SETLKW: self._setlkw,
         }
 
     # --- the entry point -------------------------------------------------------------------
@@ -180,7 +191,9 @@ class FuseServer:
 
         Write the reply (out_header + payload) into ``reply`` starting at offset 0. Return the
         number of reply bytes written; 0 means no reply (FORGET, BATCH_FORGET, INTERRUPT, and
-        DESTROY on vhost-user). Never raises.
+        DESTROY on vhost-user); :data:`~fsd.fuse.deferred.DEFERRED` means the reply comes later
+        (SETLKW), through the ``Deferred`` that ``take_deferred()`` then returns on this
+        thread. Never raises.
         """
         try:
             length, opcode, unique, nodeid, uid, gid, _pid, _extlen, _pad = request.read_struct(
@@ -197,14 +210,15 @@ class FuseServer:
             self._body_len = body_len
             self._uid = uid
             self._gid = gid
+            self._unique = unique
             if not self.session.initialized and opcode != _INIT:
                 raise OSError(errno.EIO, "request before INIT")
             handler = self._handlers.get(opcode)
             if handler is None:
                 raise OSError(errno.ENOSYS, "not implemented")
             size = handler(nodeid, request, reply)
-            if size == _NO_REPLY:
-                return 0
+            if size < 0:
+                return 0 if size == _NO_REPLY else DEFERRED
             reply.pack_at(OUT_HEADER, 0, _HDR + size, 0, unique)
             return _HDR + size
         except OSError as exc:
@@ -284,8 +298,10 @@ class FuseServer:
         self.session.reset()
         return _NO_REPLY if self.transport == "vhost-user" else 0
 
-    def _interrupt(self, _nodeid: int, _request: SgReader, _reply: SgWriter) -> int:
-        # Requests run to completion synchronously; there is never one to interrupt.
+    def _interrupt(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        # Only a waiting SETLKW can be interrupted; every other request ran to completion.
+        (target,) = request.read_struct(INTERRUPT_IN)
+        self.fs.locks.interrupt(target)
         return _NO_REPLY
 
     # --- inodes ----------------------------------------------------------------------------
@@ -464,14 +480,34 @@ class FuseServer:
         return WRITE_OUT.size
 
     def _flush(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
-        fh, _, _, _ = request.read_struct(FLUSH_IN)
-        self.fs.flush(fh)
+        fh, _, _, lock_owner = request.read_struct(FLUSH_IN)
+        self.fs.flush(fh, lock_owner)
         return 0
 
     def _release(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
         fh, _, _, _ = request.read_struct(RELEASE_IN)
         self.fs.release(fh)
         return 0
+
+    # --- locks -----------------------------------------------------------------------------
+
+    def _getlk(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        fh, owner, start, end, kind, _pid, _flags, _ = request.read_struct(LK_IN)
+        reply.pack_at(LK_OUT, _HDR, *self.fs.getlk(fh, owner, start, end, kind))
+        return LK_OUT.size
+
+    def _setlk(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+        fh, owner, start, end, kind, pid, flags, _ = request.read_struct(LK_IN)
+        self.fs.setlk(fh, owner, start, end, kind, pid, bool(flags & LK_FLOCK))
+        return 0
+
+    def _setlkw(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        fh, owner, start, end, kind, pid, flags, _ = request.read_struct(LK_IN)
+        wait = Deferred(self._unique, reply)
+        if self.fs.setlk(fh, owner, start, end, kind, pid, bool(flags & LK_FLOCK), wait):
+            return 0
+        defer(wait)
+        return _DEFER
 
     def _fsync(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
         fh, flags, _ = request.read_struct(FSYNC_IN)

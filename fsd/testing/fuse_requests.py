@@ -10,11 +10,13 @@ and turns error replies into ``OSError``.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from fsd.fuse import abi
 from fsd.fuse.abi import Opcode
+from fsd.fuse.deferred import take_deferred
 from fsd.sgbuf import SgReader, SgWriter
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "FuseClient",
     "InitOut",
     "Reply",
+    "Submitted",
     "access",
     "batch_forget",
     "copy_file_range",
@@ -36,11 +39,13 @@ __all__ = [
     "fsync",
     "fsyncdir",
     "getattr",
+    "getlk",
     "getxattr",
     "init_request",
     "interrupt",
     "link",
     "listxattr",
+    "lk",
     "lookup",
     "lseek",
     "mkdir",
@@ -52,6 +57,7 @@ __all__ = [
     "parse_dirents",
     "parse_entry",
     "parse_init",
+    "parse_lk",
     "parse_open",
     "parse_reply",
     "parse_statfs",
@@ -68,6 +74,8 @@ __all__ = [
     "request",
     "rmdir",
     "setattr",
+    "setlk",
+    "setlkw",
     "setxattr",
     "statfs",
     "symlink",
@@ -281,14 +289,60 @@ def readdirplus(unique: int, nodeid: int, fh: int, offset: int = 0, size: int = 
     return _rw(Opcode.READDIRPLUS, unique, nodeid, fh, offset, size)
 
 
-def flush(unique: int, nodeid: int, fh: int) -> bytes:
-    """FLUSH (one per close(2) in the guest)."""
-    return request(Opcode.FLUSH, unique, nodeid, abi.FLUSH_IN.pack(fh, 0, 0, 0))
+def flush(unique: int, nodeid: int, fh: int, lock_owner: int = 0) -> bytes:
+    """FLUSH (one per close(2) in the guest; drops ``lock_owner``'s POSIX locks)."""
+    return request(Opcode.FLUSH, unique, nodeid, abi.FLUSH_IN.pack(fh, 0, 0, lock_owner))
 
 
-def release(unique: int, nodeid: int, fh: int) -> bytes:
+def release(
+    unique: int, nodeid: int, fh: int, release_flags: int = 0, lock_owner: int = 0
+) -> bytes:
     """RELEASE of an open file."""
-    return request(Opcode.RELEASE, unique, nodeid, abi.RELEASE_IN.pack(fh, 0, 0, 0))
+    body = abi.RELEASE_IN.pack(fh, 0, release_flags, lock_owner)
+    return request(Opcode.RELEASE, unique, nodeid, body)
+
+
+def lk(
+    opcode: int,
+    unique: int,
+    nodeid: int,
+    fh: int,
+    owner: int,
+    kind: int,
+    start: int = 0,
+    end: int = abi.OFFSET_MAX,
+    *,
+    pid: int = 0,
+    flock: bool = False,
+) -> bytes:
+    """GETLK/SETLK/SETLKW: ``kind`` is F_RDLCK/F_WRLCK/F_UNLCK; ``end`` is inclusive."""
+    flags = abi.LK_FLOCK if flock else 0
+    body = abi.LK_IN.pack(fh, owner, start, end, kind, pid, flags, 0)
+    return request(opcode, unique, nodeid, body)
+
+
+def getlk(
+    unique: int, nodeid: int, fh: int, owner: int, kind: int, start: int = 0,
+    end: int = abi.OFFSET_MAX,
+) -> bytes:  # fmt: skip
+    """GETLK: which lock would block this one."""
+    return lk(Opcode.GETLK, unique, nodeid, fh, owner, kind, start, end)
+
+
+def setlk(
+    unique: int, nodeid: int, fh: int, owner: int, kind: int, start: int = 0,
+    end: int = abi.OFFSET_MAX, *, pid: int = 0, flock: bool = False,
+) -> bytes:  # fmt: skip
+    """SETLK: take/drop a lock without waiting (EAGAIN on conflict)."""
+    return lk(Opcode.SETLK, unique, nodeid, fh, owner, kind, start, end, pid=pid, flock=flock)
+
+
+def setlkw(
+    unique: int, nodeid: int, fh: int, owner: int, kind: int, start: int = 0,
+    end: int = abi.OFFSET_MAX, *, pid: int = 0, flock: bool = False,
+) -> bytes:  # fmt: skip
+    """SETLKW: take a lock, waiting for conflicting ones to go."""
+    return lk(Opcode.SETLKW, unique, nodeid, fh, owner, kind, start, end, pid=pid, flock=flock)
 
 
 def releasedir(unique: int, nodeid: int, fh: int) -> bytes:
@@ -507,6 +561,35 @@ def parse_direntplus(payload: bytes) -> list[Dirent]:
     return out
 
 
+def parse_lk(payload: bytes) -> tuple[int, int, int, int]:
+    """GETLK's ``fuse_lk_out``: (start, end, type, pid)."""
+    start, end, kind, pid = abi.LK_OUT.unpack_from(payload)
+    return start, end, kind, pid
+
+
+class Submitted:
+    """A request that may be answered later (SETLKW): ``wait`` for its reply bytes."""
+
+    def __init__(self, space: bytearray) -> None:
+        self._space = space
+        self._event = threading.Event()
+        self._size = 0
+
+    def _done(self, size: int) -> None:
+        self._size = size
+        self._event.set()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float = 10.0) -> bytes:
+        """The reply; ``TimeoutError`` if none came within ``timeout`` seconds."""
+        if not self._event.wait(timeout):
+            raise TimeoutError("no reply")
+        return bytes(self._space[: self._size])
+
+
 class _Server(Protocol):
     """The part of :class:`~fsd.fuse.FuseServer` the client needs."""
 
@@ -540,6 +623,19 @@ class FuseClient:
         space = bytearray(capacity if capacity is not None else self.reply_capacity)
         n = self.server.handle(SgReader(segments), SgWriter([memoryview(space)]))
         return bytes(space[:n])
+
+    def submit(self, data: bytes) -> Submitted:
+        """Send one request that the server may defer (returns DEFERRED) and answer later."""
+        space = bytearray(self.reply_capacity)
+        sub = Submitted(space)
+        n = self.server.handle(SgReader([memoryview(data)]), SgWriter([memoryview(space)]))
+        if n >= 0:
+            sub._done(n)
+            return sub
+        deferred = take_deferred()
+        assert deferred is not None, "handle() deferred without a Deferred"
+        deferred.on_done(sub._done)
+        return sub
 
     def ok(self, data: bytes, **kwargs: int) -> bytes:
         """Send one request and return its payload; raise ``OSError`` on an error reply."""

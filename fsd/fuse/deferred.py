@@ -1,0 +1,105 @@
+"""Deferred replies: a request the server answers later, from another thread (SETLKW).
+
+``FuseServer.handle`` normally returns the reply's length. For a request that must wait (a
+blocking lock) it returns :data:`DEFERRED` instead, and the transport, which has not given
+the reply space back yet (a virtqueue chain not yet pushed, a ``/dev/fuse`` buffer not yet
+reused), calls :func:`take_deferred` on the same thread to get the :class:`Deferred` and
+tells it what to do once the reply is written. Transports only pay for this when the return
+value is negative, so requests that don't wait cost one comparison.
+
+The hand-over goes through a thread-local slot rather than a server attribute because the
+virtqueue workers share one server: between ``handle`` returning and ``take_deferred``,
+another queue thread may defer a request of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Final
+
+from fsd.fuse.abi import OUT_HEADER
+from fsd.sgbuf import BufferTooShort, SgWriter
+
+__all__ = ["DEFERRED", "Deferred", "take_deferred"]
+
+#: What ``FuseServer.handle`` returns for a request it will answer later.
+DEFERRED: Final = -1
+
+_HDR: Final = OUT_HEADER.size
+_slot = threading.local()
+
+Completion = Callable[[int], None]
+"""Called once with the reply's length (0: no reply to send) when a deferred request ends."""
+
+
+class Deferred:
+    """One request waiting for its reply; finished exactly once, by whoever comes first.
+
+    ``finish`` (the lock waiter, an INTERRUPT, DESTROY) may run before the transport called
+    ``on_done``; the length is then kept and handed over when it does. ``cancel`` (the queue
+    was stopped: the reply space is gone) makes both a no-op and runs the owner's cleanup.
+    """
+
+    __slots__ = ("_callback", "_lock", "_reply", "_size", "on_cancel", "unique")
+
+    def __init__(self, unique: int, reply: SgWriter) -> None:
+        self.unique = unique
+        self._reply: SgWriter | None = reply
+        self._lock = threading.Lock()
+        self._callback: Completion | None = None
+        self._size: int | None = None
+        #: Set by whoever keeps the request waiting, so a cancel can drop it there.
+        self.on_cancel: Callable[[], None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._size is not None
+
+    def finish(self, error: int) -> None:
+        """Answer with ``-error`` (0: success) and hand the reply to the transport."""
+        with self._lock:
+            reply = self._reply
+            if reply is None or self._size is not None:
+                return  # cancelled, or finished already
+            try:
+                reply.pack_at(OUT_HEADER, 0, _HDR, -error, self.unique)
+                size = _HDR
+            except BufferTooShort:
+                size = 0
+            self._size = size
+            callback = self._callback
+        if callback is not None:
+            callback(size)
+
+    def on_done(self, callback: Completion) -> None:
+        """Run ``callback(length)`` when finished (at once, here, if it already is)."""
+        with self._lock:
+            if self._reply is None:
+                return
+            size = self._size
+            if size is None:
+                self._callback = callback
+                return
+        callback(size)
+
+    def cancel(self) -> None:
+        """The reply can no longer be sent: forget the callback and stop the wait."""
+        with self._lock:
+            self._reply = None
+            self._callback = None
+            cleanup, self.on_cancel = self.on_cancel, None
+        if cleanup is not None:
+            cleanup()
+
+
+def defer(deferred: Deferred) -> None:
+    """Server side: park ``deferred`` for this thread's transport to pick up."""
+    _slot.pending = deferred
+
+
+def take_deferred() -> Deferred | None:
+    """Transport side: the request this thread's last ``handle`` call deferred, if any."""
+    pending: Deferred | None = getattr(_slot, "pending", None)
+    _slot.pending = None
+    return pending
