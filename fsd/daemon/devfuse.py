@@ -26,6 +26,7 @@ from fsd.allowlist import Allowlist
 from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_checks
 from fsd.allowlist.server import serve_allowlist
 from fsd.daemon import mount_syscalls
+from fsd.daemon.pending import PendingReplies
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fs import parse_cfg as parse_fs_cfg
 from fsd.fs.credentials import drop_supplementary_groups
@@ -69,7 +70,8 @@ class RequestHandler(Protocol):
     """What the /dev/fuse loop needs from a FUSE server (``fsd.fuse.FuseServer`` is one)."""
 
     def handle(self, request: SgReader, reply: SgWriter) -> int:
-        """Answer one request; return the reply's length, 0 for no reply. Never raises."""
+        """Answer one request; return the reply's length, 0 for no reply, or DEFERRED
+        (negative: the reply comes later, see ``fsd.fuse.deferred``). Never raises."""
         ...
 
 
@@ -183,6 +185,7 @@ async def _mount_and_serve(
         os.umask(old_umask)
         raise MountError(f"cannot open {DEV_FUSE}: {e.strerror}") from None
     mounted = False
+    pending = PendingReplies()
     try:
         data = (
             f"fd={fd},rootmode={stat.S_IFDIR:o},user_id={os.getuid()},group_id={os.getgid()},"
@@ -197,7 +200,7 @@ async def _mount_and_serve(
         mounted = True
         log.info("serving %s on %s", shared, target)
         task_status.started(target)
-        await _serve_requests(fd, server)
+        await _serve_requests(fd, server, pending)
         mounted = False  # unmounted from outside: nothing left to detach
         log.info("%s was unmounted", target)
     finally:
@@ -206,13 +209,18 @@ async def _mount_and_serve(
                 mount_syscalls.umount(target)
             except OSError as e:
                 log.warning("could not unmount %s: %s", target, e.strerror)
+        pending.close()  # before the fd goes: a late lock grant must not write to a reused fd
         trio.lowlevel.notify_closing(fd)
         os.close(fd)
         os.umask(old_umask)
 
 
-async def _serve_requests(fd: int, server: RequestHandler) -> None:
-    """Read, answer, write, until the kernel says the mount is gone (ENODEV)."""
+async def _serve_requests(fd: int, server: RequestHandler, pending: PendingReplies) -> None:
+    """Read, answer, write, until the kernel says the mount is gone (ENODEV).
+
+    A deferred request (SETLKW) keeps its reply buffer until it is answered, from another
+    thread (``os.write`` on the fuse fd is atomic per message); the loop takes a fresh one.
+    """
     request = bytearray(BUFFER_SIZE)
     reply = bytearray(BUFFER_SIZE)
     request_view = memoryview(request)
@@ -235,8 +243,13 @@ async def _serve_requests(fd: int, server: RequestHandler) -> None:
                 continue
             raise
         size = _handle(server, request_view[:n], reply_writer)
-        if size and not _write_reply(fd, reply_view[:size]):
-            return
+        if size > 0:
+            if not _write_reply(fd, reply_view[:size]):
+                return
+        elif size:
+            pending.adopt(functools.partial(_send_deferred, fd, reply_view))
+            reply_view = memoryview(bytearray(BUFFER_SIZE))
+            reply_writer = SgWriter([reply_view])
         since_checkpoint += 1
         if since_checkpoint >= _REQUESTS_PER_CHECKPOINT:
             since_checkpoint = 0
@@ -257,6 +270,11 @@ def _handle(server: RequestHandler, request: memoryview, reply: SgWriter) -> int
             return 0
         reply.pack_at(_OUT_HEADER, 0, _OUT_HEADER.size, -errno.EIO, unique)
         return _OUT_HEADER.size
+
+
+def _send_deferred(fd: int, reply: memoryview, size: int) -> None:
+    if size:
+        _write_reply(fd, reply[:size])
 
 
 def _write_reply(fd: int, reply: memoryview) -> bool:

@@ -11,6 +11,7 @@ one lock around the FUSE server, so the inode and handle tables see one request 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 import trio
 
+from fsd.daemon.pending import PendingReplies
 from fsd.sgbuf import SgReader, SgWriter
 from fsd.virtio.splitq import InvalidChain, QueueBroken, SplitQueue
 
@@ -66,6 +68,11 @@ class QueueRunner:
         self.interrupts = 0
         self._call_fd = call_fd
         self._call_lock = threading.Lock()
+        # Deferred replies (SETLKW) are pushed by other threads. While one is outstanding the
+        # worker takes _ring_lock around its used-ring updates too; otherwise it is the only
+        # writer and takes no lock (see PendingReplies.waiting).
+        self._pending = PendingReplies()
+        self._ring_lock = threading.Lock()
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._done = trio.Event()
 
@@ -89,6 +96,7 @@ class QueueRunner:
         """Serve every available chain, re-arm kicks, and interrupt once if the driver wants."""
         queue = self.queue
         handler = self.handler
+        waiting = self._pending.waiting
         while True:
             while True:
                 try:
@@ -100,11 +108,37 @@ class QueueRunner:
                 if chain is None:
                     break
                 head, readable, writable = chain
-                queue.push(head, handler(SgReader(readable), SgWriter(writable)))
+                size = handler(SgReader(readable), SgWriter(writable))
+                if waiting or size < 0:
+                    self._push_locked(head, size)
+                else:
+                    queue.push(head, size)
                 self.chains += 1
             if not queue.enable_kicks():
                 break
-        if queue.needs_interrupt():
+        if waiting:
+            with self._ring_lock:
+                wanted = queue.needs_interrupt()
+        else:
+            wanted = queue.needs_interrupt()
+        if wanted:
+            self.interrupt()
+
+    def _push_locked(self, head: int, size: int) -> None:
+        """The slow path: push while deferred replies may be pushed concurrently, or defer."""
+        if size < 0:
+            # The chain stays ours (its reply space valid) until the deferred reply is pushed.
+            self._pending.adopt(functools.partial(self._complete, head))
+            return
+        with self._ring_lock:
+            self.queue.push(head, size)
+
+    def _complete(self, head: int, size: int) -> None:
+        """Push a deferred reply (any thread) and signal the driver if it wants."""
+        with self._ring_lock:
+            self.queue.push(head, size)
+            wanted = self.queue.needs_interrupt()
+        if wanted:
             self.interrupt()
 
     def serve_blocking(self) -> None:
@@ -136,6 +170,8 @@ class QueueRunner:
                 )
                 nursery.cancel_scope.cancel()
         finally:
+            # After this no deferred reply touches the ring: the connection may reset it.
+            self._pending.close()
             os.close(self._stop_fd)
             self._done.set()
 

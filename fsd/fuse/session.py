@@ -21,7 +21,8 @@ __all__ = ["SUPPORTED_FLAGS", "FuseSession", "InitReply"]
 #: Capabilities this server implements and grants whenever the kernel offers them.
 #: Not here on purpose: EXPORT_SUPPORT (needs stable handles), SECURITY_CTX and
 #: CREATE_SUPP_GROUP (need request extensions parsed), DONT_MASK (the guest applies its umask,
-#: so the daemon runs with umask 0), POSIX_LOCKS/FLOCK_LOCKS, HANDLE_KILLPRIV(_V2), POSIX_ACL.
+#: so the daemon runs with umask 0), HANDLE_KILLPRIV(_V2), POSIX_ACL. POSIX_LOCKS/FLOCK_LOCKS
+#: are real host locks (fsd.fs.locks); SETLKW is answered later, never blocking a queue.
 SUPPORTED_FLAGS: Final = (
     InitFlag.ASYNC_READ
     | InitFlag.ATOMIC_O_TRUNC
@@ -32,6 +33,8 @@ SUPPORTED_FLAGS: Final = (
     | InitFlag.ASYNC_DIO
     | InitFlag.PARALLEL_DIROPS
     | InitFlag.MAX_PAGES
+    | InitFlag.POSIX_LOCKS
+    | InitFlag.FLOCK_LOCKS
 )
 
 #: virtiofsd's values: effectively unlimited background requests.

@@ -288,7 +288,10 @@ def test_xattrs_match_a_plain_directory(fsd_mount: Mount, reference_root: Path) 
 
 
 def test_posix_locks_match_a_plain_directory(fsd_mount: Mount, reference_root: Path) -> None:
-    """Locks are not negotiated, so the kernel keeps them locally: same answers as ext4."""
+    """A process's own locks never conflict (fsd holds them as host locks): same as ext4.
+
+    Conflicts between processes and with host processes: tests/devfuse/test_devfuse_locks.py.
+    """
     for root in (fsd_mount.mountpoint, reference_root):
         with open(root / "lock-file", "w") as f:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -28,7 +28,8 @@ def test_init_reply_is_80_bytes(server: FuseServer) -> None:
     assert reply.unique == 2
     out = fr.parse_init(reply.payload)
     assert (out.major, out.minor, out.max_write, out.max_pages) == (7, 38, 1 << 20, 256)
-    assert out.flags == 0x44F029 | InitFlag.HANDLE_KILLPRIV_V2
+    locks = InitFlag.POSIX_LOCKS | InitFlag.FLOCK_LOCKS
+    assert out.flags == 0x44F029 | locks | InitFlag.HANDLE_KILLPRIV_V2
 
 
 @pytest.mark.parametrize("size", [8, 16])
