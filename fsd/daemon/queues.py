@@ -28,6 +28,9 @@ __all__ = ["ChainHandler", "QueueRunner", "serialized"]
 
 log = logging.getLogger("fsd.virtio")
 
+BATCH = 256
+"""Chains served per wake-up before the worker looks at its stop flag and signals the driver."""
+
 ChainHandler = Callable[[SgReader, SgWriter], int]
 """Serves one request: reads it, writes the reply, returns the reply length."""
 
@@ -74,6 +77,8 @@ class QueueRunner:
         self._pending = PendingReplies()
         self._ring_lock = threading.Lock()
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        # Checked between chains: a guest that keeps the ring full must not delay a stop.
+        self._stopping = threading.Event()
         self._done = trio.Event()
 
     def set_call_fd(self, fd: int | None) -> None:
@@ -93,12 +98,20 @@ class QueueRunner:
         self.interrupts += 1
 
     def drain(self) -> None:
-        """Serve every available chain, re-arm kicks, and interrupt once if the driver wants."""
+        """Serve the available chains, re-arm kicks, and interrupt once if the driver wants.
+
+        At most ``BATCH`` chains per call, so that a guest keeping the ring full still gets its
+        interrupts and a stop request is seen; the caller polls again without sleeping when
+        chains are left (the kick was not re-armed then).
+        """
         queue = self.queue
         handler = self.handler
         waiting = self._pending.waiting
-        while True:
-            while True:
+        stopping = self._stopping
+        budget = BATCH
+        while budget and not stopping.is_set():
+            while budget:
+                budget -= 1
                 try:
                     chain = queue.pop()
                 except InvalidChain as exc:
@@ -114,6 +127,8 @@ class QueueRunner:
                 else:
                     queue.push(head, size)
                 self.chains += 1
+                if stopping.is_set():
+                    break
             if not queue.enable_kicks():
                 break
         if waiting:
@@ -144,21 +159,23 @@ class QueueRunner:
     def serve_blocking(self) -> None:
         """The worker thread: drain, then sleep in epoll until a kick or a stop."""
         kick, stop = self.kick_fd, self._stop_fd
-        with select.epoll(2) as poller:
-            poller.register(kick, select.EPOLLIN)
-            poller.register(stop, select.EPOLLIN)
-            try:
-                while True:
+        try:
+            with select.epoll(2) as poller:
+                poller.register(kick, select.EPOLLIN)
+                poller.register(stop, select.EPOLLIN)
+                while not self._stopping.is_set():
                     self.drain()
-                    for fd, _ in poller.poll():
+                    # Chains left over from a capped batch: look again without sleeping.
+                    timeout = 0 if self.queue.has_available() else -1
+                    for fd, _ in poller.poll(timeout):
                         if fd == stop:
                             return
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(kick)
-            except QueueBroken as exc:
-                log.error("queue %d stopped: %s", self.index, exc)
-            except Exception:
-                log.exception("queue %d: worker failed", self.index)
+        except QueueBroken as exc:
+            log.error("queue %d stopped: %s", self.index, exc)
+        except Exception:
+            log.exception("queue %d: worker failed; the queue is stopped", self.index)
 
     async def run(self) -> None:
         """Run the worker thread until :meth:`stop`, cancellation, or a broken queue."""
@@ -179,10 +196,19 @@ class QueueRunner:
         try:
             await trio.sleep_forever()
         finally:
+            self._request_stop()
+
+    def _request_stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(OSError):  # already closed: the worker is gone
             os.eventfd_write(self._stop_fd, 1)
 
     async def stop(self) -> None:
-        """Stop the worker and wait until it has returned (its queue state is then stable)."""
+        """Stop the worker and wait until it has returned (its queue state is then stable).
+
+        Shielded: the caller closes the queue's fds next, which must not happen while the
+        worker may still use them, even if the daemon is being cancelled meanwhile."""
         if not self._done.is_set():
-            os.eventfd_write(self._stop_fd, 1)
-            await self._done.wait()
+            self._request_stop()
+            with trio.CancelScope(shield=True):
+                await self._done.wait()

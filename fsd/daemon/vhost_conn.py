@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import logging
 import os
+import select
 import socket
 from collections.abc import Sequence
 
@@ -29,6 +30,7 @@ from fsd.vhost_user.backend import (
 from fsd.vhost_user.messages import (
     HEADER,
     MAX_FDS,
+    U64,
     VRING_STATE,
     FrontendRequest,
     Message,
@@ -115,9 +117,18 @@ class VhostUserConnection:
                     log.error("vhost-user: bad message from the front-end: %s", exc)
                     return
                 log.debug("vhost-user <- %s", _describe(msg))
+                failed = False
                 for effect in self.state.handle(msg):
-                    await self.apply(effect)
-        except (ConnectionClosed, ConnectionResetError):
+                    if failed and isinstance(effect, Reply) and msg.need_reply:
+                        effect = Reply(effect.request, U64.pack(1))  # the ack says it failed
+                    try:
+                        await self.apply(effect)
+                    except (OSError, ValueError) as exc:
+                        # A memory fd that cannot be mapped, a kick fd that cannot be polled:
+                        # the VMM's mistake. Refuse it; never let it end the daemon.
+                        log.error("vhost-user %s failed: %s", _describe(msg), exc)
+                        failed = True
+        except (ConnectionClosed, ConnectionResetError, BrokenPipeError):
             log.info("vhost-user: front-end disconnected")
         finally:
             with trio.CancelScope(shield=True):
@@ -128,7 +139,13 @@ class VhostUserConnection:
             case Reply(request, payload):
                 await self._send(encode_message(request, payload))
             case MapRegion(region, fd):
-                self.set_memory(self.memory.with_region(map_region(region, fd)))
+                try:
+                    mapped = map_region(region, fd)
+                    memory = self.memory.with_region(mapped)
+                except (OSError, ValueError):
+                    self.state.region_failed(region)
+                    raise
+                self.set_memory(memory)
             case UnmapRegion(region):
                 self.set_memory(self.memory.without_region(region.guest_phys_addr))
             case UnmapAllRegions():
@@ -161,8 +178,11 @@ class VhostUserConnection:
 
     async def _send(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            view = view[await self.sock.send(view) :]
+        try:
+            while view:
+                view = view[await self.sock.send(view) :]
+        except OSError as exc:  # EPIPE, ECONNRESET: the front-end went away mid-reply
+            raise ConnectionClosed from exc
 
     def start_queue(self, index: int) -> None:
         config = self.state.queue_config(index)
@@ -179,6 +199,13 @@ class VhostUserConnection:
             )
         except GuestMemoryError as exc:
             log.error("queue %d: rings are not in guest memory: %s", index, exc)
+            self.state.queue_failed(index)
+            return
+        try:
+            _check_pollable(config.kick_fd)
+        except OSError as exc:
+            log.error("queue %d: the kick fd cannot be waited on: %s", index, exc)
+            self.state.queue_failed(index)
             return
         runner = QueueRunner(
             index, queue, config.kick_fd, self.call_fds.get(index), self.handlers[index]
@@ -188,10 +215,11 @@ class VhostUserConnection:
         log.debug("queue %d started: %s", index, config)
 
     async def stop_queue(self, index: int) -> int:
-        runner = self.runners.pop(index, None)
+        runner = self.runners.get(index)
         if runner is None:
             return self.state.vrings[index].base
-        await runner.stop()
+        await runner.stop()  # shielded: the worker is gone before anything is closed
+        del self.runners[index]
         next_avail = runner.queue.next_avail
         self.state.queue_stopped(index, next_avail)
         log.info(
@@ -210,6 +238,12 @@ class VhostUserConnection:
             trio.lowlevel.notify_closing(fd)
             os.close(fd)
         self.memory = GuestMemory()
+
+
+def _check_pollable(fd: int) -> None:
+    """Raise OSError unless epoll can wait on ``fd`` (an eventfd can; a regular file cannot)."""
+    with select.epoll(1) as poller:
+        poller.register(fd, select.EPOLLIN)
 
 
 def _describe(msg: Message) -> str:

@@ -22,6 +22,7 @@ from fsd.vhost_user.messages import (
     U64,
     VRING_INDEX_MASK,
     VRING_NOFD,
+    VRING_STATE,
     FrontendRequest,
     MemoryRegion,
     Message,
@@ -150,6 +151,7 @@ class _Vring:
     err_fd: int | None = None
     enabled: bool = False
     running: bool = False
+    reset: bool = False
 
 
 @dataclass
@@ -220,6 +222,10 @@ class BackendState:
             log.error("vhost-user %s rejected: %s", name, exc)
             effects = [CloseFd(fd) for fd in fds]
             status = 1
+            # A front-end waits for the reply to a GET_* whatever happens: give it one.
+            failed = _failed_reply(msg)
+            if failed is not None:
+                effects.append(failed)
         if msg.need_reply and self.reply_ack and not _has_reply(effects, msg.request):
             effects.append(Reply(msg.request, U64.pack(status)))
         return effects
@@ -241,8 +247,23 @@ class BackendState:
         )
 
     def queue_stopped(self, index: int, next_avail: int) -> None:
-        """The I/O layer stopped queue ``index``; a later restart resumes at ``next_avail``."""
-        self.vrings[index].base = next_avail
+        """The I/O layer stopped queue ``index``; a later restart resumes at ``next_avail``
+        (unless a reset since asked for a fresh start)."""
+        vring = self.vrings[index]
+        if vring.reset:
+            vring.reset = False
+        else:
+            vring.base = next_avail
+
+    def queue_failed(self, index: int) -> None:
+        """The I/O layer could not start queue ``index`` (logged there); it is not running, and
+        a later configuration change may start it."""
+        self.vrings[index].running = False
+
+    def region_failed(self, region: MemoryRegion) -> None:
+        """The I/O layer could not map ``region``: forget it, as if it had been refused."""
+        if region in self.regions:
+            self.regions.remove(region)
 
     def open_fds(self) -> list[int]:
         """Every fd the state still holds (closed by the I/O layer at disconnect)."""
@@ -338,15 +359,26 @@ class BackendState:
 
     def _reset_owner(self, msg: Message) -> list[Effect]:
         self.owner_set = False
-        return self._stop_all()
+        return self._reset_rings()
 
     def _reset_device(self, msg: Message) -> list[Effect]:
-        effects = self._stop_all()
-        for vring in self.vrings:
-            vring.enabled = False
-            vring.base = 0
+        effects = self._reset_rings()
         self.acked_features = 0
         self.features_set = False
+        return effects
+
+    def _reset_rings(self) -> list[Effect]:
+        """Stop every ring and forget its kick fd and position: the front-end sets them up
+        again before the rings run anew."""
+        was_running = [vring.running for vring in self.vrings]
+        effects = self._stop_all()
+        for vring, stopped in zip(self.vrings, was_running, strict=True):
+            vring.reset = stopped  # its StopQueue reports a position that no longer counts
+            vring.enabled = False
+            vring.base = 0
+            if vring.kick_fd is not None:
+                effects.append(CloseFd(vring.kick_fd))
+                vring.kick_fd = None
         return effects
 
     def _get_queue_num(self, msg: Message) -> list[Effect]:
@@ -361,6 +393,10 @@ class BackendState:
             raise ProtocolError(f"memory table has {len(regions)} regions but {len(msg.fds)} fds")
         for r in regions:
             _check_region(r)
+        for i, a in enumerate(regions):
+            for b in regions[i + 1 :]:
+                if _overlaps(a, b):
+                    raise ProtocolError(f"memory table regions {a} and {b} overlap")
         effects = self._stop_all()
         effects.append(UnmapAllRegions())
         effects += [MapRegion(r, fd) for r, fd in zip(regions, msg.fds, strict=True)]
@@ -444,6 +480,8 @@ class BackendState:
 
     def _set_vring_kick(self, msg: Message) -> list[Effect]:
         vring, index, fd = self._vring_fd(msg)
+        if fd is None:
+            raise ProtocolError(f"vring {index}: polling mode (no kick fd) is not supported")
         effects: list[Effect] = []
         old = vring.kick_fd
         if vring.running:
@@ -506,6 +544,31 @@ class BackendState:
 
     def _set_config(self, msg: Message) -> list[Effect]:
         raise ProtocolError("SET_CONFIG: the virtio-fs config space is read-only")
+
+
+_U64_REPLIES: Final = frozenset(
+    {
+        FrontendRequest.GET_FEATURES,
+        FrontendRequest.GET_PROTOCOL_FEATURES,
+        FrontendRequest.GET_QUEUE_NUM,
+        FrontendRequest.GET_MAX_MEM_SLOTS,
+    }
+)
+
+
+def _failed_reply(msg: Message) -> Reply | None:
+    """The reply a refused GET_* still gets: GET_CONFIG with no bytes (the spec's error form),
+    GET_VRING_BASE with index 0, a u64 0 for the rest; None for messages without a reply."""
+    if msg.request == FrontendRequest.GET_CONFIG:
+        head = msg.payload[: CONFIG_HEAD.size].ljust(CONFIG_HEAD.size, b"\0")
+        offset, _size, flags = CONFIG_HEAD.unpack(head)
+        return Reply(msg.request, CONFIG_HEAD.pack(offset, 0, flags))
+    if msg.request == FrontendRequest.GET_VRING_BASE:
+        index = int.from_bytes(msg.payload[:4].ljust(4, b"\0"), "little")
+        return Reply(msg.request, VRING_STATE.pack(index, 0))
+    if msg.request in _U64_REPLIES:
+        return Reply(msg.request, U64.pack(0))
+    return None
 
 
 def _check_region(region: MemoryRegion) -> None:

@@ -23,6 +23,8 @@ DESC_F_NEXT: Final = 1
 DESC_F_WRITE: Final = 2
 DESC_F_INDIRECT: Final = 4
 AVAIL_F_NO_INTERRUPT: Final = 1
+MAX_INDIRECT_BYTES: Final = 16 * 65536
+"""An indirect table holds at most 2**16 descriptors (next is a u16), as rust-vmm checks."""
 
 _fence_lock = threading.Lock()
 
@@ -124,7 +126,7 @@ class SplitQueue:
                 if flags & DESC_F_INDIRECT:
                     if flags & DESC_F_NEXT:
                         raise InvalidChain(head, "indirect descriptor with NEXT set")
-                    if length == 0 or length % 16:
+                    if length == 0 or length % 16 or length > MAX_INDIRECT_BYTES:
                         raise InvalidChain(head, f"indirect table of {length} bytes")
                     # Linux puts every request in one indirect table: unpack it in one call.
                     descriptors = list(DESC.iter_unpack(self.memory.view(addr, length)))
@@ -221,8 +223,9 @@ class SplitQueue:
         self._signalled_used = new
         if new == old:
             return False
+        # The driver's flag or used_event must be read after used->idx is published.
+        fence()
         if self.event_idx:
-            fence()
             used_event = self._avail_ring[2 + self.size]
             return ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
         return not self._avail_ring[0] & AVAIL_F_NO_INTERRUPT

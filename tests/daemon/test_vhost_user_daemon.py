@@ -28,7 +28,13 @@ from fsd.fuse.abi import (
 from fsd.testing.driver import F_NEXT, F_WRITE
 from fsd.testing.frontend import VhostUserFrontend
 from fsd.testing.serve import ServeProcess
-from fsd.vhost_user.messages import U64, VRING_STATE, FrontendRequest, HeaderFlags
+from fsd.vhost_user.messages import (
+    SINGLE_REGION,
+    U64,
+    VRING_STATE,
+    FrontendRequest,
+    HeaderFlags,
+)
 
 R = FrontendRequest
 INIT_IN = struct.Struct("<IIIIII40x")  # major, minor, max_readahead, flags, flags2, unused
@@ -208,3 +214,35 @@ def test_refuses_a_socket_path_that_is_not_a_socket(shared_dir: Path, socket_pat
     with pytest.raises(RuntimeError, match="not a socket"):
         ServeProcess(shared_dir, socket_path)
     assert socket_path.read_text() == "precious"
+
+
+def test_unmappable_memory_fd_is_refused_not_fatal(frontend: VhostUserFrontend) -> None:
+    frontend.get_u64(R.GET_FEATURES)
+    frontend.set_u64(R.SET_PROTOCOL_FEATURES, (1 << 3) | (1 << 15))  # REPLY_ACK, MEM_SLOTS
+    frontend.send(R.SET_FEATURES, U64.pack((1 << 32) | (1 << 30)))
+    not_memory = os.eventfd(0)
+    payload = SINGLE_REGION.pack(0, 0, 1 << 20, 0x7F00_0000_0000, 0)
+    frontend.send(R.ADD_MEM_REG, payload, [not_memory], flags=1 | HeaderFlags.NEED_REPLY)
+    assert U64.unpack(frontend.receive_reply(R.ADD_MEM_REG))[0] == 1
+    os.close(not_memory)
+    assert frontend.get_u64(R.GET_QUEUE_NUM) == 2  # still serving
+
+
+def test_kick_fd_that_cannot_be_polled_leaves_the_daemon_up(
+    frontend: VhostUserFrontend, tmp_path: Path
+) -> None:
+    frontend.start()
+    init(frontend)
+    with open(tmp_path / "plain", "w") as plain:
+        frontend.set_vring_fd(R.SET_VRING_KICK, 1, plain.fileno())
+    assert frontend.get_u64(R.GET_QUEUE_NUM) == 2
+
+
+def test_sigterm_with_running_queues_exits_zero(
+    frontend: VhostUserFrontend, daemon: ServeProcess
+) -> None:
+    frontend.start()
+    init(frontend)
+    status, err = daemon.stop(signal.SIGTERM)
+    assert status == 0, err
+    assert not daemon.socket_path.exists()

@@ -166,7 +166,8 @@ def test_need_reply_gets_an_ack_only_with_reply_ack() -> None:
         (R.SET_FEATURES, U64.pack(1 << 60), ()),  # never offered
         (R.SET_VRING_KICK, U64.pack(0), ()),  # fd flag says an fd follows, none did
         (R.SET_VRING_KICK, U64.pack(0x100), (33,)),  # fd flag says none, one did
-        (R.GET_QUEUE_NUM, b"", (34,)),  # fds on a message that takes none
+        (R.SET_OWNER, b"", (34,)),  # fds on a message that takes none
+        (R.SET_VRING_KICK, U64.pack(0x100), ()),  # polling mode: not supported
         (R.ADD_MEM_REG, SINGLE_REGION.pack(0, 0, 0, VA, 0), (35,)),  # empty region
         (R.SET_MEM_TABLE, MEMORY_TABLE_HEAD.pack(2, 0) + bytes(64), (36,)),  # 2 regions, 1 fd
         (99, b"", ()),  # unknown request
@@ -235,3 +236,45 @@ def test_any_message_is_handled_without_raising(
     kept = {e.fd for e in effects if isinstance(e, MapRegion)} | set(state.open_fds())
     for fd in fds:
         assert fd in closed or fd in kept, "every fd is either kept or closed"
+
+
+@pytest.mark.parametrize(
+    ("request_", "payload", "fds", "expected"),
+    [
+        (R.GET_CONFIG, struct_config(36, 8), (), struct_config(36, 0)[:12]),
+        (R.GET_VRING_BASE, VRING_STATE.pack(9, 0), (), VRING_STATE.pack(9, 0)),
+        (R.GET_QUEUE_NUM, b"", (34,), U64.pack(0)),
+    ],
+)
+def test_refused_gets_still_get_their_reply(
+    request_: int, payload: bytes, fds: tuple[int, ...], expected: bytes
+) -> None:
+    """QEMU waits for the reply to a GET_*: a refusal must not leave it waiting."""
+    state = BackendState(virtio_fs_device("tag"))
+    negotiated(state)
+    effects = state.handle(msg(request_, payload, fds, ACK))
+    assert effects == [*(CloseFd(fd) for fd in fds), Reply(request_, expected)]
+
+
+def test_reset_device_forgets_ring_positions() -> None:
+    state = BackendState(virtio_fs_device())
+    negotiated(state)
+    add_memory(state)
+    configure_vring(state, 1, 21)
+    assert state.handle(msg(R.SET_VRING_ENABLE, VRING_STATE.pack(1, 1))) == [StartQueue(1)]
+    effects = state.handle(msg(R.RESET_DEVICE))
+    assert effects == [StopQueue(1), CloseFd(21)]
+    state.queue_stopped(1, 77)  # what the stopped worker reports
+    assert state.vrings[1].base == 0
+    assert state.vrings[1].kick_fd is None
+    # An unrelated message does not bring the old ring back.
+    assert state.handle(msg(R.SET_VRING_ENABLE, VRING_STATE.pack(0, 0))) == []
+
+
+def test_set_mem_table_refuses_overlapping_regions() -> None:
+    state = BackendState(virtio_fs_device())
+    negotiated(state)
+    table = MEMORY_TABLE_HEAD.pack(2, 0) + MEMORY_REGION.pack(0, 1 << 20, VA, 0)
+    table += MEMORY_REGION.pack(1 << 19, 1 << 20, VA + (1 << 21), 0)
+    effects = state.handle(msg(R.SET_MEM_TABLE, table, (60, 61), ACK))
+    assert effects == [CloseFd(60), CloseFd(61), Reply(R.SET_MEM_TABLE, U64.pack(1))]

@@ -1,0 +1,57 @@
+"""A queue worker against a driver that never lets the ring run dry."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import trio
+
+from fsd.daemon.queues import BATCH, QueueRunner
+from fsd.sgbuf import SgReader, SgWriter
+from fsd.testing.driver import DriverQueue, GuestAllocator
+from fsd.virtio.memory import GuestMemory, GuestRegion
+from fsd.virtio.splitq import SplitQueue
+
+MEM = 8 << 20
+
+
+async def test_stop_is_prompt_while_the_guest_keeps_the_ring_full() -> None:
+    mem = memoryview(bytearray(MEM))
+    driver = DriverQueue(mem, GuestAllocator(0, 1 << 20), GuestAllocator(1 << 20, MEM), 64)
+    queue = SplitQueue(
+        GuestMemory([GuestRegion(0, mem)]),
+        size=64,
+        desc_gpa=driver.desc_gpa,
+        avail_gpa=driver.avail_gpa,
+        used_gpa=driver.used_gpa,
+        event_idx=True,
+    )
+    kick = os.eventfd(0, os.EFD_NONBLOCK)
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    served = 0
+    busy = threading.Event()
+
+    def busy_guest(request: SgReader, reply: SgWriter) -> int:
+        # Every request served makes the guest post another one: the ring never empties.
+        nonlocal served
+        served += 1
+        if served == 3 * BATCH:
+            busy.set()
+        driver.take_used()
+        driver.add_request(b"x" * 40, 16)
+        return 0
+
+    driver.add_request(b"x" * 40, 16)
+    runner = QueueRunner(1, queue, kick, call, busy_guest)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run)
+            with trio.fail_after(10):
+                await trio.to_thread.run_sync(busy.wait)
+            with trio.fail_after(5):
+                await runner.stop()
+            assert runner.interrupts > 0, "batches end with an interrupt even when never idle"
+    finally:
+        os.close(kick)
+        os.close(call)
