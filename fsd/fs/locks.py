@@ -33,6 +33,8 @@ log = logging.getLogger("fsd.locks")
 FLOCK: Final = struct.Struct("<hh4xqqi4x")
 #: How often the waiter thread retries blocked SETLKW requests.
 RETRY_INTERVAL: Final = 0.005
+#: INTERRUPTs remembered for requests not yet seen (hiprio overtook the request queue).
+_EARLY_MAX: Final = 64
 
 _F_OFD_GETLK: Final = 36
 _F_OFD_SETLK: Final = 37
@@ -124,6 +126,7 @@ class LockTable:
         self._mutex = threading.Lock()
         self._owners: dict[tuple[int, int], _Owner] = {}
         self._waiting: dict[int, _Waiter] = {}  # by the request's unique
+        self._early: dict[int, None] = {}  # interrupted uniques not waiting (yet), oldest first
         self._thread: threading.Thread | None = None
 
     def __bool__(self) -> bool:
@@ -182,6 +185,8 @@ class LockTable:
         """
         _check(start, end, kind)
         with self._mutex:
+            if wait is not None and self._early.pop(wait.unique, 1) is None:
+                raise OSError(errno.EINTR, "interrupted before it was seen")
             me = self._owner(nodeid, owner, handle_fd)
             try:
                 fcntl.fcntl(me.fd, _F_OFD_SETLK, _flock_args(kind, start, end))
@@ -268,10 +273,17 @@ class LockTable:
             os.close(waiter.fd)
 
     def interrupt(self, unique: int) -> None:
-        """INTERRUPT: a waiting SETLKW with this unique ends with EINTR; others are done."""
+        """INTERRUPT: a waiting SETLKW with this unique ends with EINTR; others are done.
+
+        An unknown unique is remembered (a few): on vhost-user the INTERRUPT comes on the
+        hiprio queue and may be served before its request on the request queue.
+        """
         with self._mutex:
             waiter = self._waiting.pop(unique, None)
             if waiter is None:
+                self._early[unique] = None
+                if len(self._early) > _EARLY_MAX:
+                    del self._early[next(iter(self._early))]
                 return
             self._end(waiter)
         waiter.deferred.finish(errno.EINTR)

@@ -530,7 +530,7 @@ class PassthroughFs:
         """SETLK/SETLKW: True when done; False when ``wait`` will be finished later."""
         handle = self.handles.get(fh)
         if flock:
-            return self.locks.flock(handle.fd, kind, wait)
+            return self.locks.flock(handle.fd, kind, wait)  # (early INTERRUPTs: POSIX only)
         return self.locks.setlk(handle.nodeid, owner, handle.fd, start, end, kind, pid, wait)
 
     def fsync(self, fh: int, datasync: bool) -> None:

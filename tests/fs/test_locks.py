@@ -174,3 +174,12 @@ def test_many_waiters_are_served_in_turn(client: FuseClient) -> None:
         subs.pop(i)
         owner = owners.pop(i)
         assert _setlk(client, node, fh, owner, UN) == 0
+
+
+def test_interrupt_before_its_setlkw_still_interrupts(client: FuseClient) -> None:
+    """On vhost-user the hiprio queue may serve the INTERRUPT first."""
+    node, fh = _file(client)
+    assert _setlk(client, node, fh, A, WR) == 0
+    unique = client.next_unique()
+    client.call(fr.interrupt(client.next_unique(), unique))
+    assert client.errno_of(fr.setlkw(unique, node, fh, B, WR)) == errno.EINTR
