@@ -65,8 +65,15 @@ class PendingReplies:
 
         deferred.on_done(done)
 
-    def close(self) -> None:
-        """Stop sending: cancel every request still waiting (their replies have nowhere to go)."""
+    def close(self, answer: int | None = None) -> None:
+        """Stop sending. With ``answer`` (an errno), first answer every request still waiting
+        with it, while their replies can still be sent; the rest are cancelled (their replies
+        have nowhere to go)."""
+        if answer is not None:
+            with self._lock:
+                waiting = list(self.waiting)
+            for deferred in waiting:
+                deferred.abandon(answer)
         with self._lock:
             self._closed = True
             pending = list(self.waiting)

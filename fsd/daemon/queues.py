@@ -11,6 +11,7 @@ one lock around the FUSE server, so the inode and handle tables see one request 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -188,7 +189,9 @@ class QueueRunner:
                 nursery.cancel_scope.cancel()
         finally:
             # After this no deferred reply touches the ring: the connection may reset it.
-            self._pending.close()
+            # A stopped queue may be started again (VM pause/resume): answer waiting requests
+            # (SETLKW) with EINTR rather than leave the guest waiting for them forever.
+            self._pending.close(answer=errno.EINTR)
             os.close(self._stop_fd)
             self._done.set()
 

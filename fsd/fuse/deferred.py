@@ -83,6 +83,15 @@ class Deferred:
                 return
         callback(size)
 
+    def abandon(self, error: int) -> None:
+        """Stop waiting and answer with ``-error`` now (the transport is stopping, but can
+        still send: the guest gets an answer instead of a request that never returns)."""
+        with self._lock:
+            cleanup, self.on_cancel = self.on_cancel, None
+        if cleanup is not None:
+            cleanup()
+        self.finish(error)
+
     def cancel(self) -> None:
         """The reply can no longer be sent: forget the callback and stop the wait."""
         with self._lock:

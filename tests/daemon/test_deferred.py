@@ -111,3 +111,19 @@ def test_many_waiters_one_interrupt_each(frontend: VhostUserFrontend, waiters: i
     for head, length in used:
         reply = fr.parse_reply(frontend.queues[1].written(head, length))
         assert (reply.unique, reply.error) == (heads[head], -errno.EINTR)
+
+
+def test_stopping_the_queue_answers_a_waiting_setlkw(frontend: VhostUserFrontend) -> None:
+    """A VM paused (GET_VRING_BASE) while a guest process waits for a lock: the request is
+    answered with EINTR before the ring base is reported, so it is not lost on resume."""
+    node, fh = _setup(frontend)
+    assert _answer(frontend, fr.setlk(10, node, fh, A, WR))[0] == 0
+    waiting = _submit(frontend, fr.setlkw(12, node, fh, B, WR))
+    time.sleep(0.1)
+    q = frontend.queues[1]
+    assert q.take_used() == []
+    bases = frontend.stop()
+    used = q.take_used()
+    assert [head for head, _ in used] == [waiting]
+    assert fr.parse_reply(q.written(waiting, used[0][1])).error == -errno.EINTR
+    assert bases[1] == q.avail_idx
