@@ -330,22 +330,10 @@ async def run_guest(
     with tempfile.TemporaryDirectory(prefix="fsd-guest-") as tmp:
         initrd = Path(tmp) / "initrd.cpio"
         _write_initrd(initrd, guest_image.initramfs, workload, tag, mount_options)
-        host_channel = Path(tmp) / "host.sock"
-        listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        with listener:
-            await listener.bind(str(host_channel))
-            listener.listen(1)
-            argv = qemu_command(
-                guest_image=guest_image,
-                initrd=initrd,
-                socket_path=Path(socket_path),
-                host_channel=host_channel,
-                tag=tag,
-                memory=memory,
-                accel=accel,
-                extra_append=extra_append,
-            )
-            return await _run_qemu(argv, listener, time_limit, on_step, on_line)
+        return await _boot(
+            guest_image, initrd, Path(socket_path), tag, memory, accel, extra_append,
+            time_limit, on_step, on_line,
+        )  # fmt: skip
 
 
 def build_rootfs(dest: str | os.PathLike[str], *, workload: str | None = None) -> Path:
@@ -413,22 +401,41 @@ async def run_guest_rootfs(
     with tempfile.TemporaryDirectory(prefix="fsd-guest-") as tmp:
         initrd = Path(tmp) / "initrd.cpio"
         _write_rootfs_initrd(initrd, guest_image.initramfs)
-        host_channel = Path(tmp) / "host.sock"
-        listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        with listener:
-            await listener.bind(str(host_channel))
-            listener.listen(1)
-            argv = qemu_command(
-                guest_image=guest_image,
-                initrd=initrd,
-                socket_path=Path(socket_path),
-                host_channel=host_channel,
-                tag=tag,
-                memory=memory,
-                accel=accel,
-                extra_append=append,
-            )
-            return await _run_qemu(argv, listener, time_limit, None, on_line)
+        return await _boot(
+            guest_image, initrd, Path(socket_path), tag, memory, accel, append,
+            time_limit, None, on_line,
+        )  # fmt: skip
+
+
+async def _boot(
+    guest_image: GuestImage,
+    initrd: Path,
+    socket_path: Path,
+    tag: str,
+    memory: str,
+    accel: str,
+    append: str,
+    time_limit: float,
+    on_step: StepHandler | None,
+    on_line: Callable[[str], None] | None,
+) -> GuestResult:
+    """Boot QEMU with ``initrd`` (next to it, in its folder, the host-step channel)."""
+    host_channel = initrd.with_name("host.sock")
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    with listener:
+        await listener.bind(str(host_channel))
+        listener.listen(1)
+        argv = qemu_command(
+            guest_image=guest_image,
+            initrd=initrd,
+            socket_path=socket_path,
+            host_channel=host_channel,
+            tag=tag,
+            memory=memory,
+            accel=accel,
+            extra_append=append,
+        )
+        return await _run_qemu(argv, listener, time_limit, on_step, on_line)
 
 
 async def _run_qemu(
