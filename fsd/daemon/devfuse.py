@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
+import attrs
 import trio
 
 from fsd.allowlist import Allowlist
@@ -30,6 +31,7 @@ from fsd.daemon.pending import PendingReplies
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fs import parse_cfg as parse_fs_cfg
 from fsd.fs.credentials import drop_supplementary_groups
+from fsd.fs.idmap import parse_id_maps
 from fsd.fuse import FuseServer
 from fsd.hookinfo import DaemonInfo
 from fsd.hooks_fuse import HookedHandler
@@ -375,12 +377,22 @@ def main(argv: Sequence[str]) -> int:
         help="SOCK_SEQPACKET control socket for the dynamic path allowlist (deny all until "
         "added; use --cfg timeout=0 so that removals take effect at once)",
     )
+    for kind in ("uid", "gid"):
+        parser.add_argument(
+            f"--{kind}-map",
+            metavar=f"{kind.upper()}MAP",
+            help=f"translate the callers' {kind}s to host {kind}s: 'inner outer count[,...]' "
+            f"as fsd serve (inner = the mount's side); unmapped host {kind}s show as 65534",
+        )
     add_plugin_arguments(parser)
     args = parser.parse_args(list(argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="fsd mount: %(message)s")
     try:
         options = parse_cfg(args.cfg)
+        id_maps = parse_id_maps(args.uid_map, args.gid_map)
+        if id_maps is not None:
+            options = attrs.evolve(options or FsOptions(), id_maps=id_maps)
         shared, target = check_mountpoint(args.shared_dir, args.mountpoint)
         plugins = setup_plugins(args.plugin, args.plugin_cfg)
     except (MountError, ValueError, PluginError) as e:

@@ -28,7 +28,9 @@ import logging
 import os
 from typing import Final
 
-__all__ = ["Credentials", "drop_supplementary_groups"]
+from fsd.fs.idmap import IdMaps
+
+__all__ = ["Credentials", "MappedCredentials", "drop_supplementary_groups"]
 
 log = logging.getLogger("fsd.fs")
 
@@ -101,3 +103,27 @@ class Credentials:
     def current() -> tuple[int, int]:
         """This thread's ``(fsuid, fsgid)`` (for tests and assertions)."""
         return _setfsuid(_QUERY), _setfsgid(_QUERY)
+
+
+class MappedCredentials(Credentials):
+    """:class:`Credentials` for guest ids under ``--uid-map``/``--gid-map``: switch to the
+    caller's *host* ids.
+
+    A separate class so that a daemon without maps pays nothing. A caller whose uid or gid
+    has no host id is refused with EOVERFLOW, as the kernel refuses a create by an fsuid not
+    mapped into the filesystem's user namespace: creating as anyone else would be wrong.
+    """
+
+    __slots__ = ("maps",)
+
+    def __init__(self, maps: IdMaps) -> None:
+        super().__init__()
+        self.maps = maps
+
+    def switch(self, uid: int, gid: int) -> bool:
+        """Translate the guest caller's ids to the host's, then switch as the base class."""
+        host_uid = self.maps.uid.to_host(uid)
+        host_gid = self.maps.gid.to_host(gid)
+        if host_uid is None or host_gid is None:
+            raise OSError(errno.EOVERFLOW, f"caller {uid}:{gid} is not in the id maps")
+        return super().switch(host_uid, host_gid)

@@ -6,6 +6,8 @@ from typing import Literal, get_args
 
 import attrs
 
+from fsd.fs.idmap import IdMaps
+
 __all__ = ["CachePolicy", "FsOptions", "parse_cfg"]
 
 CachePolicy = Literal["never", "auto", "always"]
@@ -30,7 +32,9 @@ class FsOptions:
     ``timeout`` is both the entry and attribute cache lifetime. ``negative_timeout`` > 0 lets
     the guest cache failed lookups. ``writeback`` asks for the kernel's writeback cache.
     ``rewrite_security_xattrs`` stores guest ``security.*`` xattrs (but ``security.selinux``)
-    as ``user.virtiofs.security.*`` on the host.
+    as ``user.virtiofs.security.*`` on the host. ``id_maps`` (``--uid-map``/``--gid-map``,
+    not a ``--cfg`` key) translates guest ids to host ids and back; ``None`` is the identity
+    at no cost (docs/credentials.md).
     """
 
     cache: CachePolicy = attrs.field(default="auto", validator=_cache_policy)
@@ -38,6 +42,7 @@ class FsOptions:
     negative_timeout: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     writeback: bool = False
     rewrite_security_xattrs: bool = False
+    id_maps: IdMaps | None = None
 
 
 _KEYS = {"cache": "cache", "cache_policy": "cache", "timeout": "timeout"}

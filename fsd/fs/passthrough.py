@@ -25,7 +25,7 @@ from typing import Final
 
 from fsd.allowlist.trie import DENIED, FULL, TRAVERSE, Allowlist
 from fsd.fs import linux, xattrs
-from fsd.fs.credentials import Credentials
+from fsd.fs.credentials import Credentials, MappedCredentials
 from fsd.fs.handles import DirEntry, Handle, HandleTable
 from fsd.fs.inodes import Inode, InodeTable
 from fsd.fs.locks import LockTable
@@ -74,6 +74,7 @@ class PassthroughFs:
     __slots__ = (
         "_creds",
         "_gated",
+        "_maps",
         "_root_dirfd",
         "allowlist",
         "dir_open_flags",
@@ -107,7 +108,9 @@ class PassthroughFs:
         #: POSIX and BSD locks the guest holds, and blocking lock requests still waiting.
         self.locks = LockTable()
         # Creating ops run with the caller's fsuid/fsgid (see fsd.fs.credentials).
-        self._creds = Credentials()
+        # With --uid-map/--gid-map, the caller's guest ids are translated first.
+        self._maps = maps = self.options.id_maps
+        self._creds = Credentials() if maps is None else MappedCredentials(maps)
         cache = self.options.cache
         self.file_open_flags = {"never": FOPEN_DIRECT_IO, "always": FOPEN_KEEP_CACHE}.get(cache, 0)
         self.dir_open_flags = FOPEN_CACHE_DIR if cache == "always" else 0
@@ -239,7 +242,11 @@ class PassthroughFs:
         if valid & FATTR_MODE:
             os.chmod(target, stat.S_IMODE(mode))
         if valid & (FATTR_UID | FATTR_GID):
-            os.chown(target, uid if valid & FATTR_UID else -1, gid if valid & FATTR_GID else -1)
+            uid = uid if valid & FATTR_UID else -1
+            gid = gid if valid & FATTR_GID else -1
+            if self._maps is not None:
+                uid, gid = self._chown_ids(uid, gid)
+            os.chown(target, uid, gid)
         if valid & FATTR_SIZE:
             if inode.kind != stat.S_IFREG:
                 raise OSError(errno.EINVAL if inode.kind != stat.S_IFDIR else errno.EISDIR, "")
@@ -260,6 +267,22 @@ class PassthroughFs:
             os.utime(target, ns=(atime, mtime))
         return os.fstat(inode.fd)
 
+    def _chown_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """The host ids for a guest chown; EINVAL for an id outside the maps (as the kernel
+        refuses a chown to an id not mapped into the caller's user namespace)."""
+        assert self._maps is not None
+        if uid != -1:
+            host = self._maps.uid.to_host(uid)
+            if host is None:
+                raise OSError(errno.EINVAL, f"uid {uid} is not in the uid map")
+            uid = host
+        if gid != -1:
+            host = self._maps.gid.to_host(gid)
+            if host is None:
+                raise OSError(errno.EINVAL, f"gid {gid} is not in the gid map")
+            gid = host
+        return uid, gid
+
     def readlink(self, nodeid: int) -> bytes:
         """The symlink's target, verbatim (the guest resolves it, not the host)."""
         inode = self.inodes.get(nodeid)
@@ -268,11 +291,20 @@ class PassthroughFs:
         return os.readlink(b"", dir_fd=inode.fd)
 
     def access(self, nodeid: int, mask: int, uid: int, gid: int) -> None:
-        """Check ``mask`` (R_OK/W_OK/X_OK) for the caller against the mode bits."""
+        """Check ``mask`` (R_OK/W_OK/X_OK) for the caller against the mode bits.
+
+        Under id maps the caller's guest ids become host ids; an unmapped one matches no
+        owner and is not root (it can only get the "other" bits).
+        """
         st = os.fstat(self.inodes.get(nodeid).fd)
         mask &= 7
         if not mask:
             return
+        if self._maps is not None:
+            host_uid = self._maps.uid.to_host(uid)
+            host_gid = self._maps.gid.to_host(gid)
+            uid = -1 if host_uid is None else host_uid
+            gid = -1 if host_gid is None else host_gid
         mode = st.st_mode
         if uid == 0:
             if mask & os.X_OK and not stat.S_ISDIR(mode) and not mode & 0o111:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from typing import Final
 
 from fsd.fuse.errors import ProtocolError
@@ -16,6 +17,7 @@ __all__ = [
     "NAME_MAX",
     "attr_values",
     "check_name",
+    "mapped_attr_values",
     "parse_name",
     "parse_symlink",
     "parse_two_names",
@@ -105,6 +107,21 @@ def attr_values(st: os.stat_result) -> tuple[int, ...]:
         st.st_blksize,
         0,
     )
+
+
+def mapped_attr_values(
+    uid_to_guest: Callable[[int], int], gid_to_guest: Callable[[int], int]
+) -> Callable[[os.stat_result], tuple[int, ...]]:
+    """:func:`attr_values` with the owner translated to the guest's ids (``--uid-map``).
+
+    A separate function so that a server without maps keeps the plain one: no per-reply cost.
+    """
+
+    def values(st: os.stat_result) -> tuple[int, ...]:
+        fields = attr_values(st)
+        return (*fields[:11], uid_to_guest(st.st_uid), gid_to_guest(st.st_gid), *fields[13:])
+
+    return values
 
 
 def split_timeout(seconds: float) -> tuple[int, int]:

@@ -73,6 +73,7 @@ from fsd.fuse.abi import (
 )
 from fsd.fuse.codec import (
     attr_values,
+    mapped_attr_values,
     parse_name,
     parse_symlink,
     parse_two_names,
@@ -132,6 +133,13 @@ class FuseServer:
         self._entry_valid = split_timeout(options.timeout)
         self._attr_valid = self._entry_valid
         self._negative_valid = split_timeout(options.negative_timeout)
+        # Owners in replies: host ids as they are, or through --uid-map/--gid-map.
+        maps = options.id_maps
+        self._attr_values = (
+            attr_values
+            if maps is None
+            else mapped_attr_values(maps.uid.to_guest, maps.gid.to_guest)
+        )
         # Per-request caller identity, set by handle() before dispatch.
         self._uid = 0
         self._gid = 0
@@ -249,12 +257,12 @@ class FuseServer:
     def _entry(self, reply: SgWriter, offset: int, nodeid: int, st: os.stat_result) -> int:
         e_s, e_ns = self._entry_valid
         a_s, a_ns = self._attr_valid
-        reply.pack_at(ENTRY_OUT, offset, nodeid, 0, e_s, a_s, e_ns, a_ns, *attr_values(st))
+        reply.pack_at(ENTRY_OUT, offset, nodeid, 0, e_s, a_s, e_ns, a_ns, *self._attr_values(st))
         return ENTRY_OUT.size
 
     def _attr(self, reply: SgWriter, st: os.stat_result) -> int:
         a_s, a_ns = self._attr_valid
-        reply.pack_at(ATTR_OUT, _HDR, a_s, a_ns, 0, *attr_values(st))
+        reply.pack_at(ATTR_OUT, _HDR, a_s, a_ns, 0, *self._attr_values(st))
         return ATTR_OUT.size
 
     # --- session ---------------------------------------------------------------------------
@@ -637,6 +645,7 @@ class FuseServer:
         a_s, a_ns = self._attr_valid
         pack_entry = ENTRY_OUT.pack_into
         pack_dirent = DIRENT.pack_into
+        attr_values = self._attr_values
         used = 0
         for index in range(offset, len(entries)):
             name, ino, dtype = entries[index]
