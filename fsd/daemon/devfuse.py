@@ -27,6 +27,7 @@ from fsd.allowlist import Allowlist
 from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_checks
 from fsd.allowlist.server import serve_allowlist
 from fsd.daemon import mount_syscalls
+from fsd.daemon.limits import raise_open_files_limit
 from fsd.daemon.pending import PendingReplies
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fs import parse_cfg as parse_fs_cfg
@@ -399,6 +400,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"fsd mount: {e}", file=sys.stderr)
         return 2
     drop_supplementary_groups()
+    raise_open_files_limit()
     failure: Exception | None = None
     try:
         trio.run(_mount_until_signal, shared, target, options, args.allowlist_socket_path, plugins)

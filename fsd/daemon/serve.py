@@ -18,6 +18,7 @@ import trio
 from fsd.allowlist import Allowlist
 from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_checks
 from fsd.allowlist.server import serve_allowlist
+from fsd.daemon.limits import raise_open_files_limit
 from fsd.daemon.queues import serialized
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
 from fsd.fs import FsOptions, PassthroughFs
@@ -116,6 +117,7 @@ async def serve(
     shutdown = _Shutdown()
     os.umask(0)
     drop_supplementary_groups()
+    raise_open_files_limit()
     # With a control socket the guest starts seeing nothing (crosvm); without, everything.
     allowlist = Allowlist() if config.allowlist_socket_path is not None else None
     fs = PassthroughFs(config.shared_dir, config.fs_options, allowlist=allowlist)

@@ -105,6 +105,20 @@ _NO_REPLY_OPS: Final = frozenset(
     {Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY}
 )
 _INIT: Final = int(Opcode.INIT)
+_ENTRY_REPLY: Final = OUT_HEADER.size + ENTRY_OUT.size
+_OPEN_REPLY: Final = OUT_HEADER.size + OPEN_OUT.size
+#: Reply space a request must come with before it is acted on (it creates client state).
+_MIN_REPLY: Final = {
+    Opcode.LOOKUP: _ENTRY_REPLY,
+    Opcode.MKDIR: _ENTRY_REPLY,
+    Opcode.MKNOD: _ENTRY_REPLY,
+    Opcode.SYMLINK: _ENTRY_REPLY,
+    Opcode.LINK: _ENTRY_REPLY,
+    Opcode.CREATE: _ENTRY_REPLY + OPEN_OUT.size,
+    Opcode.TMPFILE: _ENTRY_REPLY + OPEN_OUT.size,
+    Opcode.OPEN: _OPEN_REPLY,
+    Opcode.OPENDIR: _OPEN_REPLY,
+}
 _RENAME_FLAGS: Final = RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT
 _ENTRY_SIZE: Final = ENTRY_OUT.size
 _DIRENT_SIZE: Final = DIRENT.size
@@ -224,6 +238,10 @@ class FuseServer:
             handler = self._handlers.get(opcode)
             if handler is None:
                 raise OSError(errno.ENOSYS, "not implemented")
+            if reply.capacity < _MIN_REPLY.get(opcode, 0):
+                # Checked before acting: an open handle or a lookup count whose reply cannot
+                # be written would never be released by the client.
+                raise ProtocolError(f"{reply.capacity} bytes of reply space are too few")
             size = handler(nodeid, request, reply)
             if size < 0:
                 return 0 if size == _NO_REPLY else DEFERRED
@@ -236,6 +254,10 @@ class FuseServer:
         except (ProtocolError, BufferTooShort) as exc:
             error = exc.errno if isinstance(exc, ProtocolError) else errno.EINVAL
             log.warning("malformed %s (nodeid %d): %s", _op_name(opcode), nodeid, exc)
+        except (OverflowError, ValueError) as exc:
+            # An offset, size or id beyond what the host's calls take (e.g. 2**64 - 1).
+            error = errno.EINVAL
+            log.warning("%s nodeid %d: value out of range: %s", _op_name(opcode), nodeid, exc)
         except Exception:
             error = errno.EIO
             log.exception("internal error serving %s nodeid %d", _op_name(opcode), nodeid)
