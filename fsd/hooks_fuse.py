@@ -169,9 +169,17 @@ class HookedHandler:
     """``server.handle`` with the FUSE check and audit hooks around it. Never raises."""
 
     def __init__(
-        self, server: FuseServer, plugins: Plugins, transport: Transport | None = None
+        self,
+        server: FuseServer,
+        plugins: Plugins,
+        transport: Transport | None = None,
+        *,
+        serve: RequestHandler | None = None,
     ) -> None:
         self.server = server
+        #: What serves the request between the hooks: ``server.handle``, or the daemon's
+        #: serialized version of it, so hooks run outside the lock shared by all queues.
+        self._serve = serve if serve is not None else server.handle
         self.plugins = plugins
         self.transport: Transport = transport or server.transport
         self._inodes = server.fs.inodes
@@ -199,7 +207,7 @@ class HookedHandler:
                 head = _peek(views, _PEEK_MAX)
             info = describe_request(head, self._path_of, self.transport)
         except BufferTooShort:
-            return self.server.handle(SgReader(views), reply)  # it logs and drops it
+            return self._serve(SgReader(views), reply)  # it logs and drops it
         except ValueError as exc:
             return self._malformed(views, reply, exc)
         except Exception:
@@ -214,7 +222,7 @@ class HookedHandler:
                 if plugins.has_fuse_audit:
                     plugins.fuse_audit(info, denied, 0)
                 return size
-        size = self.server.handle(SgReader(views), reply)
+        size = self._serve(SgReader(views), reply)
         if plugins.has_fuse_audit:
             error, moved = _outcome(info.opcode, reply, size)
             plugins.fuse_audit(info, error, moved)
@@ -260,11 +268,17 @@ def _outcome(opcode: int, reply: SgWriter, size: int) -> tuple[int, int]:
     return 0, 0
 
 
-def make_request_handler(server: FuseServer, plugins: Plugins | None) -> RequestHandler:
-    """``server.handle`` itself when no plugin implements a FUSE hook, else a hooked one.
+def make_request_handler(
+    server: FuseServer, plugins: Plugins | None, serve: RequestHandler | None = None
+) -> RequestHandler:
+    """``serve`` (default ``server.handle``) itself when no plugin implements a FUSE hook,
+    else a hooked one around it.
 
-    Call it after every plugin is registered: the choice is made once, here.
+    Call it after every plugin is registered: the choice is made once, here. The daemon
+    passes its serialized ``server.handle`` as ``serve``: hooks then run outside the lock that
+    all queues share, so a slow or stuck plugin holds up only its own queue.
     """
+    inner = serve if serve is not None else server.handle
     if plugins is None or not plugins.has_fuse_hooks:
-        return server.handle
-    return HookedHandler(server, plugins).handle
+        return inner
+    return HookedHandler(server, plugins, serve=inner).handle

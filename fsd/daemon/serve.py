@@ -123,7 +123,7 @@ async def serve(
     fs = PassthroughFs(config.shared_dir, config.fs_options, allowlist=allowlist)
     server = FuseServer(fs, transport="vhost-user")
     # server.handle itself unless a plugin implements a FUSE hook: no cost without plugins.
-    handler = serialized(make_request_handler(server, plugins))
+    handler = make_request_handler(server, plugins, serialized(server.handle))
     plugin_check, plugin_after = plugins.allowlist_callbacks()
     device = virtio_fs_device(config.tag)
     listener = open_vhost_user_listener(config)
