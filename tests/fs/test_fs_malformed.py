@@ -71,6 +71,17 @@ def test_internal_error_is_eio_and_logged(
     assert "GETATTR" in caplog.text
 
 
+class _Collect(logging.Handler):
+    """Keeps the records it is handed (caplog is per test; hypothesis runs many examples)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -89,9 +100,8 @@ def test_random_requests_never_raise(
     if not fix_len:
         data[0:4] = len(body).to_bytes(4, "little")
     space = bytearray(4096)
-    errors: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = errors.append  # type: ignore[method-assign]
+    handler = _Collect(logging.ERROR)
+    errors = handler.records
     logger = logging.getLogger("fsd.fuse")
     logger.addHandler(handler)
     try:
