@@ -27,7 +27,7 @@ apt_update_once() {
     fi
 }
 missing=()
-for pkg in qemu-system-x86 busybox-static cpio kmod; do
+for pkg in qemu-system-x86 busybox-static cpio kmod gcc libc6-dev; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         missing+=("$pkg")
     fi
@@ -50,7 +50,7 @@ if [ -z "$kpkg" ]; then
 fi
 [ -n "$kpkg" ] || { log "cannot resolve linux-image-cloud-amd64"; exit 1; }
 
-stamp="$kpkg $(cat "$here/build.sh" "$here/init.sh" "$here/guest-functions.sh" | sha256sum | cut -d' ' -f1)"
+stamp="$kpkg $(cat "$here/build.sh" "$here/init.sh" "$here/guest-functions.sh" "$here/fsdprobe.c" | sha256sum | cut -d' ' -f1)"
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ] \
     && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.cpio" ]; then
     log "up to date ($kpkg)"
@@ -122,6 +122,8 @@ stage="$out/stage"
 rm -rf "$stage"
 mkdir -p "$stage"/{bin,sbin,dev,proc,sys,mnt,tmp,etc,root,home/user,lib/modules,lib/fsd}
 cp /bin/busybox "$stage/bin/busybox"
+# fsdprobe: the syscalls busybox has no applet for (xattrs, locks, renameat2, O_TMPFILE, ...).
+gcc -static -O2 -Wall -o "$stage/bin/fsdprobe" "$here/fsdprobe.c"
 for applet in $(/bin/busybox --list); do
     [ "$applet" = busybox ] || ln -s busybox "$stage/bin/$applet"
 done

@@ -1,8 +1,7 @@
 """Every opcode a busybox guest can cause, in one boot, with the effects checked on the host.
 
-busybox has no xattr, flock, renameat2 or O_TMPFILE tools, so SETXATTR..REMOVEXATTR, RENAME2
-with flags and TMPFILE are covered through the host kernel's /dev/fuse instead
-(``tests/fs/test_xattrs.py``, ``tests/fs/test_misc_ops.py``, the differential suite).
+busybox has no xattr, lock, renameat2, O_TMPFILE, SEEK_HOLE or copy_file_range tools: those
+opcodes are driven by the test bed's ``fsdprobe`` in ``test_fs_features.py``.
 """
 
 from __future__ import annotations
