@@ -99,6 +99,10 @@ class Credentials:
         _setfsuid(self.uid)
         _setfsgid(self.gid)
 
+    def host_uid(self, uid: int) -> int | None:
+        """The host uid a caller acts as (itself here; ``None`` if unmapped)."""
+        return uid
+
     @staticmethod
     def current() -> tuple[int, int]:
         """This thread's ``(fsuid, fsgid)`` (for tests and assertions)."""
@@ -119,6 +123,10 @@ class MappedCredentials(Credentials):
     def __init__(self, maps: IdMaps) -> None:
         super().__init__()
         self.maps = maps
+
+    def host_uid(self, uid: int) -> int | None:
+        """The caller's host uid through the map; ``None`` if the map does not cover it."""
+        return self.maps.uid.to_host(uid)
 
     def switch(self, uid: int, gid: int) -> bool:
         """Translate the guest caller's ids to the host's, then switch as the base class."""

@@ -19,12 +19,15 @@ class Handle:
     across many READDIR calls even while it changes.
     """
 
-    __slots__ = ("entries", "fd", "nodeid")
+    __slots__ = ("entries", "fd", "generation", "nodeid")
 
     def __init__(self, fd: int, nodeid: int) -> None:
         self.fd = fd
         self.nodeid = nodeid
-        self.entries: list[DirEntry] | None = None
+        #: ``None`` marks a name hidden since the snapshot (its cookie stays taken).
+        self.entries: list[DirEntry | None] | None = None
+        #: The allowlist generation ``entries`` was last filtered with.
+        self.generation = 0
 
 
 class HandleTable:
@@ -51,6 +54,17 @@ class HandleTable:
         handle = self._handles.get(fh)
         if handle is None:
             raise OSError(errno.EBADF, f"unknown file handle {fh}")
+        return handle
+
+    def of(self, fh: int, nodeid: int) -> Handle:
+        """The handle ``fh`` if it is open on ``nodeid``; EBADF otherwise.
+
+        Every fh-based request names its inode too: the allowlist and plugins judge that
+        inode's path, so a handle of another inode must not be acted on instead.
+        """
+        handle = self._handles.get(fh)
+        if handle is None or handle.nodeid != nodeid:
+            raise OSError(errno.EBADF, f"file handle {fh} is not open on nodeid {nodeid}")
         return handle
 
     def has_nodeid(self, nodeid: int) -> bool:

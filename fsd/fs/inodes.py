@@ -88,8 +88,8 @@ class InodeTable:
         inode = self._by_key.get((st.st_dev, st.st_ino))
         if inode is not None:
             inode.refcount += 1
-            if inode is not self.root:
-                inode.path = path
+            if inode.path != path and inode is not self.root:
+                self._repath(inode, path)
         return inode
 
     def adopt(self, fd: int, st: os.stat_result, path: bytes) -> Inode:
@@ -102,8 +102,8 @@ class InodeTable:
         if inode is not None:
             os.close(fd)
             inode.refcount += 1
-            if inode is not self.root:
-                inode.path = path
+            if inode.path != path and inode is not self.root:
+                self._repath(inode, path)
             return inode
         inode = Inode(self._next_nodeid, fd, st, path)
         self._next_nodeid += 1
@@ -122,18 +122,35 @@ class InodeTable:
             del self._by_key[inode.key]
             os.close(inode.fd)
 
-    def moved(self, key: tuple[int, int], new_path: bytes) -> None:
-        """Record a rename: the inode ``key`` (and, for a directory, all below it) moved."""
-        inode = self._by_key.get(key)
-        if inode is None or inode is self.root:
-            return
+    def _repath(self, inode: Inode, path: bytes) -> None:
+        """The inode was found at a new path (renamed behind the table's back): a directory
+        takes the paths of everything known below it along."""
         old = inode.path
-        inode.path = new_path
+        inode.path = path
         if inode.kind == stat.S_IFDIR:
-            prefix = old + b"/"
-            for other in self._by_nodeid.values():
-                if other.path.startswith(prefix):
-                    other.path = new_path + other.path[len(old) :]
+            self._move_below(((old + b"/", path + b"/"),))
+
+    def _move_below(self, prefixes: tuple[tuple[bytes, bytes], ...]) -> None:
+        """Rewrite every path starting with an old prefix (one scan for all of them)."""
+        for other in self._by_nodeid.values():
+            path = other.path
+            for old, new in prefixes:
+                if path.startswith(old):
+                    other.path = new + path[len(old) :]
+                    break
+
+    def moved(self, moves: list[tuple[tuple[int, int], bytes, bytes, bool]]) -> None:
+        """Record a rename of ``(key, old_path, new_path, is_dir)`` entries, applied together
+        (RENAME_EXCHANGE swaps two). Paths below a moved directory are rewritten even when the
+        directory itself is not in the table (the guest may have forgotten it but not its
+        children)."""
+        prefixes = tuple((old + b"/", new + b"/") for _, old, new, is_dir in moves if is_dir)
+        if prefixes:
+            self._move_below(prefixes)
+        for key, _, new, _ in moves:
+            inode = self._by_key.get(key)
+            if inode is not None and inode is not self.root:
+                inode.path = new
 
     def clear(self) -> None:
         """Forget every inode but the root (DESTROY: the guest dropped all it knew)."""

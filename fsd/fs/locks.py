@@ -42,8 +42,11 @@ _LOCK_TYPES: Final = (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK)
 _FLOCK_OPS: Final = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX,
                      fcntl.F_UNLCK: fcntl.LOCK_UN}  # fmt: skip
 _BUSY: Final = frozenset({errno.EAGAIN, errno.EACCES})
-#: Reopening with the handle's own access mode is worth a try after these.
-_REOPEN_FALLBACK: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY})
+#: The access modes F_OFD_SETLK accepts for each lock type (else EBADF).
+_MODES_FOR: Final = {
+    fcntl.F_RDLCK: (os.O_RDONLY, os.O_RDWR),
+    fcntl.F_WRLCK: (os.O_WRONLY, os.O_RDWR),
+}
 
 Range = tuple[int, int]
 """An inclusive byte range, as FUSE sends it."""
@@ -56,10 +59,12 @@ class _Owner:
     behind a conflicting lock: the host reports -1 for every OFD lock.
     """
 
-    __slots__ = ("fd", "pid", "ranges")
+    __slots__ = ("fd", "mode", "pid", "ranges")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, mode: int) -> None:
         self.fd = fd
+        #: ``fd``'s access mode (``O_ACCMODE`` bits): what lock types it can hold.
+        self.mode = mode
         self.pid = 0
         self.ranges: list[Range] = []
 
@@ -135,13 +140,46 @@ class LockTable:
 
     # --- POSIX locks -----------------------------------------------------------------------
 
-    def _owner(self, nodeid: int, owner: int, handle_fd: int) -> _Owner:
-        """The owner's description of the inode, opened on first use (caller holds _mutex)."""
+    def _owner(self, nodeid: int, owner: int, handle_fd: int, kind: int) -> _Owner:
+        """The owner's description of the inode, opened on first use with the handle's access
+        mode, widened if a lock ``kind`` needs what a later handle grants (caller holds
+        _mutex)."""
         found = self._owners.get((nodeid, owner))
         if found is None:
-            found = _Owner(_reopen(handle_fd))
+            mode = _access_mode(handle_fd)
+            found = _Owner(_reopen(handle_fd, mode), mode)
             self._owners[nodeid, owner] = found
+        elif found.mode not in _MODES_FOR.get(kind, (found.mode,)):
+            self._widen(found, handle_fd)
         return found
+
+    def _widen(self, found: _Owner, handle_fd: int) -> None:
+        """Move an owner to a read-write description: it locked through a read-only handle and
+        now asks for a write lock through a writable one (or the other way round).
+
+        Its locks move along: a read-only description held only read locks, which are taken
+        on the new one before the old one closes (no gap). A write-only one held only write
+        locks, which would conflict, so they are dropped and retaken (another owner could
+        slip in between; then the range is lost, and logged). If the handle adds nothing,
+        the lock is left to fail with EBADF as it would on Linux.
+        """
+        if _access_mode(handle_fd) == found.mode:
+            return
+        new = _reopen(handle_fd, os.O_RDWR)
+        old, held = found.fd, fcntl.F_RDLCK if found.mode == os.O_RDONLY else fcntl.F_WRLCK
+        if held == fcntl.F_WRLCK:
+            os.close(old)
+        for lo, hi in found.ranges:
+            try:
+                fcntl.fcntl(new, _F_OFD_SETLK, _flock_args(held, lo, hi))
+            except OSError as exc:
+                log.warning("lost a lock on %d..%d while widening its description: %s", lo, hi, exc)
+        if held == fcntl.F_RDLCK:
+            os.close(old)
+        found.fd, found.mode = new, os.O_RDWR
+        for waiter in self._waiting.values():
+            if waiter.owner is found:
+                waiter.fd = new
 
     def getlk(
         self, nodeid: int, owner: int, handle_fd: int, start: int, end: int, kind: int
@@ -153,7 +191,7 @@ class LockTable:
         """
         _check(start, end, kind)
         with self._mutex:
-            me = self._owner(nodeid, owner, handle_fd)
+            me = self._owner(nodeid, owner, handle_fd, fcntl.F_UNLCK)
             got = fcntl.fcntl(me.fd, _F_OFD_GETLK, _flock_args(kind, start, end))
             l_type, _, l_start, l_len, l_pid = FLOCK.unpack(got)
             if l_type == fcntl.F_UNLCK:
@@ -187,7 +225,7 @@ class LockTable:
         with self._mutex:
             if wait is not None and self._early.pop(wait.unique, 1) is None:
                 raise OSError(errno.EINTR, "interrupted before it was seen")
-            me = self._owner(nodeid, owner, handle_fd)
+            me = self._owner(nodeid, owner, handle_fd, kind)
             try:
                 fcntl.fcntl(me.fd, _F_OFD_SETLK, _flock_args(kind, start, end))
             except OSError as exc:
@@ -341,19 +379,16 @@ def _finish_all(done: list[tuple[Deferred, int]]) -> None:
             log.exception("completing a lock request failed")
 
 
-def _reopen(handle_fd: int) -> int:
+def _access_mode(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+
+
+def _reopen(handle_fd: int, mode: int) -> int:
     """A new open file description of the file behind ``handle_fd`` (never its path).
 
-    Read-write so that both lock types work; the handle's own access mode when that is
-    refused (the guest kernel already checked the mode against the lock type). O_NONBLOCK:
-    a host lease must not make the open wait.
+    ``mode`` is the access the guest's handles were granted, never more: a read-only file is
+    not reopened for writing (no write access as root, no IN_CLOSE_WRITE for host watchers).
+    O_NONBLOCK: a host lease must not make the open wait.
     """
-    path = f"/proc/self/fd/{handle_fd}"
     flags = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
-    try:
-        return os.open(path, os.O_RDWR | flags)
-    except OSError as exc:
-        if exc.errno not in _REOPEN_FALLBACK:
-            raise
-    mode = fcntl.fcntl(handle_fd, fcntl.F_GETFL) & os.O_ACCMODE
-    return os.open(path, mode | flags)
+    return os.open(f"/proc/self/fd/{handle_fd}", mode | flags)

@@ -72,6 +72,7 @@ class PassthroughFs:
     """A host directory served to one FUSE client."""
 
     __slots__ = (
+        "_confine",
         "_creds",
         "_gated",
         "_maps",
@@ -111,6 +112,10 @@ class PassthroughFs:
         # With --uid-map/--gid-map, the caller's guest ids are translated first.
         self._maps = maps = self.options.id_maps
         self._creds = Credentials() if maps is None else MappedCredentials(maps)
+        #: Under id maps every permission-relevant op runs as the caller's host ids too: the
+        #: guest's kernel checks against translated owners, and guest root need not be host
+        #: root, so only the host can confine it (see docs/credentials.md).
+        self._confine = maps is not None
         cache = self.options.cache
         self.file_open_flags = {"never": FOPEN_DIRECT_IO, "always": FOPEN_KEEP_CACHE}.get(cache, 0)
         self.dir_open_flags = FOPEN_CACHE_DIR if cache == "always" else 0
@@ -131,6 +136,16 @@ class PassthroughFs:
     def _check_writable(self, parent: Inode, name: bytes) -> None:
         """Create/remove/rename gate: only a FULL place may gain or lose an entry."""
         if self.allowlist.child_access(parent.share_path(), os.fsdecode(name)) is not FULL:
+            raise OSError(errno.EACCES, "not writable under the allowlist")
+
+    def _check_changeable(self, inode: Inode) -> None:
+        """SETATTR/xattr gate: not on passage-only ancestors of allowed paths (crosvm leaves
+        this open), nor on the share root unless it is FULL (an empty allowlist denies it).
+
+        Other inodes held while their path was revoked keep working, as in crosvm.
+        """
+        access = self.allowlist.access(inode.share_path())
+        if access is TRAVERSE or (access is not FULL and inode is self.inodes.root):
             raise OSError(errno.EACCES, "not writable under the allowlist")
 
     def _adopt(self, parent: Inode, name: bytes, fd: int) -> Entry:
@@ -174,8 +189,22 @@ class PassthroughFs:
 
     # --- inodes ----------------------------------------------------------------------------
 
-    def lookup(self, parent: int, name: bytes) -> Entry:
-        """Find ``name`` in ``parent`` (``.``/``..`` resolved inside the share) and count it."""
+    def lookup(self, parent: int, name: bytes, caller: tuple[int, int]) -> Entry:
+        """Find ``name`` in ``parent`` (``.``/``..`` resolved inside the share) and count it.
+
+        Under id maps the walk runs as the caller's host ids: reopening by /proc/self/fd
+        later skips the path, so search permission on directories is checked here.
+        """
+        if self._confine:
+            switched = self._creds.switch(*caller)
+            try:
+                return self._lookup(parent, name)
+            finally:
+                if switched:
+                    self._creds.restore()
+        return self._lookup(parent, name)
+
+    def _lookup(self, parent: int, name: bytes) -> Entry:
         pinode = self.inodes.get(parent)
         if pinode.kind != stat.S_IFDIR:
             raise OSError(errno.ENOTDIR, "lookup in a non-directory")
@@ -230,15 +259,37 @@ class PassthroughFs:
         mode: int,
         uid: int,
         gid: int,
+        caller: tuple[int, int],
     ) -> os.stat_result:
-        """Change what ``valid`` selects, through the open file if the guest named one."""
+        """Change what ``valid`` selects, through the open file if the guest named one
+        (which must be open on ``nodeid``). ``caller`` is the request's (uid, gid): under id
+        maps the changes are made, and checked by the host, as its host ids."""
         inode = self.inodes.get(nodeid)
-        if self._gated and self.allowlist.access(inode.share_path()) is TRAVERSE:
-            # An ancestor of an allowed path is passage only (crosvm leaves this open).
-            raise OSError(errno.EACCES, "not writable under the allowlist")
+        if self._gated:
+            self._check_changeable(inode)
         target: int | str = inode.proc_path
         if valid & FATTR_FH:
-            target = self.handles.get(fh).fd
+            target = self.handles.of(fh, nodeid).fd
+        switched = self._confine and self._creds.switch(*caller)
+        try:
+            self._setattr(inode, target, valid, size, atime_ns, mtime_ns, mode, uid, gid)
+        finally:
+            if switched:
+                self._creds.restore()
+        return os.fstat(inode.fd)
+
+    def _setattr(
+        self,
+        inode: Inode,
+        target: int | str,
+        valid: int,
+        size: int,
+        atime_ns: int,
+        mtime_ns: int,
+        mode: int,
+        uid: int,
+        gid: int,
+    ) -> None:
         if valid & FATTR_MODE:
             os.chmod(target, stat.S_IMODE(mode))
         if valid & (FATTR_UID | FATTR_GID):
@@ -252,6 +303,12 @@ class PassthroughFs:
                 raise OSError(errno.EINVAL if inode.kind != stat.S_IFDIR else errno.EISDIR, "")
             os.truncate(target, size)
         if valid & (FATTR_ATIME | FATTR_MTIME):
+            if valid & (FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME | FATTR_MTIME_NOW) == (
+                FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME | FATTR_MTIME_NOW
+            ):
+                # touch: the kernel's "now" needs only write access, not ownership.
+                os.utime(target)
+                return
             old = os.fstat(inode.fd)
             now = None
             if valid & (FATTR_ATIME_NOW | FATTR_MTIME_NOW):
@@ -265,7 +322,6 @@ class PassthroughFs:
             else:
                 mtime = old.st_mtime_ns
             os.utime(target, ns=(atime, mtime))
-        return os.fstat(inode.fd)
 
     def _chown_ids(self, uid: int, gid: int) -> tuple[int, int]:
         """The host ids for a guest chown; EINVAL for an id outside the maps (as the kernel
@@ -366,30 +422,53 @@ class PassthroughFs:
                 self._creds.restore()
         return self._lookup_child(pinode, name)
 
-    def link(self, nodeid: int, newparent: int, newname: bytes) -> Entry:
+    def link(self, nodeid: int, newparent: int, newname: bytes, caller: tuple[int, int]) -> Entry:
         """A new hard link to ``nodeid`` (not to whatever a symlink points at)."""
         inode = self.inodes.get(nodeid)
         pinode = self.inodes.get(newparent)
         if self._gated:
             self._check_writable(pinode, newname)
-        os.link(inode.proc_path, newname, dst_dir_fd=pinode.fd, follow_symlinks=True)
+        switched = self._confine and self._creds.switch(*caller)
+        try:
+            os.link(inode.proc_path, newname, dst_dir_fd=pinode.fd, follow_symlinks=True)
+        finally:
+            if switched:
+                self._creds.restore()
         return self._lookup_child(pinode, newname)
 
-    def unlink(self, parent: int, name: bytes) -> None:
-        """Remove a non-directory name."""
+    def unlink(self, parent: int, name: bytes, caller: tuple[int, int]) -> None:
+        """Remove a non-directory name (as the caller's host ids under id maps)."""
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_writable(pinode, name)
-        os.unlink(name, dir_fd=pinode.fd)
+        switched = self._confine and self._creds.switch(*caller)
+        try:
+            os.unlink(name, dir_fd=pinode.fd)
+        finally:
+            if switched:
+                self._creds.restore()
 
-    def rmdir(self, parent: int, name: bytes) -> None:
-        """Remove an empty directory."""
+    def rmdir(self, parent: int, name: bytes, caller: tuple[int, int]) -> None:
+        """Remove an empty directory (as the caller's host ids under id maps)."""
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_writable(pinode, name)
-        os.rmdir(name, dir_fd=pinode.fd)
+        switched = self._confine and self._creds.switch(*caller)
+        try:
+            os.rmdir(name, dir_fd=pinode.fd)
+        finally:
+            if switched:
+                self._creds.restore()
 
-    def rename(self, parent: int, name: bytes, newparent: int, newname: bytes, flags: int) -> None:
+    def rename(
+        self,
+        parent: int,
+        name: bytes,
+        newparent: int,
+        newname: bytes,
+        flags: int,
+        caller: tuple[int, int],
+    ) -> None:
         """Rename (RENAME2 ``flags`` as renameat2) and keep the inode table's paths current."""
         pold = self.inodes.get(parent)
         pnew = self.inodes.get(newparent)
@@ -400,25 +479,38 @@ class PassthroughFs:
         other = None
         if flags & RENAME_EXCHANGE:
             other = os.stat(newname, dir_fd=pnew.fd, follow_symlinks=False)
-        if flags:
-            linux.renameat2(pold.fd, name, pnew.fd, newname, flags)
-        else:
-            os.rename(name, newname, src_dir_fd=pold.fd, dst_dir_fd=pnew.fd)
+        switched = self._confine and self._creds.switch(*caller)
+        try:
+            if flags:
+                linux.renameat2(pold.fd, name, pnew.fd, newname, flags)
+            else:
+                os.rename(name, newname, src_dir_fd=pold.fd, dst_dir_fd=pnew.fd)
+        finally:
+            if switched:
+                self._creds.restore()
         old_path, new_path = pold.child_path(name), pnew.child_path(newname)
+        moves = [((st.st_dev, st.st_ino), old_path, new_path, stat.S_ISDIR(st.st_mode))]
         if other is not None:
-            # Move the other side out of the way first so prefixes do not collide.
-            self.inodes.moved((other.st_dev, other.st_ino), b"\0exchange")
-        self.inodes.moved((st.st_dev, st.st_ino), new_path)
-        if other is not None:
-            self.inodes.moved((other.st_dev, other.st_ino), old_path)
+            moves.append(
+                ((other.st_dev, other.st_ino), new_path, old_path, stat.S_ISDIR(other.st_mode))
+            )
+        self.inodes.moved(moves)
 
     # --- files -----------------------------------------------------------------------------
 
-    def open(self, nodeid: int, flags: int) -> tuple[int, int]:
-        """Open a regular file for I/O; returns ``(fh, FOPEN_* flags)``."""
+    def open(self, nodeid: int, flags: int, caller: tuple[int, int]) -> tuple[int, int]:
+        """Open a regular file for I/O; returns ``(fh, FOPEN_* flags)``.
+
+        Under id maps the host checks the open as the caller's host ids.
+        """
         inode = self.inodes.get(nodeid)
         self._openable(inode, stat.S_IFREG)
-        fd = os.open(inode.proc_path, self._open_flags(flags))
+        switched = self._confine and self._creds.switch(*caller)
+        try:
+            fd = os.open(inode.proc_path, self._open_flags(flags))
+        finally:
+            if switched:
+                self._creds.restore()
         return self.handles.add(fd, nodeid), self.file_open_flags
 
     def create(
@@ -436,25 +528,19 @@ class PassthroughFs:
         oflags = self._open_flags(flags & _CREATE_PASS_FLAGS)
         switched = self._creds.switch(uid, gid)
         try:
-            fd = os.open(
-                name,
-                oflags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                stat.S_IMODE(mode),
-                dir_fd=pinode.fd,
-            )
-        except FileExistsError:
-            if switched:
-                self._creds.restore()
-                switched = False
-            if flags & os.O_EXCL:
-                raise
-            inode, st = self._lookup_child(pinode, name)
             try:
-                fh, fopen = self.open(inode.nodeid, flags)
-            except BaseException:
-                self.inodes.forget(inode.nodeid, 1)
-                raise
-            return inode, st, fh, fopen
+                fd = os.open(
+                    name,
+                    oflags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                    stat.S_IMODE(mode),
+                    dir_fd=pinode.fd,
+                )
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                # Still as the caller: the guest kernel believed it was creating the file
+                # and checked nothing, so the host must check this open.
+                return self._open_existing(pinode, name, flags)
         finally:
             if switched:
                 self._creds.restore()
@@ -471,6 +557,25 @@ class PassthroughFs:
             raise
         self.handles.get(fh).nodeid = inode.nodeid
         return inode, st, fh, self.file_open_flags
+
+    def _open_existing(
+        self, pinode: Inode, name: bytes, flags: int
+    ) -> tuple[Inode, os.stat_result, int, int]:
+        """CREATE without O_EXCL of a name that exists: OPEN it (regular files only), with
+        the attributes after the open (O_TRUNC)."""
+        inode, _ = self._lookup_child(pinode, name)
+        try:
+            self._openable(inode, stat.S_IFREG)
+            fd = os.open(inode.proc_path, self._open_flags(flags))
+            try:
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            self.inodes.forget(inode.nodeid, 1)
+            raise
+        return inode, st, self.handles.add(fd, inode.nodeid), self.file_open_flags
 
     def tmpfile(
         self, parent: int, flags: int, mode: int, uid: int, gid: int
@@ -507,31 +612,36 @@ class PassthroughFs:
         self.handles.get(fh).nodeid = inode.nodeid
         return inode, st, fh, self.file_open_flags
 
-    def handle(self, fh: int) -> Handle:
-        """The open handle ``fh`` (EBADF if unknown): READ/WRITE use its fd directly."""
-        return self.handles.get(fh)
+    def handle(self, fh: int, nodeid: int) -> Handle:
+        """The handle ``fh`` open on ``nodeid`` (EBADF otherwise).
 
-    def read(self, fh: int, offset: int, views: Sequence[memoryview]) -> int:
+        Every fh-based op checks the pair: plugins and the allowlist judge the request's
+        nodeid, so the handle acted on must be that inode's.
+        """
+        return self.handles.of(fh, nodeid)
+
+    def read(self, nodeid: int, fh: int, offset: int, views: Sequence[memoryview]) -> int:
         """Read straight into the reply's memory (guest RAM on virtio): no copy in Python."""
-        return os.preadv(self.handles.get(fh).fd, views, offset) if views else 0
+        return os.preadv(self.handles.of(fh, nodeid).fd, views, offset) if views else 0
 
-    def write(self, fh: int, offset: int, views: Sequence[memoryview]) -> int:
+    def write(self, nodeid: int, fh: int, offset: int, views: Sequence[memoryview]) -> int:
         """Write straight from the request's memory; returns the bytes written."""
-        return os.pwritev(self.handles.get(fh).fd, views, offset) if views else 0
+        return os.pwritev(self.handles.of(fh, nodeid).fd, views, offset) if views else 0
 
-    def flush(self, fh: int, lock_owner: int = 0) -> None:
+    def flush(self, nodeid: int, fh: int, lock_owner: int = 0) -> None:
         """A guest process closed an fd: POSIX semantics drop its locks on the file.
 
         Otherwise free of syscalls on purpose (two FLUSHes per ``close`` of a dup'd fd), and
         one truth test when no lock was ever taken.
         """
+        handle = self.handles.of(fh, nodeid)
         if self.locks:
-            self.locks.drop_owner(self.handles.get(fh).nodeid, lock_owner)
+            self.locks.drop_owner(handle.nodeid, lock_owner)
 
-    def release(self, fh: int) -> None:
+    def release(self, nodeid: int, fh: int) -> None:
         """The guest closed its last reference to ``fh`` (closing the fd drops its flock)."""
+        self.handles.of(fh, nodeid)
         if self.locks:
-            nodeid = self.handles.get(fh).nodeid
             self.handles.close(fh)
             # No guest process can hold a POSIX lock on a file it no longer has open.
             if self.locks.has_inode(nodeid) and not self.handles.has_nodeid(nodeid):
@@ -542,14 +652,15 @@ class PassthroughFs:
     # --- locks -----------------------------------------------------------------------------
 
     def getlk(
-        self, fh: int, owner: int, start: int, end: int, kind: int
+        self, nodeid: int, fh: int, owner: int, start: int, end: int, kind: int
     ) -> tuple[int, int, int, int]:
         """GETLK: the lock that would conflict (start, end, type, guest pid), or F_UNLCK."""
-        handle = self.handles.get(fh)
+        handle = self.handles.of(fh, nodeid)
         return self.locks.getlk(handle.nodeid, owner, handle.fd, start, end, kind)
 
     def setlk(
         self,
+        nodeid: int,
         fh: int,
         owner: int,
         start: int,
@@ -560,37 +671,44 @@ class PassthroughFs:
         wait: Deferred | None = None,
     ) -> bool:
         """SETLK/SETLKW: True when done; False when ``wait`` will be finished later."""
-        handle = self.handles.get(fh)
+        handle = self.handles.of(fh, nodeid)
         if flock:
             return self.locks.flock(handle.fd, kind, wait)  # (early INTERRUPTs: POSIX only)
         return self.locks.setlk(handle.nodeid, owner, handle.fd, start, end, kind, pid, wait)
 
-    def fsync(self, fh: int, datasync: bool) -> None:
+    def fsync(self, nodeid: int, fh: int, datasync: bool) -> None:
         """Flush file data (and metadata unless ``datasync``) to the host disk."""
-        fd = self.handles.get(fh).fd
+        fd = self.handles.of(fh, nodeid).fd
         if datasync:
             os.fdatasync(fd)
         else:
             os.fsync(fd)
 
-    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+    def fallocate(self, nodeid: int, fh: int, mode: int, offset: int, length: int) -> None:
         """Reserve or punch space (``fallocate(2)``)."""
-        fd = self.handles.get(fh).fd
+        fd = self.handles.of(fh, nodeid).fd
         if mode == 0:
             os.posix_fallocate(fd, offset, length)
         else:
             linux.fallocate(fd, mode, offset, length)
 
-    def lseek(self, fh: int, offset: int, whence: int) -> int:
+    def lseek(self, nodeid: int, fh: int, offset: int, whence: int) -> int:
         """SEEK_DATA/SEEK_HOLE (the kernel answers SEEK_SET/CUR/END itself)."""
-        return os.lseek(self.handles.get(fh).fd, offset, whence)
+        return os.lseek(self.handles.of(fh, nodeid).fd, offset, whence)
 
     def copy_file_range(
-        self, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int
+        self,
+        nodeid_in: int,
+        fh_in: int,
+        off_in: int,
+        nodeid_out: int,
+        fh_out: int,
+        off_out: int,
+        length: int,
     ) -> int:
         """Copy between two open files on the host without moving data through the guest."""
-        src = self.handles.get(fh_in).fd
-        dst = self.handles.get(fh_out).fd
+        src = self.handles.of(fh_in, nodeid_in).fd
+        dst = self.handles.of(fh_out, nodeid_out).fd
         return os.copy_file_range(src, dst, length, off_in, off_out)
 
     def syncfs(self, nodeid: int) -> None:
@@ -600,25 +718,49 @@ class PassthroughFs:
 
     # --- directories -----------------------------------------------------------------------
 
-    def opendir(self, nodeid: int) -> tuple[int, int]:
-        """Open a directory for listing; returns ``(fh, FOPEN_* flags)``."""
+    def opendir(self, nodeid: int, caller: tuple[int, int]) -> tuple[int, int]:
+        """Open a directory for listing; returns ``(fh, FOPEN_* flags)``.
+
+        Under id maps the host checks the open as the caller's host ids.
+        """
         inode = self.inodes.get(nodeid)
         self._openable(inode, stat.S_IFDIR)
-        fd = os.open(inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        switched = self._confine and self._creds.switch(*caller)
+        try:
+            fd = os.open(inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        finally:
+            if switched:
+                self._creds.restore()
         return self.handles.add(fd, nodeid), self.dir_open_flags
 
-    def readdir(self, fh: int, offset: int) -> list[DirEntry]:
-        """The directory's listing; entry ``i`` has cookie ``i + 1``.
+    def readdir(self, nodeid: int, fh: int, offset: int) -> list[DirEntry | None]:
+        """The directory's listing; entry ``i`` has cookie ``i + 1``, ``None`` is skipped.
 
         Offset 0 (first call, or rewinddir) takes a fresh snapshot; later offsets index the
-        snapshot, so no entry is skipped or repeated while the guest pages through it.
+        snapshot, so no entry is skipped or repeated while the guest pages through it. Names
+        the allowlist revoked since the snapshot become ``None`` (keeping every cookie).
         """
-        handle = self.handles.get(fh)
-        if offset == 0 or handle.entries is None:
-            handle.entries = self._list(handle)
-        return handle.entries
+        handle = self.handles.of(fh, nodeid)
+        entries = handle.entries
+        if offset == 0 or entries is None:
+            entries = handle.entries = self._list(handle)
+            handle.generation = self.allowlist.generation
+        elif self._gated and handle.generation != self.allowlist.generation:
+            handle.generation = self.allowlist.generation
+            self._refilter(handle, entries)
+        return entries
 
-    def _list(self, handle: Handle) -> list[DirEntry]:
+    def _refilter(self, handle: Handle, entries: list[DirEntry | None]) -> None:
+        """Hide listed names that the allowlist no longer shows (a revoke mid-listing)."""
+        visible = self.allowlist.visible_children(self.inodes.get(handle.nodeid).share_path())
+        if visible is None:
+            return
+        for index in range(2, len(entries)):
+            entry = entries[index]
+            if entry is not None and os.fsdecode(entry[0]) not in visible:
+                entries[index] = None
+
+    def _list(self, handle: Handle) -> list[DirEntry | None]:
         inode = self.inodes.get(handle.nodeid)
         own_ino = inode.key[1]
         if inode is self.inodes.root:
@@ -628,7 +770,7 @@ class PassthroughFs:
                 parent_ino = os.stat(b"..", dir_fd=inode.fd, follow_symlinks=False).st_ino
             except OSError:
                 parent_ino = own_ino
-        entries: list[DirEntry] = [(b".", own_ino, DT_DIR), (b"..", parent_ino, DT_DIR)]
+        entries: list[DirEntry | None] = [(b".", own_ino, DT_DIR), (b"..", parent_ino, DT_DIR)]
         # The whole directory is read into the snapshot, so hidden entries never make a
         # batch look like the end of the directory (crosvm filters one getdents batch).
         visible = self.allowlist.visible_children(inode.share_path()) if self._gated else None
@@ -650,26 +792,47 @@ class PassthroughFs:
                 entries.append((os.fsencode(entry.name), entry.inode(), dtype))
         return entries
 
-    def lookup_entry(self, parent: int, name: bytes) -> Entry:
+    def lookup_entry(self, parent: int, name: bytes, caller: tuple[int, int]) -> Entry:
         """LOOKUP for READDIRPLUS: the same as :meth:`lookup` for a listed name."""
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_visible(pinode, name)
+        if self._confine:
+            switched = self._creds.switch(*caller)
+            try:
+                return self._lookup_child(pinode, name)
+            finally:
+                if switched:
+                    self._creds.restore()
         return self._lookup_child(pinode, name)
 
-    def releasedir(self, fh: int) -> None:
+    def releasedir(self, nodeid: int, fh: int) -> None:
         """The guest closed the directory."""
+        self.handles.of(fh, nodeid)
         self.handles.close(fh)
 
-    def fsyncdir(self, fh: int, datasync: bool) -> None:
+    def fsyncdir(self, nodeid: int, fh: int, datasync: bool) -> None:
         """Flush a directory's entries to disk."""
-        self.fsync(fh, datasync)
+        self.fsync(nodeid, fh, datasync)
 
     # --- extended attributes (fsd/fs/xattrs.py) --------------------------------------------
 
-    def _xattr_writable(self, inode: Inode) -> None:
-        if self._gated and self.allowlist.access(inode.share_path()) is TRAVERSE:
-            raise OSError(errno.EACCES, "not writable under the allowlist")
+    def _xattr_change(self, inode: Inode, name: bytes, caller: tuple[int, int]) -> bool:
+        """Gate SETXATTR/REMOVEXATTR and, under id maps, switch to the caller (True if so).
+
+        The host refuses ``trusted.*`` and ``security.*`` by capabilities that setfsuid does
+        not drop (CAP_SYS_ADMIN, CAP_SETFCAP), so they are refused here for a caller whose
+        host uid is not root: a file capability set by a mapped guest root would hold on the
+        host.
+        """
+        if self._gated:
+            self._check_changeable(inode)
+        if not self._confine:
+            return False
+        privileged = name.startswith((b"trusted.", b"security."))
+        if privileged and self._creds.host_uid(caller[0]) != 0:
+            raise OSError(errno.EPERM, "privileged xattr namespace")
+        return self._creds.switch(*caller)
 
     def getxattr(self, nodeid: int, name: bytes) -> bytes:
         """The value of xattr ``name`` (ENODATA if unset); the server does the size probe."""
@@ -682,24 +845,34 @@ class PassthroughFs:
         names = xattrs.listxattr(self.inodes.get(nodeid))
         return xattrs.guest_names(names, rewrite=self.options.rewrite_security_xattrs)
 
-    def setxattr(self, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
+    def setxattr(
+        self, nodeid: int, name: bytes, value: bytes, flags: int, caller: tuple[int, int]
+    ) -> None:
         """Set xattr ``name`` (``flags``: XATTR_CREATE / XATTR_REPLACE)."""
         inode = self.inodes.get(nodeid)
-        self._xattr_writable(inode)
-        rewrite = self.options.rewrite_security_xattrs
-        xattrs.setxattr(inode, xattrs.host_name(name, rewrite=rewrite, setting=True), value, flags)
+        host = xattrs.host_name(name, rewrite=self.options.rewrite_security_xattrs, setting=True)
+        switched = self._xattr_change(inode, host, caller)
+        try:
+            xattrs.setxattr(inode, host, value, flags)
+        finally:
+            if switched:
+                self._creds.restore()
 
-    def removexattr(self, nodeid: int, name: bytes) -> None:
+    def removexattr(self, nodeid: int, name: bytes, caller: tuple[int, int]) -> None:
         """Remove xattr ``name`` (ENODATA if unset)."""
         inode = self.inodes.get(nodeid)
-        self._xattr_writable(inode)
-        rewrite = self.options.rewrite_security_xattrs
-        xattrs.removexattr(inode, xattrs.host_name(name, rewrite=rewrite))
+        host = xattrs.host_name(name, rewrite=self.options.rewrite_security_xattrs)
+        switched = self._xattr_change(inode, host, caller)
+        try:
+            xattrs.removexattr(inode, host)
+        finally:
+            if switched:
+                self._creds.restore()
 
     def kill_suidgid(self, nodeid: int, fh: int | None = None) -> None:
         """HANDLE_KILLPRIV_V2: drop set-id bits the guest says a write/truncate must drop."""
         if fh is not None:
-            xattrs.kill_suidgid(self.handles.get(fh).fd)
+            xattrs.kill_suidgid(self.handles.of(fh, nodeid).fd)
             return
         inode = self.inodes.get(nodeid)
         if inode.kind == stat.S_IFREG:

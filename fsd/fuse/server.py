@@ -339,7 +339,7 @@ class FuseServer:
     def _lookup(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
         name = parse_name(self._body(request), allow_dots=True)
         try:
-            inode, st = self.fs.lookup(nodeid, name)
+            inode, st = self.fs.lookup(nodeid, name, (self._uid, self._gid))
         except FileNotFoundError as exc:
             if isinstance(exc, HiddenByAllowlist) or not any(self._negative_valid):
                 raise
@@ -378,6 +378,7 @@ class FuseServer:
             mode,
             uid,
             gid,
+            (self._uid, self._gid),
         )
         if valid & FATTR_KILL_SUIDGID:
             self.fs.kill_suidgid(nodeid)
@@ -436,22 +437,22 @@ class FuseServer:
         (oldnodeid,) = request.read_struct(LINK_IN)
         self._body_len -= LINK_IN.size
         name = parse_name(self._body(request))
-        inode, st = self.fs.link(oldnodeid, nodeid, name)
+        inode, st = self.fs.link(oldnodeid, nodeid, name, (self._uid, self._gid))
         return self._entry(reply, _HDR, inode.nodeid, st)
 
     def _unlink(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
-        self.fs.unlink(nodeid, parse_name(self._body(request)))
+        self.fs.unlink(nodeid, parse_name(self._body(request)), (self._uid, self._gid))
         return 0
 
     def _rmdir(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
-        self.fs.rmdir(nodeid, parse_name(self._body(request)))
+        self.fs.rmdir(nodeid, parse_name(self._body(request)), (self._uid, self._gid))
         return 0
 
     def _rename(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
         (newdir,) = request.read_struct(RENAME_IN)
         self._body_len -= RENAME_IN.size
         old, new = parse_two_names(self._body(request))
-        self.fs.rename(nodeid, old, newdir, new, 0)
+        self.fs.rename(nodeid, old, newdir, new, 0, (self._uid, self._gid))
         return 0
 
     def _rename2(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
@@ -463,14 +464,14 @@ class FuseServer:
             # A whiteout is a 0/0 character device: device nodes are never made in the share.
             raise OSError(errno.EINVAL, "RENAME_WHITEOUT is not supported")
         old, new = parse_two_names(self._body(request))
-        self.fs.rename(nodeid, old, newdir, new, flags)
+        self.fs.rename(nodeid, old, newdir, new, flags, (self._uid, self._gid))
         return 0
 
     # --- files -----------------------------------------------------------------------------
 
     def _open(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
         flags, kill = request.read_struct(OPEN_IN)
-        fh, open_flags = self.fs.open(nodeid, flags)
+        fh, open_flags = self.fs.open(nodeid, flags, (self._uid, self._gid))
         if kill & OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
             self.fs.kill_suidgid(nodeid, fh)
         reply.pack_at(OPEN_OUT, _HDR, fh, open_flags, 0)
@@ -496,72 +497,75 @@ class FuseServer:
         reply.pack_at(OPEN_OUT, _HDR + ENTRY_OUT.size, fh, open_flags, 0)
         return ENTRY_OUT.size + OPEN_OUT.size
 
-    def _read(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+    def _read(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
         fh, offset, size, _, _, _, _ = request.read_struct(READ_IN)
         size = min(size, reply.capacity - _HDR, abi.MAX_WRITE)
-        return self.fs.read(fh, offset, reply.views(_HDR, size))
+        return self.fs.read(nodeid, fh, offset, reply.views(_HDR, size))
 
-    def _write(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+    def _write(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
         fh, offset, size, write_flags, _, _, _ = request.read_struct(WRITE_IN)
-        written = self.fs.write(fh, offset, request.take_views(size))
+        written = self.fs.write(nodeid, fh, offset, request.take_views(size))
         if write_flags & WRITE_KILL_SUIDGID:
-            self.fs.kill_suidgid(0, fh)
+            self.fs.kill_suidgid(nodeid, fh)
         reply.pack_at(WRITE_OUT, _HDR, written, 0)
         return WRITE_OUT.size
 
-    def _flush(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+    def _flush(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
         fh, _, _, lock_owner = request.read_struct(FLUSH_IN)
-        self.fs.flush(fh, lock_owner)
+        self.fs.flush(nodeid, fh, lock_owner)
         return 0
 
-    def _release(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+    def _release(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
         fh, _, _, _ = request.read_struct(RELEASE_IN)
-        self.fs.release(fh)
+        self.fs.release(nodeid, fh)
         return 0
 
     # --- locks -----------------------------------------------------------------------------
 
-    def _getlk(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+    def _getlk(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
         fh, owner, start, end, kind, _pid, _flags, _ = request.read_struct(LK_IN)
-        reply.pack_at(LK_OUT, _HDR, *self.fs.getlk(fh, owner, start, end, kind))
+        reply.pack_at(LK_OUT, _HDR, *self.fs.getlk(nodeid, fh, owner, start, end, kind))
         return LK_OUT.size
 
-    def _setlk(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+    def _setlk(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
         fh, owner, start, end, kind, pid, flags, _ = request.read_struct(LK_IN)
-        self.fs.setlk(fh, owner, start, end, kind, pid, bool(flags & LK_FLOCK))
+        self.fs.setlk(nodeid, fh, owner, start, end, kind, pid, bool(flags & LK_FLOCK))
         return 0
 
-    def _setlkw(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+    def _setlkw(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
         fh, owner, start, end, kind, pid, flags, _ = request.read_struct(LK_IN)
         wait = Deferred(self._unique, reply)
-        if self.fs.setlk(fh, owner, start, end, kind, pid, bool(flags & LK_FLOCK), wait):
+        flock = bool(flags & LK_FLOCK)
+        if self.fs.setlk(nodeid, fh, owner, start, end, kind, pid, flock, wait):
             return 0
         defer(wait)
         return _DEFER
 
-    def _fsync(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+    def _fsync(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
         fh, flags, _ = request.read_struct(FSYNC_IN)
-        self.fs.fsync(fh, bool(flags & FSYNC_FDATASYNC))
+        self.fs.fsync(nodeid, fh, bool(flags & FSYNC_FDATASYNC))
         return 0
 
-    def _fallocate(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+    def _fallocate(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
         fh, offset, length, mode, _ = request.read_struct(FALLOCATE_IN)
-        self.fs.fallocate(fh, mode, offset, length)
+        self.fs.fallocate(nodeid, fh, mode, offset, length)
         return 0
 
-    def _lseek(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+    def _lseek(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
         fh, offset, whence, _ = request.read_struct(LSEEK_IN)
-        reply.pack_at(LSEEK_OUT, _HDR, self.fs.lseek(fh, offset, whence))
+        reply.pack_at(LSEEK_OUT, _HDR, self.fs.lseek(nodeid, fh, offset, whence))
         return LSEEK_OUT.size
 
-    def _copy_file_range(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
-        fh_in, off_in, _nodeid_out, fh_out, off_out, length, flags = request.read_struct(
+    def _copy_file_range(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        fh_in, off_in, nodeid_out, fh_out, off_out, length, flags = request.read_struct(
             COPY_FILE_RANGE_IN
         )
         if flags:
             raise OSError(errno.EINVAL, "copy_file_range flags must be 0")
         # The reply's size field is 32 bits wide.
-        copied = self.fs.copy_file_range(fh_in, off_in, fh_out, off_out, min(length, 1 << 30))
+        copied = self.fs.copy_file_range(
+            nodeid, fh_in, off_in, nodeid_out, fh_out, off_out, min(length, 1 << 30)
+        )
         reply.pack_at(WRITE_OUT, _HDR, copied, 0)
         return WRITE_OUT.size
 
@@ -603,11 +607,12 @@ class FuseServer:
             raise OSError(errno.E2BIG, "xattr value too large")
         if len(body) < start + size:
             raise ProtocolError(f"setxattr value shorter than {size} bytes")
-        self.fs.setxattr(nodeid, name, body[start : start + size], flags)
+        self.fs.setxattr(nodeid, name, body[start : start + size], flags, (self._uid, self._gid))
         return 0
 
     def _removexattr(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
-        self.fs.removexattr(nodeid, parse_xattr_name(self._body(request)))
+        name = parse_xattr_name(self._body(request))
+        self.fs.removexattr(nodeid, name, (self._uid, self._gid))
         return 0
 
     def _ioctl(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
@@ -623,27 +628,30 @@ class FuseServer:
 
     def _opendir(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
         request.read_struct(OPEN_IN)
-        fh, open_flags = self.fs.opendir(nodeid)
+        fh, open_flags = self.fs.opendir(nodeid, (self._uid, self._gid))
         reply.pack_at(OPEN_OUT, _HDR, fh, open_flags, 0)
         return OPEN_OUT.size
 
-    def _releasedir(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+    def _releasedir(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
         fh, _, _, _ = request.read_struct(RELEASE_IN)
-        self.fs.releasedir(fh)
+        self.fs.releasedir(nodeid, fh)
         return 0
 
-    def _fsyncdir(self, _nodeid: int, request: SgReader, _reply: SgWriter) -> int:
+    def _fsyncdir(self, nodeid: int, request: SgReader, _reply: SgWriter) -> int:
         fh, flags, _ = request.read_struct(FSYNC_IN)
-        self.fs.fsyncdir(fh, bool(flags & FSYNC_FDATASYNC))
+        self.fs.fsyncdir(nodeid, fh, bool(flags & FSYNC_FDATASYNC))
         return 0
 
-    def _readdir(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+    def _readdir(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
         fh, offset, size, _, _, _, _ = request.read_struct(READ_IN)
-        entries = self.fs.readdir(fh, offset)
+        entries = self.fs.readdir(nodeid, fh, offset)
         budget = min(size, reply.capacity - _HDR)
         out = bytearray()
         for index in range(offset, len(entries)):
-            name, ino, dtype = entries[index]
+            entry = entries[index]
+            if entry is None:
+                continue  # hidden by the allowlist since the listing was taken
+            name, ino, dtype = entry
             rec = abi.dirent_size(len(name))
             if len(out) + rec > budget:
                 break
@@ -654,11 +662,11 @@ class FuseServer:
         reply.write_at(_HDR, out)
         return len(out)
 
-    def _readdirplus(self, _nodeid: int, request: SgReader, reply: SgWriter) -> int:
+    def _readdirplus(self, parent: int, request: SgReader, reply: SgWriter) -> int:
         fh, offset, size, _, _, _, _ = request.read_struct(READ_IN)
         fs = self.fs
-        parent = fs.handle(fh).nodeid
-        entries = fs.readdir(fh, offset)
+        entries = fs.readdir(parent, fh, offset)
+        caller = (self._uid, self._gid)
         budget = max(0, min(size, reply.capacity - _HDR))
         # Built in a zeroed local buffer (padding and the dot entries' entry_out stay zero),
         # then copied into the reply once.
@@ -670,7 +678,10 @@ class FuseServer:
         attr_values = self._attr_values
         used = 0
         for index in range(offset, len(entries)):
-            name, ino, dtype = entries[index]
+            entry = entries[index]
+            if entry is None:
+                continue
+            name, ino, dtype = entry
             namelen = len(name)
             rec = abi.direntplus_size(namelen)
             # Check the fit before the lookup: every emitted nodeid is a lookup to FORGET.
@@ -678,15 +689,18 @@ class FuseServer:
                 break
             if name != b"." and name != b"..":
                 try:
-                    inode, st = fs.lookup_entry(parent, name)
+                    inode, st = fs.lookup_entry(parent, name, caller)
                 except FileNotFoundError:
                     continue  # removed since the listing was taken
+                except PermissionError:
+                    pass  # not searchable by the caller: a name without entry_out (nodeid 0)
                 except OSError:
                     if used:
                         break  # send what we have; the error shows up on the next call
                     raise
-                ino = st.st_ino
-                pack_entry(buf, used, inode.nodeid, 0, e_s, a_s, e_ns, a_ns, *attr_values(st))
+                else:
+                    ino = st.st_ino
+                    pack_entry(buf, used, inode.nodeid, 0, e_s, a_s, e_ns, a_ns, *attr_values(st))
             dpos = used + _ENTRY_SIZE
             pack_dirent(buf, dpos, ino, index + 1, namelen, dtype)
             dpos += _DIRENT_SIZE

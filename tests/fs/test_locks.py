@@ -137,7 +137,7 @@ def test_flock_belongs_to_the_open_file(client: FuseClient, share: Path) -> None
     with open(share / "f", "rb") as host:
         with pytest.raises(BlockingIOError):
             fcntl.flock(host, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        assert _setlk(client, node, fh2, A, WR) == 0  # POSIX and BSD locks are independent
+        assert _setlk(client, node, fh2, A, RD) == 0  # POSIX and BSD locks are independent
         waiting = client.submit(fr.setlkw(client.next_unique(), node, fh2, A, RD, flock=True))
         time.sleep(0.03)
         assert not waiting.done
