@@ -198,8 +198,8 @@ def test_an_fh_of_another_inode_is_ebadf(client: FuseClient, share: Path) -> Non
 
 
 def test_rename_of_a_forgotten_directory_moves_its_known_children(share: Path) -> None:
-    for d in ("a", "b", "a/d", "a/d/x"):
-        (share / d).mkdir()
+    for sub in ("a", "b", "a/d", "a/d/x"):
+        (share / sub).mkdir()
     (share / "a/d/x/secret").write_bytes(b"s")
     allowlist = Allowlist()
     allowlist.add([("a",), ("b",)])
@@ -216,8 +216,8 @@ def test_rename_of_a_forgotten_directory_moves_its_known_children(share: Path) -
 
 
 def test_a_directory_found_at_a_new_path_takes_its_children_along(share: Path) -> None:
-    for d in ("a", "b", "a/d", "a/d/x"):
-        (share / d).mkdir()
+    for sub in ("a", "b", "a/d", "a/d/x"):
+        (share / sub).mkdir()
     allowlist = Allowlist()
     allowlist.add([("a",), ("b",)])
     c = _client(share, allowlist=allowlist)
@@ -232,8 +232,8 @@ def test_a_directory_found_at_a_new_path_takes_its_children_along(share: Path) -
 
 
 def test_exchange_swaps_the_paths_below_both(share: Path) -> None:
-    for d in ("a", "b", "a/x", "b/y"):
-        (share / d).mkdir()
+    for sub in ("a", "b", "a/x", "b/y"):
+        (share / sub).mkdir()
     allowlist = Allowlist()
     allowlist.add([("a",), ("b",)])
     c = _client(share, allowlist=allowlist)
