@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fsd.fs import FsOptions
 from fsd.testing.mount import Mount, devfuse_unavailable, mounted
 
 USER = 1000
@@ -90,3 +91,47 @@ def test_a_non_root_user_creates_as_itself(user_mount: Mount, share: Path) -> No
         st = os.lstat(share / "open" / name)
         assert (st.st_uid, st.st_gid) == (USER, USER), name
     assert sorted(os.listdir(share / "rootonly")) == ["existing"]
+
+
+RACE_SCRIPT = r"""
+import os, sys
+path = sys.argv[1]
+print("absent", not os.path.exists(path), flush=True)  # the kernel caches a negative entry
+sys.stdin.readline()  # the host has made the file meanwhile
+for flags in (os.O_RDWR | os.O_CREAT, os.O_RDWR | os.O_CREAT | os.O_TRUNC):
+    try:
+        fd = os.open(path, flags, 0o644)
+        print("opened", os.read(fd, 100), flush=True)
+    except OSError as e:
+        print("refused", os.strerror(e.errno), flush=True)
+"""
+
+
+def test_create_over_a_name_the_kernel_thought_absent(share: Path) -> None:
+    """The kernel sends CREATE (not OPEN) for a name it cached as absent: checking nothing
+    itself, so the host must refuse a root-only file the caller could not open."""
+    reason = devfuse_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    os.chmod(share, 0o777)  # not sticky: fs.protected_regular would refuse on its own
+    with mounted(share, options=FsOptions(negative_timeout=30)) as mount:
+        child = subprocess.Popen(
+            [_system_python(), "-c", RACE_SCRIPT, str(mount.mountpoint / "secret")],
+            user=USER,
+            group=USER,
+            extra_groups=[],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "absent True"
+        secret = share / "secret"
+        secret.write_bytes(b"ROOT ONLY")
+        os.chmod(secret, 0o600)
+        out, err = child.communicate("go\n", timeout=60)
+        assert child.returncode == 0, err
+    denied = os.strerror(13)
+    assert out.splitlines() == [f"refused {denied}", f"refused {denied}"]
+    assert secret.read_bytes() == b"ROOT ONLY"

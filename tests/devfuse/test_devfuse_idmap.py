@@ -20,7 +20,9 @@ import pytest
 
 import fsd
 from fsd.daemon import mount_syscalls
-from fsd.testing.mount import devfuse_unavailable, force_unmount
+from fsd.fs import FsOptions
+from fsd.fs.idmap import parse_id_maps
+from fsd.testing.mount import devfuse_unavailable, force_unmount, mounted
 
 pytestmark = [
     pytest.mark.devfuse,
@@ -150,3 +152,35 @@ def test_refuses_a_bad_map(share: Path, tmp_path: Path) -> None:
     assert "--uid-map '0 0 10,5 100 1'" in done.stderr
     assert "overlap on the inner (guest) side" in done.stderr
     assert not mount_syscalls.is_mount_point(str(mountpoint))
+
+
+def test_guest_root_mapped_to_a_user_is_that_user_on_the_host(share: Path) -> None:
+    """With ``--uid-map "0 1000 1"`` root on the mount is host 1000 for every check, not only
+    for creates: it cannot open, chmod, chown, truncate or unlink host root's files."""
+    os.chmod(share, 0o755)
+    secret = share / "secret"
+    secret.write_bytes(b"ROOT ONLY")
+    os.chmod(secret, 0o600)
+    (share / "mine").write_bytes(b"1000's")
+    os.chown(share / "mine", 1000, 1000)
+    maps = parse_id_maps("0 1000 1", "0 1000 1")
+    with mounted(share, options=FsOptions(id_maps=maps)) as mount:
+        target = mount.mountpoint / "secret"
+        for attempt in (
+            lambda: os.open(target, os.O_RDWR),
+            lambda: os.open(target, os.O_RDONLY),
+            lambda: os.truncate(target, 0),
+            lambda: os.chmod(target, 0o4777),
+            lambda: os.chown(target, 0, 0),
+            lambda: os.unlink(target),
+            lambda: os.rename(target, mount.mountpoint / "moved"),
+            lambda: os.setxattr(target, "trusted.x", b"1"),
+        ):
+            with pytest.raises(PermissionError):
+                attempt()
+        os.chmod(mount.mountpoint / "mine", 0o640)  # its own file: as the host user may
+        assert (mount.mountpoint / "mine").read_bytes() == b"1000's"
+    st = os.stat(secret)
+    assert (st.st_mode, st.st_uid, secret.read_bytes()) == (0o100600, 0, b"ROOT ONLY")
+    assert os.listxattr(secret) == []
+    assert os.stat(share / "mine").st_mode & 0o777 == 0o640
