@@ -1,15 +1,17 @@
-"""Linux calls the ``os`` module lacks (renameat2, fallocate modes, syncfs), through libc.
+"""Linux calls the ``os`` module lacks (renameat2, fallocate modes, syncfs, statx), via libc.
 
-They are rare (RENAME2 with flags, FALLOCATE with a mode, SYNCFS), so the ctypes cost is fine.
+They are rare (RENAME2 with flags, FALLOCATE with a mode, SYNCFS, STATX asking for a birth
+time), so the ctypes cost is fine.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from typing import Final
 
-__all__ = ["fallocate", "renameat2", "syncfs"]
+__all__ = ["birth_time", "fallocate", "renameat2", "syncfs"]
 
 _libc: Final = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
@@ -21,6 +23,15 @@ _fallocate.restype = ctypes.c_int
 _syncfs = _libc.syncfs
 _syncfs.argtypes = [ctypes.c_int]
 _syncfs.restype = ctypes.c_int
+_statx = _libc.statx
+_statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+_statx.restype = ctypes.c_int
+_AT_EMPTY_PATH: Final = 0x1000
+_AT_SYMLINK_NOFOLLOW: Final = 0x100
+_STATX_BTIME: Final = 0x800
+#: struct statx: stx_mask at 0, stx_btime (tv_sec s64, tv_nsec u32) at 80; 256 bytes in all.
+_STATX_MASK: Final = struct.Struct("<I")
+_STATX_BTIME_AT: Final = struct.Struct("<qI")
 
 
 def _check(result: int) -> None:
@@ -42,3 +53,15 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 def syncfs(fd: int) -> None:
     """``syncfs(2)``: flush the whole host filesystem holding ``fd`` (a guest ``sync``)."""
     _check(_syncfs(fd))
+
+
+def birth_time(fd: int) -> tuple[int, int] | None:
+    """The creation time (seconds, nanoseconds) of the file ``fd`` refers to (an ``O_PATH`` fd
+    is fine, symlinks are not followed), or None when the host filesystem records none."""
+    buf = ctypes.create_string_buffer(256)
+    _check(_statx(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, buf))
+    (mask,) = _STATX_MASK.unpack_from(buf, 0)
+    if not mask & _STATX_BTIME:
+        return None
+    sec, nsec = _STATX_BTIME_AT.unpack_from(buf, 80)
+    return sec, nsec

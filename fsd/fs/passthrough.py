@@ -248,6 +248,11 @@ class PassthroughFs:
         """Attributes of the inode itself (a symlink's own, never its target's)."""
         return os.fstat(self.inodes.get(nodeid).fd)
 
+    def statx(self, nodeid: int) -> tuple[os.stat_result, tuple[int, int] | None]:
+        """GETATTR's attributes and the birth time (None if the host keeps none), for STATX."""
+        fd = self.inodes.get(nodeid).fd
+        return os.fstat(fd), linux.birth_time(fd)
+
     def setattr(
         self,
         nodeid: int,

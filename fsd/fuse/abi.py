@@ -1,6 +1,6 @@
 """The FUSE wire ABI: opcodes, flag bits and one precompiled struct per wire struct.
 
-Layouts follow Linux ``include/uapi/linux/fuse.h`` (protocol 7.38; every struct is little-endian
+Layouts follow Linux ``include/uapi/linux/fuse.h`` (protocol 7.39; every struct is little-endian
 on the machines virtio-fs runs on, and its size is fixed by the kernel, so the sizes are checked
 in the tests). Nothing here does I/O.
 """
@@ -12,8 +12,9 @@ import struct
 from typing import Final
 
 KERNEL_VERSION: Final = 7
-#: Highest minor version whose semantics this server implements.
-KERNEL_MINOR_VERSION: Final = 38
+#: Highest minor version whose semantics this server implements. 7.39 adds only STATX and the
+#: opt-in DIRECT_IO_ALLOW_MMAP flag: no struct changes size.
+KERNEL_MINOR_VERSION: Final = 39
 #: Lowest minor version we negotiate down to without compat struct sizes.
 MIN_MINOR_VERSION: Final = 31
 
@@ -209,6 +210,13 @@ GETXATTR_OUT: Final = struct.Struct("<II")
 LSEEK_OUT: Final = struct.Struct("<Q")
 #: ino, off, namelen, type; the name follows, padded to 8 bytes
 DIRENT: Final = struct.Struct("<QQII")
+#: attr_valid, attr_valid_nsec, flags, spare[2], then ``fuse_statx`` (the statx(2) layout):
+#: mask, blksize, attributes, nlink, uid, gid, mode, ino, size, blocks, attributes_mask,
+#: atime, btime, ctime, mtime (sec, nsec each), rdev_major/minor, dev_major/minor, spare[14]
+STATX_OUT: Final = struct.Struct("<QII16x" + "IIQIIIH2xQQQQ" + "qI4x" * 4 + "IIII112x")
+#: STATX_TYPE .. STATX_BLOCKS, and the birth time
+STATX_BASIC_STATS: Final = 0x7FF
+STATX_BTIME: Final = 0x800
 
 # --- request bodies ------------------------------------------------------------------------
 #: major, minor, max_readahead, flags, flags2 (when INIT_EXT), unused[11]
@@ -271,6 +279,8 @@ FALLOCATE_IN: Final = struct.Struct("<QQQII")
 LSEEK_IN: Final = struct.Struct("<QQII")
 #: fh_in, off_in, nodeid_out, fh_out, off_out, len, flags
 COPY_FILE_RANGE_IN: Final = struct.Struct("<QQQQQQQ")
+#: getattr_flags, reserved, fh, sx_flags, sx_mask
+STATX_IN: Final = struct.Struct("<IIQII")
 
 # Linux dirent types (the top four bits of st_mode)
 DT_UNKNOWN: Final = 0

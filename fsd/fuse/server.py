@@ -63,6 +63,10 @@ from fsd.fuse.abi import (
     SETATTR_IN,
     SETXATTR_IN,
     STATFS_OUT,
+    STATX_BASIC_STATS,
+    STATX_BTIME,
+    STATX_IN,
+    STATX_OUT,
     WRITE_IN,
     WRITE_KILL_SUIDGID,
     WRITE_OUT,
@@ -167,6 +171,7 @@ class FuseServer:
             Opcode.BATCH_FORGET: self._batch_forget,
             Opcode.INTERRUPT: self._interrupt,
             Opcode.GETATTR: self._getattr,
+            Opcode.STATX: self._statx,
             Opcode.SETATTR: self._setattr,
             Opcode.READLINK: self._readlink,
             Opcode.SYMLINK: self._symlink,
@@ -364,6 +369,24 @@ class FuseServer:
 
     def _getattr(self, nodeid: int, _request: SgReader, reply: SgWriter) -> int:
         return self._attr(reply, self.fs.getattr(nodeid))
+
+    def _statx(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
+        """GETATTR plus the birth time, which is all Linux asks STATX for (it sends it only when
+        a caller wants btime); every basic field is always filled, so the kernel caches them."""
+        request.read_struct(STATX_IN)  # flags, fh, sync hints, mask: the answer is the same
+        st, btime = self.fs.statx(nodeid)
+        (ino, size, blocks, a_s, m_s, c_s, a_ns, m_ns, c_ns, mode, nlink, uid, gid, _rdev, blksize,
+         _flags) = self._attr_values(st)  # fmt: skip
+        mask = STATX_BASIC_STATS if btime is None else STATX_BASIC_STATS | STATX_BTIME
+        b_s, b_ns = btime or (0, 0)
+        v_s, v_ns = self._attr_valid
+        reply.pack_at(
+            STATX_OUT, _HDR, v_s, v_ns, 0,
+            mask, blksize, 0, nlink, uid, gid, mode & 0xFFFF, ino, size, blocks, 0,
+            a_s, a_ns, b_s, b_ns, c_s, c_ns, m_s, m_ns,
+            os.major(st.st_rdev), os.minor(st.st_rdev), 0, 0,
+        )  # fmt: skip
+        return STATX_OUT.size
 
     def _setattr(self, nodeid: int, request: SgReader, reply: SgWriter) -> int:
         (valid, _, fh, size, _lock, atime, mtime, _ctime, atimensec, mtimensec, _ctimensec, mode,

@@ -94,9 +94,9 @@ def test_mknod_fifo_and_socket(client: FuseClient, share: Path) -> None:
     assert stat.S_ISSOCK((share / "sock").lstat().st_mode)
 
 
-@pytest.mark.parametrize("opcode", [Opcode.STATX, Opcode.BMAP, Opcode.POLL, Opcode.SETUPMAPPING])
+@pytest.mark.parametrize("opcode", [Opcode.BMAP, Opcode.POLL, Opcode.SETUPMAPPING])
 def test_unimplemented_ops_are_enosys(client: FuseClient, opcode: Opcode) -> None:
-    """ENOSYS makes the kernel stop asking (STATX falls back to GETATTR)."""
+    """ENOSYS makes the kernel stop asking."""
     assert client.errno_of(fr.request(opcode, 2, ROOT_ID, bytes(64))) == errno.ENOSYS
 
 

@@ -1,4 +1,4 @@
-"""Wire struct sizes against Linux include/uapi/linux/fuse.h (7.38 layouts)."""
+"""Wire struct sizes against Linux include/uapi/linux/fuse.h (7.39 layouts)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ SIZES = {
     "LSEEK_OUT": 8,
     "COPY_FILE_RANGE_IN": 56,
     "INTERRUPT_IN": 8,
+    "STATX_IN": 24,
+    "STATX_OUT": 288,
 }
 
 
