@@ -92,8 +92,11 @@ class SgReader:
         index, offset = self._index, self._offset
         while want:
             seg = self._segments[index]
-            take = min(want, len(seg) - offset)
-            if take:
+            size = len(seg)
+            take = min(want, size - offset)
+            if take == size:
+                views.append(seg)  # a whole segment (WRITE data pages): no slice needed
+            elif take:
                 views.append(seg[offset : offset + take])
             want -= take
             index += 1
@@ -109,33 +112,47 @@ class SgWriter:
     host file through :meth:`views`), then the header with the final length at offset 0.
     """
 
-    __slots__ = ("_segments", "_starts", "capacity")
+    __slots__ = ("_segments", "capacity")
 
     def __init__(self, segments: Sequence[memoryview]) -> None:
         self._segments: Final = segments
-        starts = []
-        total = 0
-        for seg in segments:
-            starts.append(total)
-            total += len(seg)
-        self._starts: Final = starts
-        self.capacity: Final = total
+        self.capacity: Final = sum(map(len, segments))
 
     def views(self, offset: int, n: int) -> list[memoryview]:
-        """Return zero-copy views covering ``[offset, offset + n)`` (for ``os.preadv``)."""
+        """Return zero-copy views covering ``[offset, offset + n)`` (for ``os.preadv``).
+
+        Whole segments are handed out as they are (no slicing): a large READ's reply space is
+        one segment per page after the 16-byte header segment.
+        """
         if offset < 0 or n < 0 or offset + n > self.capacity:
             raise BufferTooShort(f"reply of {offset + n} bytes exceeds {self.capacity}")
         out: list[memoryview] = []
-        end = offset + n
-        for seg, start in zip(self._segments, self._starts, strict=True):
-            seg_end = start + len(seg)
-            if seg_end <= offset or not len(seg):
-                continue
-            if start >= end:
-                break
-            lo = max(offset, start) - start
-            hi = min(end, seg_end) - start
-            out.append(seg[lo:hi])
+        if not n:
+            return out
+        segments = self._segments
+        index = 0
+        while offset >= len(segments[index]):  # skip to the segment holding ``offset``
+            offset -= len(segments[index])
+            index += 1
+        seg = segments[index]
+        if offset or n < len(seg):
+            head = seg[offset : offset + n]
+            out.append(head)
+            n -= len(head)
+            index += 1
+        append = out.append
+        while n:
+            seg = segments[index]
+            size = len(seg)
+            if not size:
+                pass
+            elif n >= size:
+                append(seg)
+                n -= size
+            else:
+                append(seg[:n])
+                n = 0
+            index += 1
         return out
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:

@@ -47,6 +47,11 @@ class GuestMemory:
         self._only: Final = ordered[0] if len(ordered) == 1 else None
 
     @property
+    def only_region(self) -> GuestRegion | None:
+        """The single region, when there is exactly one (lets hot loops skip the lookup)."""
+        return self._only
+
+    @property
     def regions(self) -> list[GuestRegion]:
         return list(self._regions)
 

@@ -154,25 +154,27 @@ class SplitQueue:
     ) -> None:
         """Walk an indirect table from its first entry (the hot path for large requests)."""
         limit = len(descriptors)
-        view = self.memory.view
+        memory = self.memory
+        # One region (the common case): slice it directly, bounds checked here.
+        only = memory.only_region
+        base, region, size = (only.gpa, only.view, len(only.view)) if only else (0, None, -1)
         index = 0
         for _ in range(limit):
             addr, length, flags, nxt = descriptors[index]
             if flags & DESC_F_INDIRECT:
                 raise InvalidChain(head, "nested indirect table")
             if length:
+                off = addr - base
+                if region is not None and off >= 0 and off + length <= size:
+                    buffer = [region[off : off + length]]
+                else:
+                    buffer = memory.views(addr, length)
                 if flags & DESC_F_WRITE:
-                    try:
-                        writable.append(view(addr, length))
-                    except GuestMemoryError:
-                        writable += self.memory.views(addr, length)
+                    writable += buffer
                 elif writable:
                     raise InvalidChain(head, "readable descriptor after a writable one")
                 else:
-                    try:
-                        readable.append(view(addr, length))
-                    except GuestMemoryError:
-                        readable += self.memory.views(addr, length)
+                    readable += buffer
             if not flags & DESC_F_NEXT:
                 return
             index = nxt
