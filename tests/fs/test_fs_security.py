@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,55 @@ def test_host_device_node_is_not_opened(client: FuseClient, fs: PassthroughFs, s
     assert stat.S_ISCHR(entry.attr.mode)
     assert client.errno_of(fr.open_(2, entry.nodeid, os.O_RDWR)) == errno.EACCES
     assert len(fs.handles) == 0
+
+
+def test_directory_swapped_for_a_symlink_during_lookups_never_escapes(
+    client: FuseClient, share: Path, tmp_path: Path
+) -> None:
+    """The classic race: while the guest walks ``dir/secret``, something on the host keeps
+    replacing ``dir`` with a symlink to a directory outside the share. Lookups are made
+    relative to the parent's fd with O_NOFOLLOW, so the walk either finds the real directory
+    or stops at the symlink; it never reads the outside file."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("OUTSIDE")
+    real = share / "dir"
+    real.mkdir()
+    (real / "secret").write_text("inside")
+    stop = threading.Event()
+
+    def swap() -> None:
+        parked = share / "parked"
+        while not stop.is_set():
+            os.rename(real, parked)
+            os.symlink(outside, real)
+            os.unlink(real)
+            os.rename(parked, real)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    seen: set[str] = set()
+    unique = 100
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            unique += 2
+            dir_reply = fr.parse_reply(client.call(fr.lookup(unique, ROOT_ID, "dir")))
+            if dir_reply.error:
+                seen.add(f"dir:{-dir_reply.error}")
+                continue
+            nodeid = fr.parse_entry(dir_reply.payload).nodeid
+            reply = fr.parse_reply(client.call(fr.lookup(unique + 1, nodeid, "secret")))
+            if reply.error:
+                seen.add(f"secret:{-reply.error}")
+                continue
+            secret = fr.parse_entry(reply.payload).nodeid
+            fh = client.open(secret)
+            seen.add(client.read(secret, fh, 0, 64).decode())
+            client.ok(fr.release(unique, secret, fh))
+    finally:
+        stop.set()
+        swapper.join()
+    assert "OUTSIDE" not in seen
+    assert "inside" in seen
+    assert f"secret:{errno.ENOTDIR}" in seen or f"dir:{errno.ENOENT}" in seen, "no race hit"
