@@ -137,3 +137,20 @@ def test_directory_swapped_for_a_symlink_during_lookups_never_escapes(
     assert "OUTSIDE" not in seen
     assert "inside" in seen
     assert f"secret:{errno.ENOTDIR}" in seen or f"dir:{errno.ENOENT}" in seen, "no race hit"
+
+
+def test_hard_links_stay_inside_the_share(client: FuseClient, share: Path, tmp_path: Path) -> None:
+    """LINK only names nodeids the guest already has, into directories of the share; a link to
+    a planted symlink links the symlink itself, never its target outside."""
+    outside = tmp_path / "outside-file"
+    outside.write_text("outside")
+    (share / "to-outside").symlink_to(outside)
+    (share / "d").mkdir()
+    link = client.lookup(ROOT_ID, "to-outside")
+    d = client.lookup(ROOT_ID, "d")
+    client.ok(fr.link(2, link.nodeid, d.nodeid, "copy"))
+    assert (share / "d" / "copy").is_symlink()
+    assert os.stat(outside).st_nlink == 1  # the outside file gained no name
+    for bad in ("../escape", "a/b", ".."):
+        assert client.errno_of(fr.link(4, link.nodeid, d.nodeid, bad)) == errno.EINVAL
+    assert not (tmp_path / "escape").exists()
