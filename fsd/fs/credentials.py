@@ -49,17 +49,32 @@ def drop_supplementary_groups() -> None:
         log.info("dropped the daemon's supplementary groups")
 
 
+class ActingAs:
+    """The context of :meth:`Credentials.acting_as`: switch on entry, restore on exit."""
+
+    __slots__ = ("_creds", "_gid", "_switched", "_uid")
+
+    def __init__(self, creds: Credentials, uid: int, gid: int) -> None:
+        self._creds = creds
+        self._uid = uid
+        self._gid = gid
+        self._switched = False
+
+    def __enter__(self) -> None:
+        self._switched = self._creds.switch(self._uid, self._gid)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._switched:
+            self._creds.restore()
+
+
 class Credentials:
     """Switches the current thread's fsuid/fsgid to a caller's and back.
 
     Usage, around one creating syscall::
 
-        switched = creds.switch(uid, gid)
-        try:
+        with creds.acting_as(uid, gid):
             os.mkdir(...)
-        finally:
-            if switched:
-                creds.restore()
 
     Only a root daemon switches (anyone else cannot create files for other users, and the
     files are then owned by the daemon's user); a caller equal to the daemon costs nothing.
@@ -98,6 +113,10 @@ class Credentials:
         """Back to the daemon's own fsuid/fsgid (fsuid first: it restores the capabilities)."""
         _setfsuid(self.uid)
         _setfsgid(self.gid)
+
+    def acting_as(self, uid: int, gid: int) -> ActingAs:
+        """A ``with`` block run as ``uid``/``gid`` (see :meth:`switch`), restored on exit."""
+        return ActingAs(self, uid, gid)
 
     def host_uid(self, uid: int) -> int | None:
         """The host uid a caller acts as (itself here; ``None`` if unmapped)."""

@@ -16,11 +16,13 @@ every mode it sends (DONT_MASK is not granted), so a host umask would mask modes
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Final
 
 from fsd.allowlist.trie import DENIED, FULL, TRAVERSE, Allowlist
@@ -63,6 +65,7 @@ _PASS_FLAGS: Final = (
 _CREATE_PASS_FLAGS: Final = _PASS_FLAGS | os.O_EXCL
 _DEVICE_KINDS: Final = (stat.S_IFCHR, stat.S_IFBLK)
 _MKNOD_KINDS: Final = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG)
+_UNCHANGED: Final = contextlib.nullcontext()
 
 Entry = tuple[Inode, os.stat_result]
 """A looked-up inode (lookup count already raised) and its attributes."""
@@ -196,13 +199,16 @@ class PassthroughFs:
         later skips the path, so search permission on directories is checked here.
         """
         if self._confine:
-            switched = self._creds.switch(*caller)
-            try:
+            with self._creds.acting_as(*caller):
                 return self._lookup(parent, name)
-            finally:
-                if switched:
-                    self._creds.restore()
         return self._lookup(parent, name)
+
+    def _as_caller(self, caller: tuple[int, int]) -> AbstractContextManager[None]:
+        """A ``with`` block run as the caller's host ids under id maps (docs/credentials.md);
+        without maps nothing is switched."""
+        if not self._confine:
+            return _UNCHANGED
+        return self._creds.acting_as(*caller)
 
     def _lookup(self, parent: int, name: bytes) -> Entry:
         pinode = self.inodes.get(parent)
@@ -275,12 +281,8 @@ class PassthroughFs:
         target: int | str = inode.proc_path
         if valid & FATTR_FH:
             target = self.handles.of(fh, nodeid).fd
-        switched = self._confine and self._creds.switch(*caller)
-        try:
+        with self._as_caller(caller):
             self._setattr(inode, target, valid, size, atime_ns, mtime_ns, mode, uid, gid)
-        finally:
-            if switched:
-                self._creds.restore()
         return os.fstat(inode.fd)
 
     def _setattr(
@@ -391,12 +393,8 @@ class PassthroughFs:
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_writable(pinode, name)
-        switched = self._creds.switch(uid, gid)
-        try:
+        with self._creds.acting_as(uid, gid):
             os.mkdir(name, stat.S_IMODE(mode), dir_fd=pinode.fd)
-        finally:
-            if switched:
-                self._creds.restore()
         return self._lookup_child(pinode, name)
 
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Entry:
@@ -406,12 +404,8 @@ class PassthroughFs:
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_writable(pinode, name)
-        switched = self._creds.switch(uid, gid)
-        try:
+        with self._creds.acting_as(uid, gid):
             os.mknod(name, mode, 0, dir_fd=pinode.fd)
-        finally:
-            if switched:
-                self._creds.restore()
         return self._lookup_child(pinode, name)
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Entry:
@@ -419,12 +413,8 @@ class PassthroughFs:
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_writable(pinode, name)
-        switched = self._creds.switch(uid, gid)
-        try:
+        with self._creds.acting_as(uid, gid):
             os.symlink(target, name, dir_fd=pinode.fd)
-        finally:
-            if switched:
-                self._creds.restore()
         return self._lookup_child(pinode, name)
 
     def link(self, nodeid: int, newparent: int, newname: bytes, caller: tuple[int, int]) -> Entry:
@@ -433,12 +423,8 @@ class PassthroughFs:
         pinode = self.inodes.get(newparent)
         if self._gated:
             self._check_writable(pinode, newname)
-        switched = self._confine and self._creds.switch(*caller)
-        try:
+        with self._as_caller(caller):
             os.link(inode.proc_path, newname, dst_dir_fd=pinode.fd, follow_symlinks=True)
-        finally:
-            if switched:
-                self._creds.restore()
         return self._lookup_child(pinode, newname)
 
     def unlink(self, parent: int, name: bytes, caller: tuple[int, int]) -> None:
@@ -446,24 +432,16 @@ class PassthroughFs:
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_writable(pinode, name)
-        switched = self._confine and self._creds.switch(*caller)
-        try:
+        with self._as_caller(caller):
             os.unlink(name, dir_fd=pinode.fd)
-        finally:
-            if switched:
-                self._creds.restore()
 
     def rmdir(self, parent: int, name: bytes, caller: tuple[int, int]) -> None:
         """Remove an empty directory (as the caller's host ids under id maps)."""
         pinode = self.inodes.get(parent)
         if self._gated:
             self._check_writable(pinode, name)
-        switched = self._confine and self._creds.switch(*caller)
-        try:
+        with self._as_caller(caller):
             os.rmdir(name, dir_fd=pinode.fd)
-        finally:
-            if switched:
-                self._creds.restore()
 
     def rename(
         self,
@@ -484,15 +462,11 @@ class PassthroughFs:
         other = None
         if flags & RENAME_EXCHANGE:
             other = os.stat(newname, dir_fd=pnew.fd, follow_symlinks=False)
-        switched = self._confine and self._creds.switch(*caller)
-        try:
+        with self._as_caller(caller):
             if flags:
                 linux.renameat2(pold.fd, name, pnew.fd, newname, flags)
             else:
                 os.rename(name, newname, src_dir_fd=pold.fd, dst_dir_fd=pnew.fd)
-        finally:
-            if switched:
-                self._creds.restore()
         old_path, new_path = pold.child_path(name), pnew.child_path(newname)
         moves = [((st.st_dev, st.st_ino), old_path, new_path, stat.S_ISDIR(st.st_mode))]
         if other is not None:
@@ -510,12 +484,8 @@ class PassthroughFs:
         """
         inode = self.inodes.get(nodeid)
         self._openable(inode, stat.S_IFREG)
-        switched = self._confine and self._creds.switch(*caller)
-        try:
+        with self._as_caller(caller):
             fd = os.open(inode.proc_path, self._open_flags(flags))
-        finally:
-            if switched:
-                self._creds.restore()
         return self.handles.add(fd, nodeid), self.file_open_flags
 
     def create(
@@ -531,8 +501,7 @@ class PassthroughFs:
         if self._gated:
             self._check_writable(pinode, name)
         oflags = self._open_flags(flags & _CREATE_PASS_FLAGS)
-        switched = self._creds.switch(uid, gid)
-        try:
+        with self._creds.acting_as(uid, gid):
             try:
                 fd = os.open(
                     name,
@@ -546,9 +515,6 @@ class PassthroughFs:
                 # Still as the caller: the guest kernel believed it was creating the file
                 # and checked nothing, so the host must check this open.
                 return self._open_existing(pinode, name, flags)
-        finally:
-            if switched:
-                self._creds.restore()
         try:
             pfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
         except BaseException:
@@ -595,12 +561,8 @@ class PassthroughFs:
             raise OSError(errno.EACCES, "not writable under the allowlist")
         # O_EXCL here means "never linkable"; _open_flags would drop it.
         oflags = self._open_flags(flags) | os.O_TMPFILE | (flags & os.O_EXCL)
-        switched = self._creds.switch(uid, gid)
-        try:
+        with self._creds.acting_as(uid, gid):
             fd = os.open(pinode.proc_path, oflags, stat.S_IMODE(mode))
-        finally:
-            if switched:
-                self._creds.restore()
         try:
             pfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
         except BaseException:
@@ -730,12 +692,8 @@ class PassthroughFs:
         """
         inode = self.inodes.get(nodeid)
         self._openable(inode, stat.S_IFDIR)
-        switched = self._confine and self._creds.switch(*caller)
-        try:
+        with self._as_caller(caller):
             fd = os.open(inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        finally:
-            if switched:
-                self._creds.restore()
         return self.handles.add(fd, nodeid), self.dir_open_flags
 
     def readdir(self, nodeid: int, fh: int, offset: int) -> list[DirEntry | None]:
@@ -803,12 +761,8 @@ class PassthroughFs:
         if self._gated:
             self._check_visible(pinode, name)
         if self._confine:
-            switched = self._creds.switch(*caller)
-            try:
+            with self._creds.acting_as(*caller):
                 return self._lookup_child(pinode, name)
-            finally:
-                if switched:
-                    self._creds.restore()
         return self._lookup_child(pinode, name)
 
     def releasedir(self, nodeid: int, fh: int) -> None:
