@@ -9,10 +9,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-import attrs
 import trio
 
-from fsd.plugins import PluginError, add_plugin_arguments, setup_plugins
+from fsd.fs_arguments import add_filesystem_arguments, filesystem_options
+from fsd.plugins import PluginError, setup_plugins
 
 __all__ = ["main"]
 
@@ -43,26 +43,8 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="host directory to share; also crosvm's SRC:TAG:type=fs:key=value:... form",
     )
     p.add_argument("--tag", help="tag in the device config space (for crosvm front-ends)")
-    p.add_argument(
-        "--allowlist-socket-path",
-        help="SOCK_SEQPACKET control socket for the dynamic path allowlist (deny all until added)",
-    )
-    p.add_argument(
-        "--cfg",
-        default="",
-        help="filesystem options as crosvm's key=value,...: cache=never|auto|always, timeout, "
-        "negative_timeout, writeback, rewrite_security_xattrs (see docs/filesystem.md)",
-    )
-    for kind in ("uid", "gid"):
-        p.add_argument(
-            f"--{kind}-map",
-            metavar=f"{kind.upper()}MAP",
-            help=f"translate guest {kind}s to host {kind}s: crosvm's 'inner outer count[,...]' "
-            f"(inner = guest, outer = host); unmapped host {kind}s show as 65534 "
-            "(default: none, ids pass unchanged; see docs/credentials.md)",
-        )
+    add_filesystem_arguments(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    add_plugin_arguments(p)
     return p
 
 
@@ -76,8 +58,6 @@ def _configure_logging(level: str) -> None:
 
 def serve_main(argv: Sequence[str]) -> int:
     from fsd.daemon.serve import ServeConfig, serve
-    from fsd.fs.idmap import parse_id_maps
-    from fsd.fs.options import parse_cfg
     from fsd.shared_dir import parse_shared_dir
     from fsd.virtio_fs import virtio_fs_device
 
@@ -90,10 +70,7 @@ def serve_main(argv: Sequence[str]) -> int:
             parser.error(f"--shared-dir {shared.path!r} is not a directory")
         if shared.tag and args.tag and shared.tag != args.tag:
             parser.error(f"--tag {args.tag!r} disagrees with --shared-dir's tag {shared.tag!r}")
-        fs_options = parse_cfg(",".join(filter(None, [shared.cfg, args.cfg])))
-        id_maps = parse_id_maps(args.uid_map, args.gid_map)
-        if id_maps is not None:
-            fs_options = attrs.evolve(fs_options, id_maps=id_maps)
+        fs_options = filesystem_options(args, [shared.cfg])
         config = ServeConfig(
             shared_dir=os.path.abspath(shared.path),
             socket_path=args.socket_path,

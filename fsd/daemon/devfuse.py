@@ -20,7 +20,6 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
-import attrs
 import trio
 
 from fsd.allowlist import Allowlist
@@ -30,13 +29,12 @@ from fsd.daemon import mount_syscalls
 from fsd.daemon.limits import raise_open_files_limit
 from fsd.daemon.pending import PendingReplies
 from fsd.fs import FsOptions, PassthroughFs
-from fsd.fs import parse_cfg as parse_fs_cfg
 from fsd.fs.credentials import drop_supplementary_groups
-from fsd.fs.idmap import parse_id_maps
+from fsd.fs_arguments import add_filesystem_arguments, filesystem_options
 from fsd.fuse import FuseServer
 from fsd.hookinfo import DaemonInfo
 from fsd.hooks_fuse import HookedHandler
-from fsd.plugins import PluginError, Plugins, add_plugin_arguments, setup_plugins
+from fsd.plugins import PluginError, Plugins, setup_plugins
 from fsd.sgbuf import SgReader, SgWriter
 
 __all__ = [
@@ -294,15 +292,6 @@ def _write_reply(fd: int, reply: memoryview) -> bool:
     return True
 
 
-def parse_cfg(items: Sequence[str]) -> FsOptions | None:
-    """Turn the ``--cfg`` arguments into ``FsOptions``; None (the defaults) when there are none.
-
-    Several ``--cfg`` flags are joined as if given as one comma-separated list.
-    """
-    text = ",".join(items)
-    return parse_fs_cfg(text) if text.strip(", ") else None
-
-
 async def _mount_until_signal(
     shared: str,
     target: str,
@@ -364,36 +353,12 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("shared_dir", metavar="SHARED_DIR")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
-    parser.add_argument(
-        "--cfg",
-        action="append",
-        default=[],
-        metavar="K=V[,K=V...]",
-        help="filesystem options: cache=never|auto|always, timeout=SECONDS, "
-        "negative_timeout=SECONDS, writeback=true|false",
-    )
-    parser.add_argument(
-        "--allowlist-socket-path",
-        metavar="CTRL",
-        help="SOCK_SEQPACKET control socket for the dynamic path allowlist (deny all until "
-        "added; use --cfg timeout=0 so that removals take effect at once)",
-    )
-    for kind in ("uid", "gid"):
-        parser.add_argument(
-            f"--{kind}-map",
-            metavar=f"{kind.upper()}MAP",
-            help=f"translate the callers' {kind}s to host {kind}s: 'inner outer count[,...]' "
-            f"as fsd serve (inner = the mount's side); unmapped host {kind}s show as 65534",
-        )
-    add_plugin_arguments(parser)
+    add_filesystem_arguments(parser)
     args = parser.parse_args(list(argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="fsd mount: %(message)s")
     try:
-        options = parse_cfg(args.cfg)
-        id_maps = parse_id_maps(args.uid_map, args.gid_map)
-        if id_maps is not None:
-            options = attrs.evolve(options or FsOptions(), id_maps=id_maps)
+        options = filesystem_options(args)
         shared, target = check_mountpoint(args.shared_dir, args.mountpoint)
         plugins = setup_plugins(args.plugin, args.plugin_cfg)
     except (MountError, ValueError, PluginError) as e:
