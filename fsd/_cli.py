@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import sys
@@ -61,6 +62,10 @@ def serve_main(argv: Sequence[str]) -> int:
     from fsd.shared_dir import parse_shared_dir
     from fsd.virtio_fs import virtio_fs_device
 
+    if "--print-capabilities" in argv:
+        # The vhost-user back-end convention (QEMU docs/interop/vhost-user.rst), for libvirt.
+        sys.stdout.write(json.dumps({"type": "fs", "features": []}) + "\n")
+        return 0
     parser = _serve_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)
@@ -90,6 +95,13 @@ def serve_main(argv: Sequence[str]) -> int:
         logging.getLogger("fsd").error("%s", exc)
         return 1
     return 0
+
+
+def vhost_user_main() -> int:
+    """``fsd-vhost-user``: ``fsd serve`` under the name and argument conventions of a vhost-user
+    back-end binary (``--socket-path``/``--fd``, ``--print-capabilities``), for VMM managers
+    that launch back-ends from a vhost-user JSON description (contrib/vhost-user/)."""
+    return serve_main(sys.argv[1:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

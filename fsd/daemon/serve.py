@@ -40,6 +40,8 @@ class ServeConfig:
 
     shared_dir: str
     socket_path: str | None = None
+    #: ``--fd``: an inherited socket, either listening (virtiofsd's convention) or already
+    #: connected to the front-end (crosvm's).
     listen_fd: int | None = None
     tag: str | None = None
     allowlist_socket_path: str | None = None
@@ -51,7 +53,8 @@ class ServeConfig:
 
 
 def open_vhost_user_listener(config: ServeConfig) -> trio.socket.SocketType:
-    """Bind the vhost-user socket (replacing a stale socket file) or adopt ``--fd``."""
+    """Bind the vhost-user socket (replacing a stale socket file) or adopt ``--fd``
+    (listening or already connected: :func:`serve` tells them apart)."""
     if config.listen_fd is not None:
         sock = socket.socket(fileno=config.listen_fd)
     else:
@@ -149,7 +152,12 @@ async def serve(
                 DaemonInfo(config.shared_dir, "vhost-user", config.socket_path)
             )
             with listener:
-                sock, _ = await listener.accept()
+                if listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    sock, _ = await listener.accept()
+                else:  # an inherited socket that is already the front-end's connection
+                    sock = trio.socket.from_stdlib_socket(
+                        socket.socket(fileno=os.dup(listener.fileno()))
+                    )
             with sock:
                 vmm = _peer(sock)
                 log.info("vhost-user: front-end connected (pid %d)", vmm.pid)

@@ -41,10 +41,22 @@ uses it to translate ring addresses."""
 class VhostUserFrontend:
     """A VMM stand-in: guest memory, two virtqueues and a vhost-user connection."""
 
-    def __init__(self, socket_path: str, *, memory_size: int = 64 << 20) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(socket_path)
+    def __init__(
+        self,
+        socket_path: str | None,
+        *,
+        memory_size: int = 64 << 20,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """Connect to ``socket_path``, or talk over ``sock`` (a connected socket, e.g. one
+        end of a socketpair whose other end the back-end inherited)."""
+        if sock is None:
+            assert socket_path is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(30)
+            sock.connect(socket_path)
+        sock.settimeout(30)
+        self.sock = sock
         self.memory_size = memory_size
         self.memfd = os.memfd_create("fsd-test-guest", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, memory_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,17 @@ def test_serve_refuses_bad_arguments(tmp_path: Path, args: list[str], message: s
     assert result.returncode == 2
     assert message in result.stderr
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_print_capabilities_follows_the_vhost_user_convention() -> None:
+    result = fsd("serve", "--print-capabilities")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"type": "fs", "features": []}
+
+
+def test_vhost_user_json_describes_an_fs_backend() -> None:
+    description = json.loads(
+        (Path(__file__).parents[2] / "contrib/vhost-user/50-fsd.json").read_text()
+    )
+    assert description["type"] == "fs"
+    assert description["binary"].endswith("fsd-vhost-user")

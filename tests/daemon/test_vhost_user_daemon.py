@@ -246,3 +246,42 @@ def test_sigterm_with_running_queues_exits_zero(
     status, err = daemon.stop(signal.SIGTERM)
     assert status == 0, err
     assert not daemon.socket_path.exists()
+
+
+@pytest.mark.parametrize("kind", ["listening", "connected"])
+def test_inherited_fd(shared_dir: Path, socket_path: Path, kind: str) -> None:
+    """``--fd N``: virtiofsd passes a listening socket, crosvm an already connected one."""
+    import socket as socket_module
+    import subprocess
+    import sys
+
+    if kind == "listening":
+        server = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+        server.bind(str(socket_path))
+        server.listen(1)
+        inherited, ours = server, None
+    else:
+        inherited, ours = socket_module.socketpair(socket_module.AF_UNIX)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsd", "serve", "--fd", str(inherited.fileno()),
+         "--shared-dir", str(shared_dir)],
+        pass_fds=[inherited.fileno()],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    inherited.close()
+    try:
+        if ours is None:
+            fe = VhostUserFrontend(str(socket_path))
+        else:
+            fe = VhostUserFrontend(None, sock=ours)
+        assert fe.get_u64(R.GET_QUEUE_NUM) == 2
+        fe.start()
+        init(fe)
+        fe.close()
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
