@@ -3,7 +3,8 @@
 The guest pauses at each ``host_step``; the host changes the allowlist with the operator's
 client (``python -m fsd allowlist``) and the guest checks what it sees next. drop_caches makes
 the guest forget dentries it cached before a revocation (it would otherwise trust them until
-the entry timeout, with any backend).
+the entry timeout, with any backend); with ``--cfg timeout=0`` the guest caches nothing and
+sees the revocation at once, without it.
 """
 
 from __future__ import annotations
@@ -44,31 +45,39 @@ echo "allowed:read=$(cat public/hello.txt)"
 echo from-guest > inbox/note.txt && echo "allowed:write=ok"
 if echo nope > secret/new.txt 2>/dev/null; then echo "allowed:secret-write=ok"; fi
 host_step revoke /public
-echo 2 > /proc/sys/vm/drop_caches
+[ "$FORGET" = drop_caches ] && echo 2 > /proc/sys/vm/drop_caches
 expect hidden public/hello.txt revoked:
 expect visible inbox/note.txt revoked:
 """
 
 
-@pytest.fixture
+@pytest.fixture(params=["drop_caches", "timeout=0"])
 async def allowlist_backend(
-    guest_image: GuestImage, socket_dir: Path, shared_dir: Path, tmp_path: Path
-) -> AsyncIterator[tuple[Backend, Path]]:
+    request: pytest.FixtureRequest,
+    guest_image: GuestImage,
+    socket_dir: Path,
+    shared_dir: Path,
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Backend, Path, str]]:
     """fsd serve with an (empty) allowlist and its control socket."""
     if os.environ.get("FSD_GUEST_BACKEND", "fsd") != "fsd":
         pytest.skip("only fsd has a dynamic path allowlist")
     socket_path = socket_dir / "fs.sock"
     control = socket_dir / "allowlist.sock"
-    argv = fsd_serve_command(socket_path, shared_dir, "--allowlist-socket-path", str(control))
+    forget: str = request.param
+    extra = ["--cfg", "timeout=0"] if forget == "timeout=0" else []
+    argv = fsd_serve_command(
+        socket_path, shared_dir, "--allowlist-socket-path", str(control), *extra
+    )
     log_path = tmp_path / "backend.log"
     async with running_backend(argv, socket_path, log_path=log_path, env=fsd_env()) as backend:
-        yield backend, control
+        yield backend, control, forget
 
 
 async def test_guest_sees_allowlist_changes(
-    allowlist_backend: tuple[Backend, Path], shared_dir: Path
+    allowlist_backend: tuple[Backend, Path, str], shared_dir: Path
 ) -> None:
-    backend, control = allowlist_backend
+    backend, control, forget = allowlist_backend
     for name, text in [("public/hello.txt", "hello"), ("secret/plans.txt", "secret")]:
         (shared_dir / name).parent.mkdir()
         (shared_dir / name).write_text(text + "\n")
@@ -82,7 +91,10 @@ async def test_guest_sees_allowlist_changes(
         return "ok"
 
     result = await run_guest(
-        WORKLOAD, socket_path=backend.socket_path, on_step=on_step, time_limit=120
+        f"FORGET={forget}\n{WORKLOAD}",
+        socket_path=backend.socket_path,
+        on_step=on_step,
+        time_limit=120,
     )
     result.check()
     seen = dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line)
