@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,19 @@ commands:
 """
 
 
+def _socket_fd(text: str) -> int:
+    """``--fd``: an open Unix stream socket this process inherited."""
+    try:
+        fd = int(text)
+        sock = socket.socket(fileno=os.dup(fd))
+    except (ValueError, OSError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an open file descriptor") from exc
+    with sock:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise argparse.ArgumentTypeError(f"fd {fd} is not a Unix stream socket")
+    return fd
+
+
 def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fsd serve",
@@ -37,7 +51,16 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket-path", help="vhost-user Unix socket to listen on")
-    where.add_argument("--fd", type=int, help="an already listening vhost-user socket fd")
+    where.add_argument(
+        "--fd",
+        type=_socket_fd,
+        help="an inherited vhost-user socket: listening (virtiofsd) or connected (crosvm)",
+    )
+    p.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="also let GROUP (e.g. the VMM's) connect to --socket-path (mode 0660; default 0600)",
+    )
     p.add_argument(
         "--shared-dir",
         required=True,
@@ -80,6 +103,7 @@ def serve_main(argv: Sequence[str]) -> int:
             shared_dir=os.path.abspath(shared.path),
             socket_path=args.socket_path,
             listen_fd=args.fd,
+            socket_group=args.socket_group,
             tag=args.tag or shared.tag,
             allowlist_socket_path=args.allowlist_socket_path,
             fs_options=fs_options,
@@ -89,12 +113,14 @@ def serve_main(argv: Sequence[str]) -> int:
         plugins = setup_plugins(args.plugin, args.plugin_cfg)
     except (ValueError, PluginError) as exc:
         parser.error(str(exc))
+    failures: list[BaseException] = []
     try:
         trio.run(functools.partial(serve, config, plugins=plugins))
-    except OSError as exc:
-        logging.getLogger("fsd").error("%s", exc)
-        return 1
-    return 0
+    except* (OSError, KeyError) as group:  # a socket that cannot be made; an unknown group
+        failures.extend(group.exceptions)
+    for failure in failures:
+        logging.getLogger("fsd").error("%s", failure)
+    return 1 if failures else 0
 
 
 def vhost_user_main() -> int:

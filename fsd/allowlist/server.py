@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import socket as stdlib_socket
-import stat
 from typing import NoReturn
 
 import trio
@@ -22,6 +21,7 @@ from fsd.allowlist._sockbuf import enlarge_send_buffer
 from fsd.allowlist.handler import AfterHook, CheckHook, handle_packet
 from fsd.allowlist.protocol import MAX_PACKET, Err, encode_response
 from fsd.allowlist.trie import Allowlist
+from fsd.unix_sockets import bind_private, unlink_if_ours
 
 logger = logging.getLogger("fsd.allowlist")
 
@@ -59,53 +59,21 @@ async def serve_allowlist(
                 nursery.start_soon(_serve_client, connection, allowlist, check, after, max_packet)
     finally:
         listener.close()
-        _unlink_if_ours(path, identity)
+        unlink_if_ours(path, identity)
 
 
 async def _listen(path: str, mode: int) -> tuple[trio.socket.SocketType, tuple[int, int]]:
     """Bind, restrict permissions, then listen, so nobody can connect before the chmod."""
-    await _remove_stale_socket(path)
-    listener = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_SEQPACKET)
+    sock = stdlib_socket.socket(
+        stdlib_socket.AF_UNIX, stdlib_socket.SOCK_SEQPACKET | stdlib_socket.SOCK_CLOEXEC
+    )
     try:
-        await listener.bind(path)
-        os.chmod(path, mode)
-        info = os.lstat(path)
-        listener.listen(128)
+        identity = bind_private(sock, path, mode=mode)
+        sock.listen(128)
     except BaseException:
-        listener.close()
+        sock.close()
         raise
-    return listener, (info.st_dev, info.st_ino)
-
-
-async def _remove_stale_socket(path: str) -> None:
-    """Unlink a socket file left by a dead server; refuse to touch anything else."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
-    with trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_SEQPACKET) as probe:
-        try:
-            with trio.fail_after(1):
-                await probe.connect(path)
-        except ConnectionRefusedError:
-            logger.info("allowlist: removing stale socket %s", path)
-            os.unlink(path)
-            return
-        except trio.TooSlowError:
-            pass  # a full backlog: someone is listening
-    raise OSError(errno.EADDRINUSE, "another server is listening on this socket", path)
-
-
-def _unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
-    """Remove our socket file on exit, but not one a successor bound at the same path."""
-    try:
-        info = os.lstat(path)
-        if (info.st_dev, info.st_ino) == identity:
-            os.unlink(path)
-    except OSError as exc:
-        logger.warning("allowlist: could not remove %s: %s", path, exc)
+    return trio.socket.from_stdlib_socket(sock), identity
 
 
 async def _accept(listener: trio.socket.SocketType) -> trio.socket.SocketType:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import functools
 import logging
 import os
 import signal
 import socket
-import stat
 import struct
 
 import attrs
@@ -27,6 +24,7 @@ from fsd.fuse import FuseServer
 from fsd.hookinfo import DaemonInfo, VmmInfo
 from fsd.hooks_fuse import make_request_handler
 from fsd.plugins import Plugins
+from fsd.unix_sockets import bind_private, unlink_if_ours
 from fsd.virtio_fs import NUM_QUEUES, virtio_fs_device
 
 __all__ = ["ServeConfig", "serve"]
@@ -43,6 +41,8 @@ class ServeConfig:
     #: ``--fd``: an inherited socket, either listening (virtiofsd's convention) or already
     #: connected to the front-end (crosvm's).
     listen_fd: int | None = None
+    #: ``--socket-group``: a group (e.g. the VMM's) allowed to connect too (socket 0660).
+    socket_group: str | None = None
     tag: str | None = None
     allowlist_socket_path: str | None = None
     fs_options: FsOptions = attrs.field(factory=FsOptions)
@@ -52,26 +52,24 @@ class ServeConfig:
     allowlist_after: AfterHook | None = None
 
 
-def open_vhost_user_listener(config: ServeConfig) -> trio.socket.SocketType:
-    """Bind the vhost-user socket (replacing a stale socket file) or adopt ``--fd``
-    (listening or already connected: :func:`serve` tells them apart)."""
+def open_vhost_user_listener(
+    config: ServeConfig,
+) -> tuple[trio.socket.SocketType, tuple[int, int] | None]:
+    """Bind the vhost-user socket or adopt ``--fd`` (listening or already connected:
+    :func:`serve` tells them apart). A socket file is created 0600 (0660 with
+    ``socket_group``), replaces only a stale one, and its identity is returned so that only
+    our own file is removed at exit."""
     if config.listen_fd is not None:
-        sock = socket.socket(fileno=config.listen_fd)
-    else:
-        assert config.socket_path is not None
-        path = config.socket_path
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
-            os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.bind(path)
-            sock.listen(1)
-        except BaseException:
-            sock.close()
-            raise
-    return trio.socket.from_stdlib_socket(sock)
+        return trio.socket.from_stdlib_socket(socket.socket(fileno=config.listen_fd)), None
+    assert config.socket_path is not None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        identity = bind_private(sock, config.socket_path, group=config.socket_group)
+        sock.listen(1)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.socket.from_stdlib_socket(sock), identity
 
 
 class _Shutdown:
@@ -129,7 +127,7 @@ async def serve(
     handler = make_request_handler(server, plugins, serialized(server.handle))
     plugin_check, plugin_after = plugins.allowlist_callbacks()
     device = virtio_fs_device(config.tag)
-    listener = open_vhost_user_listener(config)
+    listener, identity = open_vhost_user_listener(config)
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals:
@@ -169,6 +167,5 @@ async def serve(
             nursery.cancel_scope.cancel()
     finally:
         await plugins.daemon_stopping(shutdown.reason)
-        if config.socket_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(config.socket_path)
+        if config.socket_path is not None and identity is not None:
+            unlink_if_ours(config.socket_path, identity)

@@ -19,7 +19,6 @@ import os
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import IO
 
 import trio
+
+from fsd.unix_sockets import is_listening
 
 __all__ = [
     "Backend",
@@ -523,29 +524,10 @@ async def _run_qemu(
 
 
 def unix_socket_listening(path: str | os.PathLike[str]) -> bool:
-    """True once the Unix socket file ``path`` exists and some process listens on it.
-
-    Connecting to find out would not do: a vhost-user backend takes the first connection as
-    its frontend, and QEMU's C virtiofsd exits when that connection closes. /proc/net/unix
-    shows the name a socket was bound to; a backend that binds a temporary name, listens and
-    renames it into place (an atomic publish) is listening once the file appears, though
-    /proc/net/unix never shows the final name.
-    """
-    try:
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
-            return False
-    except OSError:
-        return False
-    listening_flag = 0x10000  # __SO_ACCEPTCON
-    target = os.path.abspath(path)
-    bound_here: list[bool] = []
-    with open("/proc/net/unix") as table:
-        next(table)
-        for row in table:
-            cols = row.split()
-            if len(cols) >= 8 and cols[7] == target:
-                bound_here.append(bool(int(cols[3], 16) & listening_flag))
-    return any(bound_here) or not bound_here
+    """True once some process listens on the Unix socket ``path`` (see
+    :func:`fsd.unix_sockets.is_listening`: connecting to find out would take the back-end's
+    one front-end connection)."""
+    return is_listening(path)
 
 
 async def wait_listening(

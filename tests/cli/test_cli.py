@@ -83,3 +83,21 @@ def test_vhost_user_json_describes_an_fs_backend() -> None:
     )
     assert description["type"] == "fs"
     assert description["binary"].endswith("fsd-vhost-user")
+
+
+@pytest.mark.parametrize("fd", ["-1", "99", "nope"])
+def test_serve_refuses_an_fd_that_is_no_socket(tmp_path: Path, fd: str) -> None:
+    result = fsd("serve", "--fd", fd, "--shared-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "--fd" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_reports_an_unusable_allowlist_socket_without_a_traceback(tmp_path: Path) -> None:
+    result = fsd(
+        "serve", "--socket-path", str(tmp_path / "s.sock"), "--shared-dir", str(tmp_path),
+        "--allowlist-socket-path", str(tmp_path / "missing-dir" / "ctl.sock"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "No such file or directory" in result.stderr

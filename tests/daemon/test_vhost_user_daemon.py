@@ -285,3 +285,39 @@ def test_inherited_fd(shared_dir: Path, socket_path: Path, kind: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_socket_is_private_to_the_daemons_user(daemon: ServeProcess) -> None:
+    """Whoever connects first is taken as the VMM: nobody else may connect (0600)."""
+    assert stat.S_IMODE(os.stat(daemon.socket_path).st_mode) == 0o600
+
+
+def test_socket_group_may_connect(shared_dir: Path, socket_path: Path) -> None:
+    import grp
+
+    group = grp.getgrgid(0).gr_name
+    serve = ServeProcess(shared_dir, socket_path, "--socket-group", group)
+    try:
+        info = os.stat(socket_path)
+        assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o660, 0)
+    finally:
+        serve.stop()
+
+
+def test_a_live_socket_is_not_taken_over(daemon: ServeProcess, shared_dir: Path) -> None:
+    """A second daemon on the same path refuses to start and leaves the first one's socket."""
+    import subprocess
+    import sys
+
+    second = subprocess.run(
+        [sys.executable, "-m", "fsd", "serve", "--socket-path", str(daemon.socket_path),
+         "--shared-dir", str(shared_dir)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert second.returncode == 1
+    assert "another server is listening" in second.stderr
+    assert daemon.socket_path.exists()
+    assert daemon.proc.poll() is None
+    fe = VhostUserFrontend(str(daemon.socket_path))
+    assert fe.get_u64(R.GET_QUEUE_NUM) == 2
+    fe.close()
