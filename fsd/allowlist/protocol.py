@@ -130,9 +130,11 @@ def _reject_constant(name: str) -> Any:
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        keys = [key for key, _ in pairs]
-        duplicate = next(key for index, key in enumerate(keys) if key in keys[:index])
-        raise ProtocolError(f"invalid JSON: duplicate key {duplicate!r}")
+        seen: set[str] = set()  # linear: a 1 MiB object of keys must not cost minutes
+        for key, _ in pairs:
+            if key in seen:
+                raise ProtocolError(f"invalid JSON: duplicate key {key!r}")
+            seen.add(key)
     return obj
 
 

@@ -218,7 +218,11 @@ class Allowlist:
 
 
 def _explicit(node: _Node, path: SharePath) -> Iterator[SharePath]:
-    if node.level is FULL:
-        yield path
-    for name, child in node.children.items():
-        yield from _explicit(child, (*path, name))
+    """Every explicitly added path under ``node``, depth first. Iterative: a client may add
+    a path thousands of components deep, deeper than Python's recursion limit."""
+    stack = [(node, path)]
+    while stack:
+        node, path = stack.pop()
+        if node.level is FULL:
+            yield path
+        stack.extend((child, (*path, name)) for name, child in reversed(node.children.items()))

@@ -2,6 +2,7 @@
 
 import array
 import errno
+import json
 import os
 import socket
 import stat
@@ -128,12 +129,19 @@ async def test_many_clients_at_once(control_socket: str, allowlist: Allowlist) -
 
 
 async def test_a_hung_client_does_not_block_others(control_socket: str) -> None:
+    """A client that asks and never reads fills its socket; the server's task for it blocks
+    in send, and every other client is still answered."""
+    paths = [f"/{i:04d}-" + "x" * 200 for i in range(300)]
+    async with AsyncAllowlistClient(control_socket) as setup:
+        await setup.add(paths)
     with await connect(control_socket) as idle:
-        await idle.send(b'{"AddPaths":')  # half a request, then silence
-        await idle.recv(100)
+        for _ in range(40):  # ~60 KiB answers nobody reads
+            await idle.send(b'"ListPaths"')
+        await trio.sleep(0.2)
         async with AsyncAllowlistClient(control_socket) as other:
             with trio.fail_after(5):
                 await other.add(["/x"])
+                assert len(await other.list()) == 301
 
 
 async def test_passed_fds_are_ignored(control_socket: str) -> None:
@@ -249,3 +257,18 @@ async def test_exit_leaves_a_successors_socket_alone(socket_dir: Path) -> None:
             successor.bind(str(path))
             nursery.cancel_scope.cancel()
     assert path.exists()
+
+
+async def test_a_very_deep_path_and_many_duplicate_keys_do_not_hurt_the_server(
+    control_socket: str,
+) -> None:
+    """Found by review: ListPaths recursed once per path component (RecursionError took the
+    daemon down), and finding a duplicate JSON key was quadratic (minutes of CPU)."""
+    deep = "/" + "/".join(["a"] * 5000)
+    with await connect(control_socket) as sock, trio.fail_after(10):
+        assert await ask(sock, json.dumps({"AddPaths": {"paths": [deep]}}).encode()) == b'"Ok"'
+        assert json.loads(await ask(sock, b'"ListPaths"')) == {"Paths": [deep]}
+    keys = ",".join(f'"{i}":0' for i in range(12000))  # ~110 KiB, one packet
+    with await connect(control_socket) as sock, trio.fail_after(2):
+        reply = await ask(sock, ("{" + keys + ',"0":0}').encode())
+        assert b"duplicate key" in reply
