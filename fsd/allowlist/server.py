@@ -9,6 +9,7 @@ concurrent clients never interleave.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -54,9 +55,12 @@ async def serve_allowlist(
         async with trio.open_nursery() as nursery:
             logger.info("allowlist: control socket listening on %s", path)
             task_status.started(path)
+            serialize = trio.Lock()  # batches apply in order, one at a time
             while True:
                 connection = await _accept(listener)
-                nursery.start_soon(_serve_client, connection, allowlist, check, after, max_packet)
+                nursery.start_soon(
+                    _serve_client, connection, allowlist, check, after, max_packet, serialize
+                )
     finally:
         listener.close()
         unlink_if_ours(path, identity)
@@ -108,6 +112,7 @@ async def _serve_client(
     check: CheckHook | None,
     after: AfterHook | None,
     max_packet: int,
+    one_change_at_a_time: trio.Lock,
 ) -> None:
     """Answer every packet of one client until it hangs up; errors only end this client."""
     client = f"client {next(_clients)} ({_peer(connection)})"
@@ -125,14 +130,20 @@ async def _serve_client(
             if not data and not truncated:  # EOF; an empty packet reads the same, as in crosvm
                 logger.debug("allowlist: %s disconnected", client)
                 return
-            outcome = handle_packet(
-                allowlist,
-                data,
-                truncated=truncated,
-                max_packet=max_packet,
-                check=check,
-                after=after,
-            )
+            # On a worker thread, one packet at a time: a slow policy hook (or a huge packet)
+            # must not stall the trio thread, which also answers the VMM's vhost-user messages.
+            async with one_change_at_a_time:
+                outcome = await trio.to_thread.run_sync(
+                    functools.partial(
+                        handle_packet,
+                        allowlist,
+                        data,
+                        truncated=truncated,
+                        max_packet=max_packet,
+                        check=check,
+                        after=after,
+                    )
+                )
             if outcome.change is not None:
                 logger.debug("allowlist: %s sent %s", client, outcome.change)
             if not await _send(connection, outcome.reply, client):

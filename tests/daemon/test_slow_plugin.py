@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fsd.allowlist.client import AllowlistClient
 from fsd.testing import fuse_requests as fr
 from fsd.testing.frontend import VhostUserFrontend
 from fsd.testing.serve import ServeProcess
+from fsd.vhost_user.messages import FrontendRequest as R
 
 
 @pytest.fixture
 def slow_frontend(shared_dir: Path, socket_path: Path) -> Iterator[VhostUserFrontend]:
-    serve = ServeProcess(shared_dir, socket_path, "--plugin", "tests.daemon.slow_plugin:plugin")
+    control = socket_path.with_name("ctl.sock")
+    serve = ServeProcess(
+        shared_dir,
+        socket_path,
+        "--plugin",
+        "tests.daemon.slow_plugin:plugin",
+        "--allowlist-socket-path",
+        str(control),
+    )
     fe = VhostUserFrontend(str(socket_path))
     try:
         yield fe
@@ -40,3 +51,18 @@ def test_slow_check_hook_does_not_hold_up_the_hiprio_queue(
     assert time.monotonic() - started < 1.8, "FORGET waited for the slow GETATTR"
     [(head, _)] = fe.wait_used(1, timeout=10)
     assert head == getattr_head
+
+
+def test_slow_allowlist_hook_does_not_hold_up_the_vmm(
+    slow_frontend: VhostUserFrontend, socket_path: Path
+) -> None:
+    """Allowlist changes (and their policy hooks) run off the trio thread that answers the
+    VMM: QEMU blocks on some replies (GET_VRING_BASE at VM stop), so they must not wait."""
+    with AllowlistClient(str(socket_path.with_name("ctl.sock"))) as client:
+        adder = threading.Thread(target=client.add, args=(["/x"],))
+        adder.start()
+        time.sleep(0.2)  # the change is now inside the plugin's check
+        started = time.monotonic()
+        assert slow_frontend.get_u64(R.GET_QUEUE_NUM) == 2
+        assert time.monotonic() - started < 1.0, "the VMM waited for the allowlist hook"
+        adder.join()
