@@ -208,7 +208,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--socket", required=True, metavar="CTRL", help="allowlist socket path")
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S", help="seconds (default 10)"
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help="seconds (default 10)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = commands.add_parser("add", help="allow paths and everything below them")
@@ -217,6 +221,17 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("paths", nargs="+", metavar="PATH")
     commands.add_parser("list", help="print the added paths (fsd extension)")
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def main(argv: list[str]) -> int:
