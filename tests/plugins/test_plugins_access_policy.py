@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ from fsd_access_policy.bucket import TokenBucket
 from fsd.allowlist.handler import handle_packet
 from fsd.allowlist.protocol import Err, Ok
 from fsd.allowlist.trie import Allowlist
+from fsd.fuse import abi
+from fsd.fuse.abi import Opcode
 from fsd.plugins import PluginError, Plugins
 from fsd.testing import fuse_requests as fr
 from fsd.testing.mount import devfuse_unavailable
@@ -102,6 +107,62 @@ def test_per_uid_rules(layout: Path, policy_file: Path) -> None:
     assert (layout / "scratch" / "d").is_dir()
 
 
+SUBTREES = """
+read_only = ["/data/ro"]
+deny = ["/data/secret", "/keys/*.key", "*/.ssh"]
+
+[[uid]]
+uid = 2000
+deny = ["/other/admin"]
+"""
+
+
+@pytest.fixture
+def nested(share: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A share whose protected roots sit below directories a guest could rename."""
+    for d in ("data/ro", "data/secret", "other/admin", "keys", "home/u/.ssh", "free/sub"):
+        (share / d).mkdir(parents=True)
+    (share / "data" / "ro" / "f").write_text("orig")
+    rules = tmp_path / "nested.toml"
+    rules.write_text(SUBTREES)
+    return share, rules
+
+
+def test_renaming_or_removing_an_ancestor_of_a_protected_root_is_denied(
+    nested: tuple[Path, Path],
+) -> None:
+    """Rules match paths: moving ``/data`` away would take ``/data/ro`` out of its rule."""
+    share, rules = nested
+    _, manager = configured(rules)
+    with hooked_client(share, manager) as c:
+        data, free = c.lookup(1, "data").nodeid, c.lookup(1, "free").nodeid
+        errno_of = c.errno_of
+
+        assert errno_of(fr.rename(c.next_unique(), 1, "data", 1, "moved")) == errno.EROFS
+        flags = 1  # RENAME_NOREPLACE
+        assert errno_of(fr.rename2(c.next_unique(), 1, "data", 1, "m", flags)) == errno.EROFS
+        assert errno_of(fr.rmdir(c.next_unique(), 1, "data")) == errno.EROFS
+        assert errno_of(fr.rename(c.next_unique(), data, "ro", 1, "ro2")) == errno.EROFS
+        assert errno_of(fr.rename(c.next_unique(), data, "secret", 1, "s")) == errno.EACCES
+        # a glob's literal directory is guarded too; a leading-wildcard glob follows the name
+        assert errno_of(fr.rename(c.next_unique(), 1, "keys", 1, "k2")) == errno.EACCES
+        assert errno_of(fr.rename(c.next_unique(), 1, "home", 1, "h2")) == 0
+        assert errno_of(fr.lookup(c.next_unique(), c.lookup(1, "h2").nodeid, "u")) == 0
+        # the destination: replacing an (empty) protected ancestor is a move too
+        c.mkdir(1, "empty")
+        assert errno_of(fr.rename(c.next_unique(), 1, "empty", data, "ro")) == errno.EROFS
+        # a per-uid literal deny guards for that uid only
+        body = abi.RENAME_IN.pack(1) + b"other\0other2\0"
+        as_2000 = fr.request(Opcode.RENAME, c.next_unique(), 1, body, uid=2000)
+        assert errno_of(as_2000) == errno.EACCES
+        assert errno_of(fr.rename(c.next_unique(), 1, "other", 1, "other2")) == 0
+        # unrelated subtrees still move freely
+        assert errno_of(fr.rename(c.next_unique(), free, "sub", free, "sub2")) == 0
+        assert errno_of(fr.rmdir(c.next_unique(), free, "sub2")) == 0
+    assert (share / "data" / "ro" / "f").read_text() == "orig"
+    assert (share / "h2" / "u" / ".ssh").is_dir() and (share / "other2" / "admin").is_dir()
+
+
 def test_rate_limit_with_a_fake_clock(layout: Path, tmp_path: Path) -> None:
     rules = tmp_path / "rate.toml"
     rules.write_text("[rate.namespace]\nper_second = 2\nburst = 3\n")
@@ -120,6 +181,40 @@ def test_token_bucket() -> None:
     bucket = TokenBucket(10, 1, now=0.0)
     assert bucket.take(0.0) and not bucket.take(0.0)
     assert not bucket.take(0.05) and bucket.take(0.2)
+
+
+def test_token_bucket_admits_at_most_its_burst_from_two_threads() -> None:
+    """Two queue threads share one bucket; an unlocked take() admitted ~40% too many."""
+    burst = 50_000
+    bucket = TokenBucket(per_second=1e-12, burst=burst, now=time.monotonic())
+    admitted = [0, 0]
+
+    def take(i: int) -> None:
+        admitted[i] = sum(bucket.take(time.monotonic()) for _ in range(burst))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as a loaded daemon does
+    try:
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert sum(admitted) == burst
+
+
+def test_reload_swaps_rules_and_buckets_together(tmp_path: Path) -> None:
+    """A check on a queue thread reads (rules, buckets) as one value while SIGHUP replaces it."""
+    rules = tmp_path / "rate.toml"
+    rules.write_text("[rate.metadata]\nper_second = 1\nburst = 5\n")
+    policy, manager = configured(rules)
+    before = policy.state
+    rules.write_text('deny = ["/x"]\n')
+    manager.reload()
+    after = policy.state
+    assert after is not before and after[0] is policy.rules and after[1] == {}
 
 
 def test_reload_keeps_old_rules_on_a_bad_file(layout: Path, policy_file: Path, caplog: Any) -> None:
@@ -191,3 +286,25 @@ def test_policy_on_a_real_mount(layout: Path, policy_file: Path, tmp_path: Path)
         (root / "rw" / "new").write_text("fine")
     assert (layout / "rw" / "new").read_text() == "fine"
     assert not (layout / "ro" / "new").exists()
+
+
+@pytest.mark.devfuse
+def test_rename_cannot_carry_a_subtree_out_of_its_rule_on_a_real_mount(
+    nested: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The reviewer's escape (``mv /data /moved``, then write ``/moved/ro/f``) through a kernel."""
+    reason = devfuse_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    share, rules = nested
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mounted_with_plugins(share, configured(rules)[1], mountpoint=mnt) as mount:
+        root = mount.mountpoint
+        with pytest.raises(OSError, match="Read-only file system"):
+            os.rename(root / "data", root / "moved")
+        with pytest.raises(PermissionError):
+            os.rename(root / "keys", root / "moved")
+        os.rename(root / "free", root / "moved")
+    assert (share / "data" / "ro" / "f").read_text() == "orig"
+    assert (share / "moved" / "sub").is_dir()

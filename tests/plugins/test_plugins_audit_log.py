@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import pytest
 from fsd_audit_log import AuditLog, parse_classes
 from fsd_audit_log.sink import Sink
 
-from fsd.allowlist.handler import handle_packet
+from fsd.allowlist.handler import AllowlistChange, handle_packet
+from fsd.allowlist.protocol import Ok
 from fsd.allowlist.trie import Allowlist
 from fsd.plugins import PluginError, Plugins
 from fsd.testing import fuse_requests as fr
@@ -83,6 +86,89 @@ def test_rotation_keeps_backups(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size <= 100
     assert path.read_text().splitlines()[-1].startswith("line 29")
     assert (tmp_path / "log.1").read_text().splitlines()[-1] < path.read_text().splitlines()[0]
+
+
+def test_two_threads_rotating_lose_no_line_and_close_no_foreign_fd(tmp_path: Path) -> None:
+    """Two queue threads audit through one rotating sink while a third opens files, as the
+    filesystem does for the guest: no line may be lost, and no descriptor the sink does not
+    own may be closed (or written to) by it."""
+    path = tmp_path / "audit.log"
+    sink = Sink(str(path), max_bytes=20_000, backups=50)  # enough backups to keep every line
+    count, errors, foreign_closed = 3000, [], []
+    stop = threading.Event()
+
+    def write(tag: str) -> None:
+        for i in range(count):
+            try:
+                sink.write(f'{{"t":"{tag}","i":{i}}}\n'.encode())
+            except OSError as exc:
+                errors.append(exc)
+
+    def open_files() -> None:
+        k = 0
+        while not stop.is_set():
+            fd = os.open(tmp_path / f"guest{k % 20}", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.close(fd)
+            except OSError:
+                foreign_closed.append(fd)
+            k += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    opener = threading.Thread(target=open_files)
+    writers = [threading.Thread(target=write, args=(tag,)) for tag in "AB"]
+    try:
+        opener.start()
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+    finally:
+        stop.set()
+        opener.join()
+        sys.setswitchinterval(interval)
+    sink.close()
+    sink.close()  # twice is harmless
+    sink.write(b"dropped after close\n")
+    written = [
+        json.loads(line) for p in tmp_path.glob("audit.log*") for line in p.read_text().splitlines()
+    ]
+    assert not errors and not foreign_closed
+    assert sorted((r["t"], r["i"]) for r in written) == [(t, i) for t in "AB" for i in range(count)]
+    assert all(p.stat().st_size == 0 for p in tmp_path.glob("guest*"))
+
+
+def test_close_racing_with_an_audit_call_is_harmless(tmp_path: Path) -> None:
+    """The daemon's thread closes (``fsd_daemon_stopping``) while a queue thread audits: the
+    audit must read ``sink`` once, not test it and then find None."""
+    log = tmp_path / "log"
+
+    class ClosedBetweenReads(AuditLog):
+        """``sink`` is cleared right after each read, as a racing close() would."""
+
+        _next: Sink | None = None
+        opened: Sink | None = None
+
+        @property
+        def sink(self) -> Sink | None:
+            sink, self._next = self._next, None
+            return sink
+
+        @sink.setter
+        def sink(self, value: Sink | None) -> None:
+            self._next = self.opened = value
+
+    plugin = ClosedBetweenReads()
+    plugin.setup(str(log), classes="allowlist")
+    plugin.fsd_allowlist_audit(AllowlistChange("add", ()), Ok())  # must not raise
+    assert lines(log)[0]["op"] == "allowlist_add"
+    assert plugin.opened is not None
+    plugin.opened.close()
+    sink = Sink(str(log))
+    sink.close()
+    sink.write(b"dropped\n")  # a closed sink drops the line instead of writing to fd -1
+    assert len(lines(log)) == 1
 
 
 def test_reload_reopens_after_outside_rotation(tmp_path: Path) -> None:

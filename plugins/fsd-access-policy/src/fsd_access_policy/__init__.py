@@ -54,20 +54,25 @@ class AccessPolicy:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.path: str | None = None
-        self.rules = Rules()
-        self.buckets: dict[str, TokenBucket] = {}
+        #: The rules and their buckets, replaced as one tuple: checks run on several queue
+        #: threads while ``fsd_reload`` runs on the daemon's, and a check must never pair
+        #: new rules with old buckets (or the reverse).
+        self.state: tuple[Rules, dict[str, TokenBucket]] = (Rules(), {})
         self.clock = clock
         self.denials = 0
-        # reload() may come from another thread (a test, an admin tool): swap atomically.
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # for ``denials`` only
+
+    @property
+    def rules(self) -> Rules:
+        """The rules in force."""
+        return self.state[0]
 
     def use(self, rules: Rules) -> None:
         """Put ``rules`` in force (fresh rate buckets)."""
         now = self.clock()
         buckets = {name: TokenBucket(spec.per_second, spec.burst, now)
                    for name, spec in rules.rates.items()}  # fmt: skip
-        with self._lock:
-            self.rules, self.buckets = rules, buckets
+        self.state = (rules, buckets)  # one store: atomic for readers
 
     def load(self, path: str) -> None:
         """Load ``path`` and remember it for reloads; raise if it is invalid."""
@@ -105,7 +110,7 @@ class AccessPolicy:
 
     @hookimpl
     def fsd_fuse_check(self, request: FuseRequestInfo) -> int | None:
-        rules, buckets = self.rules, self.buckets
+        rules, buckets = self.state
         decision = rules.decide(request)
         if decision is None:
             bucket = buckets.get(request.op_class)
@@ -114,7 +119,8 @@ class AccessPolicy:
             code, reason = errno.EAGAIN, f"rate limit for {request.op_class} operations"
         else:
             code, reason = decision.errno, decision.reason
-        self.denials += 1
+        with self._lock:
+            self.denials += 1
         log.warning(
             "denied %s %s (uid %d pid %d): %s",
             request.op, " -> ".join(request.paths()) or f"nodeid {request.nodeid}",

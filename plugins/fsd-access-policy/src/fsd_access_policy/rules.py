@@ -18,6 +18,16 @@
 Paths are share-relative with a leading ``/``. Globs use ``fnmatch`` (``*`` also matches
 ``/``) and are tried against the path and each of its parents, so a denied directory denies
 its subtree. Unknown keys are errors: a typo must not silently weaken a policy.
+
+Rules match paths, not inodes, so renaming an ancestor would carry a protected subtree out
+from under its rule (``mv /data /moved``, then write ``/moved/ro/f``). Hence RENAME, RENAME2
+and RMDIR are denied when a protected root lies at or below their source or destination:
+each ``read_only`` root (EROFS), and each ``deny`` pattern's literal directory prefix
+(EACCES): the whole pattern when it has no wildcard, ``/data`` for ``/data/*.key``. A
+pattern starting with a wildcard (``*.key``, ``*/.ssh``) matches wherever the name goes, so
+it needs no guard; one whose wildcard comes in the first component (``/da*/x``) cannot be
+guarded and does not follow a renamed subtree. ``write_allowed`` needs no guard: every
+ancestor of a writable root is outside it, so renaming one is already denied.
 """
 
 from __future__ import annotations
@@ -29,12 +39,16 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from fsd.fuse.abi import Opcode
 from fsd.hookinfo import OP_CLASSES, FuseRequestInfo
 
 __all__ = ["Decision", "PolicyError", "RateSpec", "Rules", "UidRules", "parse_rules"]
 
 _TOP_KEYS: Final = {"read_only", "deny", "write_allowed", "uid", "rate"}
 _UID_KEYS: Final = {"uid", "read_only", "deny", "write_allowed"}
+#: Operations that move or remove a directory, and so every path below it.
+_SUBTREE_OPS: Final = frozenset({int(Opcode.RENAME), int(Opcode.RENAME2), int(Opcode.RMDIR)})
+_WILDCARDS: Final = re.compile(r"[*?\[]")
 
 
 class PolicyError(ValueError):
@@ -65,6 +79,25 @@ def _under(path: str, roots: tuple[str, ...]) -> bool:
     return any(root == "/" or path == root or path.startswith(root + "/") for root in roots)
 
 
+def _holds(path: str, roots: tuple[str, ...]) -> str | None:
+    """The first root at or below ``path`` (``path`` is it or one of its ancestors)."""
+    for root in roots:
+        if path == "/" or root == path or root.startswith(path + "/"):
+            return root
+    return None
+
+
+def _guards(patterns: Iterable[str]) -> tuple[str, ...]:
+    """The literal directory prefix of each deny pattern, which renames must not move."""
+    out = []
+    for pattern in patterns:
+        wildcard = _WILDCARDS.search(pattern)
+        end = len(pattern) if wildcard is None else pattern.rfind("/", 0, wildcard.start())
+        if end > 0 and pattern.startswith("/"):
+            out.append(pattern[:end])
+    return tuple(out)
+
+
 def _paths(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise PolicyError(f"{where}: expected a list of strings")
@@ -74,13 +107,14 @@ def _paths(value: Any, where: str) -> tuple[str, ...]:
     return tuple(v.rstrip("/") or "/" for v in value)
 
 
-def _globs(value: Any, where: str) -> re.Pattern[str] | None:
+def _globs(value: Any, where: str) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
+    """The compiled patterns, and their guards (see the module docstring)."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise PolicyError(f"{where}: expected a list of non-empty strings")
     patterns = [v.rstrip("/") or "/" for v in value]
     if not patterns:
-        return None
-    return re.compile("|".join(fnmatch.translate(p) for p in patterns))
+        return None, ()
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)), _guards(patterns)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,6 +124,7 @@ class UidRules:
     read_only: bool = False
     deny: re.Pattern[str] | None = None
     write_allowed: tuple[str, ...] | None = None
+    deny_guards: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,6 +144,8 @@ class Rules:
     write_allowed: tuple[str, ...] | None = None
     uids: Mapping[int, UidRules] = dataclasses.field(default_factory=dict)
     rates: Mapping[str, RateSpec] = dataclasses.field(default_factory=dict)
+    #: Literal directory prefixes of ``deny``, which no rename or rmdir may move.
+    deny_guards: tuple[str, ...] = ()
 
     def denied_path(self, path: str, uid: int | None = None) -> bool:
         """Whether a glob denies ``path`` (or one of its parents) globally or for ``uid``."""
@@ -135,6 +172,20 @@ class Rules:
             for allowed in (self.write_allowed, extra.write_allowed if extra else None):
                 if allowed is not None and not _under(path, allowed):
                     return Decision(errno.EROFS, f"{path} is outside the writable paths")
+        if request.opcode in _SUBTREE_OPS:
+            return self._moves_protected(paths, extra)
+        return None
+
+    def _moves_protected(self, paths: tuple[str, ...], extra: UidRules | None) -> Decision | None:
+        """Deny moving or removing a directory that holds a protected root (see the module)."""
+        denied = self.deny_guards + (extra.deny_guards if extra else ())
+        for path in paths:
+            root = _holds(path, self.read_only)
+            if root is not None:
+                return Decision(errno.EROFS, f"{path} holds the read-only subtree {root}")
+            root = _holds(path, denied)
+            if root is not None:
+                return Decision(errno.EACCES, f"{path} holds the denied path {root}")
         return None
 
 
@@ -160,10 +211,12 @@ def parse_rules(doc: Mapping[str, Any]) -> Rules:
         if not isinstance(read_only, bool):
             raise PolicyError(f"{where}.read_only: expected true or false")
         allowed = table.get("write_allowed")
+        deny, guards = _globs(table.get("deny", []), f"{where}.deny")
         uids[uid] = UidRules(
             read_only,
-            _globs(table.get("deny", []), f"{where}.deny"),
+            deny,
             None if allowed is None else _paths(allowed, f"{where}.write_allowed"),
+            guards,
         )
     rates: dict[str, RateSpec] = {}
     rate_table = doc.get("rate", {})
@@ -186,10 +239,12 @@ def parse_rules(doc: Mapping[str, Any]) -> Rules:
             raise PolicyError(f"{where}.per_second: must be positive")
         rates[name] = RateSpec(float(per_second), float(burst))
     allowed = doc.get("write_allowed")
+    deny, guards = _globs(doc.get("deny", []), "deny")
     return Rules(
         read_only=_paths(doc.get("read_only", []), "read_only"),
-        deny=_globs(doc.get("deny", []), "deny"),
+        deny=deny,
         write_allowed=None if allowed is None else _paths(allowed, "write_allowed"),
         uids=uids,
         rates=rates,
+        deny_guards=guards,
     )

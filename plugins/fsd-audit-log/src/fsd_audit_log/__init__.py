@@ -81,13 +81,15 @@ class AuditLog:
         self.sink = Sink(path, max_bytes=max_bytes, backups=backups)
 
     def close(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
-            self.sink = None
+        """Close the sink; an audit call racing with this on a queue thread drops its line."""
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.close()
 
     def _emit(self, record: dict[str, Any]) -> None:
-        if self.sink is not None:
-            self.sink.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        sink = self.sink  # read once: close() may clear it from another thread
+        if sink is not None:
+            sink.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
 
     # --- hooks -----------------------------------------------------------------------------
 
@@ -149,8 +151,9 @@ class AuditLog:
 
     @hookimpl
     def fsd_reload(self) -> None:
-        if self.sink is not None:
-            self.sink.open()
+        sink = self.sink
+        if sink is not None:
+            sink.open()
 
     @hookimpl
     def fsd_daemon_stopping(self) -> None:

@@ -3,12 +3,18 @@
 Each line goes out in one ``write(2)`` on an ``O_APPEND`` descriptor: no Python buffer to lose
 on a crash, and lines from several processes never interleave. Rotation renames
 ``log`` → ``log.1`` → ``log.2`` ... and drops the oldest, like ``logging.RotatingFileHandler``.
+
+One lock serializes writing, rotating, reopening and closing: audit hooks run on several
+queue threads at once and ``fsd_reload`` on the daemon's thread. Unlocked, two threads
+rotated at once, wrote to a descriptor the other had closed, and closed it twice; by then
+the number may name a file the daemon opened for the guest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from typing import Final
 
 __all__ = ["Sink"]
@@ -26,6 +32,7 @@ class Sink:
         self.mode = mode
         self._fd = -1
         self._size = 0
+        self._lock = threading.Lock()
         self.open()
 
     @property
@@ -34,27 +41,48 @@ class Sink:
 
     def open(self) -> None:
         """(Re)open the file: after an outside rotation (SIGHUP → ``fsd_reload``) too."""
-        self.close()
+        with self._lock:
+            self._open()
+
+    def write(self, line: bytes) -> None:
+        """Append one line (with its newline); rotate first if it would overflow.
+
+        A closed sink drops the line: an audit call may still be running on a queue thread
+        while the daemon stops.
+        """
+        with self._lock:
+            if self._fd < 0:
+                return
+            size = self._size
+            if self.max_bytes and size and size + len(line) > self.max_bytes:
+                self._rotate()
+            os.write(self._fd, line)
+            self._size += len(line)
+
+    def rotate(self) -> None:
+        """Shift ``path.N`` up by one, move ``path`` to ``path.1``, start an empty ``path``."""
+        with self._lock:
+            self._rotate()
+
+    def close(self) -> None:
+        """Close the file (never stderr); writes after this are dropped."""
+        with self._lock:
+            self._close()
+
+    # --- callers hold the lock -------------------------------------------------------------
+
+    def _open(self) -> None:
+        self._close()
         if self.is_stderr:
             self._fd = 2
             return
         self._fd = os.open(self.path, _FLAGS, self.mode)
         self._size = os.fstat(self._fd).st_size
 
-    def write(self, line: bytes) -> None:
-        """Append one line (with its newline); rotate first if it would overflow."""
-        size = self._size
-        if self.max_bytes and size and size + len(line) > self.max_bytes and not self.is_stderr:
-            self.rotate()
-        os.write(self._fd, line)
-        self._size += len(line)
-
-    def rotate(self) -> None:
-        """Shift ``path.N`` up by one, move ``path`` to ``path.1``, start an empty ``path``."""
+    def _rotate(self) -> None:
         if self.is_stderr:
             return
-        os.close(self._fd)
-        self._fd = -1
+        self._close()
         if self.backups <= 0:
             os.unlink(self.path)
         else:
@@ -62,9 +90,9 @@ class Sink:
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
             os.replace(self.path, f"{self.path}.1")
-        self.open()
+        self._open()
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if self._fd > 2:
             os.close(self._fd)
         self._fd = -1
