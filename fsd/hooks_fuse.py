@@ -57,6 +57,10 @@ _OUT: Final = OUT_HEADER.size
 #: Requests that never get a reply, so a check cannot deny them.
 _NO_REPLY: Final = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT,
                               Opcode.NOTIFY_REPLY})  # fmt: skip
+#: Session requests no check may deny (they are still audited): a denied or failed INIT
+#: leaves the guest without a filesystem while the daemon stays up, with nothing but a log
+#: line to say why; DESTROY ends the session, and refusing that protects nothing.
+_SESSION: Final = frozenset({Opcode.INIT, Opcode.DESTROY})
 #: Enough of any non-WRITE request for its structs and names (two names and a symlink target).
 _PEEK_MAX: Final = _HDR + 64 + 2 * 1025 + 4097
 _OP_NAMES: Final = {int(op): op.name for op in Opcode}
@@ -186,6 +190,7 @@ class HookedHandler:
         self._no_reply = (
             _NO_REPLY | {Opcode.DESTROY} if self.transport == "vhost-user" else _NO_REPLY
         )
+        self._unchecked = self._no_reply | _SESSION
 
     def _path_of(self, nodeid: int) -> str | None:
         try:
@@ -213,9 +218,8 @@ class HookedHandler:
         except Exception:
             log.exception("cannot describe a FUSE request for the plugins; answering EIO")
             return self._refuse(views, reply, errno.EIO)
-        no_reply = info.opcode in self._no_reply
         plugins = self.plugins
-        if not no_reply and plugins.has_fuse_check:
+        if plugins.has_fuse_check and info.opcode not in self._unchecked:
             denied = plugins.fuse_check(info)
             if denied:
                 size = _error_reply(reply, denied, info.unique)

@@ -62,7 +62,9 @@ def fsd_configure(config: PluginConfig) -> None:
 
 
 # -------------------------------------------------------------------------------------------
-# FUSE hooks: called for every request, inline on the queue's thread (the hot path)
+# FUSE hooks: called for every request, inline on the thread serving it (the hot path): one
+# worker thread per virtqueue under ``fsd serve`` (so concurrently), the trio thread under
+# ``fsd mount``
 # -------------------------------------------------------------------------------------------
 
 
@@ -74,11 +76,14 @@ def fsd_fuse_check(request: FuseRequestInfo) -> int | None:
 
     Return ``None`` to abstain. Stops at first non-None result: the first denial wins, and no
     plugin can allow what another denied (there is no "allow" value). The guest gets
-    ``-errno``. Not called for requests that get no reply (FORGET, BATCH_FORGET, INTERRUPT,
-    DESTROY on vhost-user), which cannot be denied.
+    ``-errno``. Not called for requests that get no reply (FORGET, BATCH_FORGET, INTERRUPT),
+    nor for INIT and DESTROY: a denied INIT would leave the guest without a filesystem while
+    the daemon stays up. The audit hook still sees all of them.
 
     Synchronous and on the hot path: a slow implementation delays every request on that
-    queue. Hand slow work (network, disk) to your own thread. An exception, a non-int result,
+    queue (under ``fsd mount``, also the allowlist socket and signals). Hooks may run on
+    several threads at once: guard shared state. Hand slow work (network, disk) to your own
+    thread. An exception, a non-int result,
     an errno outside 1..4095 or an ``async def`` implementation denies with EACCES and is
     logged with the plugin's name.
     """
@@ -129,7 +134,11 @@ def fsd_allowlist_audit(change: AllowlistChange, response: Response) -> None:
 
 
 # -------------------------------------------------------------------------------------------
-# Lifecycle hooks
+# Lifecycle hooks: called on the daemon's trio thread. An awaitable an implementation returns
+# is awaited to completion, at most 5 s (then cancelled and logged), and the daemon waits for
+# it: under ``fsd serve`` the VMM is accepted only after fsd_daemon_started returns and its
+# queues are served only after fsd_vmm_connected returns. Do not start long-running work in
+# an awaitable; start your own (daemon) thread and stop it in fsd_daemon_stopping.
 # -------------------------------------------------------------------------------------------
 
 
@@ -139,8 +148,9 @@ def fsd_daemon_started(daemon: DaemonInfo) -> None:
 
     :param daemon: the shared directory, the transport and the socket path or mount point.
 
-    Synchronous; an implementation may also return an awaitable, which the daemon awaits
-    (start background work here). Exceptions are logged.
+    Synchronous; may return an awaitable, which the daemon awaits to completion (at most
+    5 s, then cancelled) before it accepts the VMM: keep it short. Long-running work belongs
+    on your own thread, not in the awaitable. Exceptions are logged.
     """
 
 
@@ -150,7 +160,8 @@ def fsd_vmm_connected(vmm: VmmInfo) -> None:
 
     :param vmm: the front-end's pid/uid/gid from ``SO_PEERCRED``.
 
-    Synchronous; may return an awaitable. Exceptions are logged.
+    Synchronous; may return an awaitable, awaited to completion (at most 5 s) before the
+    daemon serves the VMM's queues. Exceptions are logged.
     """
 
 
@@ -160,7 +171,8 @@ def fsd_vmm_disconnected(vmm: VmmInfo) -> None:
 
     :param vmm: the same value :func:`fsd_vmm_connected` got.
 
-    Synchronous; may return an awaitable. Exceptions are logged.
+    Synchronous; may return an awaitable, awaited to completion (at most 5 s). Exceptions
+    are logged.
     """
 
 
@@ -168,7 +180,9 @@ def fsd_vmm_disconnected(vmm: VmmInfo) -> None:
 def fsd_reload() -> None:
     """Reread configuration (the daemon got SIGHUP).
 
-    Synchronous. The daemon owns signal handling: plugins must not install signal handlers
+    Synchronous, on the daemon's trio thread while FUSE hooks may be running on queue
+    threads: replace your configuration as one value (one attribute store), never piece by
+    piece. The daemon owns signal handling: plugins must not install signal handlers
     themselves. Keep the old configuration if the new one is bad, and log why.
     """
 
@@ -179,5 +193,7 @@ def fsd_daemon_stopping(reason: str) -> None:
 
     :param reason: ``"signal SIGTERM"``, ``"vmm disconnected"``, ``"unmounted"``...
 
-    Synchronous; may return an awaitable (awaited briefly). Exceptions are logged.
+    Synchronous; may return an awaitable, awaited to completion (at most 5 s) even though
+    the daemon is being cancelled. A queue thread may still be in an audit hook meanwhile:
+    make closing safe against that. Exceptions are logged.
     """

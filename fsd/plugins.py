@@ -93,8 +93,11 @@ def _load_object(path: str) -> object:
 def load_plugins(pm: pluggy.PluginManager, names: Iterable[str]) -> None:
     """Register the named plugins (entry-point names or ``module:object`` paths), nothing else.
 
-    Raises :class:`PluginError` for an unknown name, an import error, or an implementation
-    that does not match a hook specification (misspelled hook, unknown argument).
+    Raises :class:`PluginError` for an unknown name, an import error, an implementation that
+    does not match a hook specification (misspelled hook, unknown argument), or a
+    ``module:object`` path naming an object with no ``@hookimpl`` at all: a typo there
+    (``--plugin os:path``) would otherwise load a policy that enforces nothing, silently. An
+    entry point with no hooks is only warned about: its package chose to publish it.
     """
     for name in names:
         if pm.has_plugin(name):
@@ -112,6 +115,12 @@ def load_plugins(pm: pluggy.PluginManager, names: Iterable[str]) -> None:
             raise
         except Exception as exc:
             raise PluginError(f"cannot load plugin {name!r}: {exc!r}") from exc
+        if not pm.get_hookcallers(pm.get_plugin(name)):
+            what = f"plugin {name!r} implements no fsd hook (none marked with @hookimpl)"
+            if ":" in name:
+                pm.unregister(name=name)
+                raise PluginError(f"{what}: is the path right?")
+            log.warning("%s; it will do nothing", what)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -305,6 +314,9 @@ class Plugins:
             _close(result)
 
     async def _lifecycle(self, hook: str, **kwargs: Any) -> None:
+        """Call each implementation in turn and await what it returns, to completion but at
+        most :data:`LIFECYCLE_TIMEOUT` (shielded from the daemon's cancellation): the daemon
+        waits meanwhile, so a hook returning a never-ending task delays it and is cancelled."""
         for name, fn, args, _ in self._impls(hook):
             try:
                 result = fn(*_pick(args, **kwargs))
@@ -313,7 +325,9 @@ class Plugins:
                         scope.shield = True
                         await result
                     if scope.cancelled_caught:
-                        log.warning("plugin %r: %s timed out after %s s", name, hook,
+                        log.warning("plugin %r: %s did not finish within %s s and was cancelled "
+                                    "(lifecycle hooks are awaited to completion; run long work "
+                                    "on your own thread)", name, hook,
                                     LIFECYCLE_TIMEOUT)  # fmt: skip
             except Exception:
                 log.exception("plugin %r: %s raised", name, hook)

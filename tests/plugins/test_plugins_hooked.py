@@ -141,24 +141,37 @@ def test_denial_answers_the_errno_and_skips_the_filesystem(share: Path) -> None:
 @pytest.mark.parametrize("transport", ["vhost-user", "dev-fuse"])
 def test_requests_without_reply_cannot_be_denied(share: Path, transport: Any) -> None:
     rec = Recorder()
-    rec.deny = lambda r: errno.EPERM if r.op != "INIT" else None
+    rec.deny = lambda r: errno.EPERM
     with hooked_client(share, rec, transport=transport) as c:
         assert c.call(fr.forget(c.next_unique(), 5, 1)) == b""
         assert c.call(fr.batch_forget(c.next_unique(), [(5, 1)])) == b""
         assert c.call(fr.interrupt(c.next_unique(), 2)) == b""
         destroy = c.call(fr.destroy(c.next_unique()))
-    ops = [r.op for r in checks(rec)]
-    assert "FORGET" not in ops and "BATCH_FORGET" not in ops and "INTERRUPT" not in ops
+    assert checks(rec) == []
+    assert [a[0] for a in audits(rec)] == ["INIT", "FORGET", "BATCH_FORGET", "INTERRUPT", "DESTROY"]
     if transport == "vhost-user":
-        assert destroy == b"" and "DESTROY" not in ops
-        assert [a[0] for a in audits(rec)[-4:]] == [
-            "FORGET",
-            "BATCH_FORGET",
-            "INTERRUPT",
-            "DESTROY",
-        ]
-    else:  # on /dev/fuse DESTROY is answered, so it can be denied
-        assert fr.parse_reply(destroy).error == -errno.EPERM
+        assert destroy == b""
+    else:  # on /dev/fuse DESTROY is answered, but not checked either
+        assert fr.parse_reply(destroy).error == 0
+
+
+@pytest.mark.parametrize("how", ["deny", "raise"])
+def test_init_and_destroy_are_never_checked_but_audited(share: Path, how: str) -> None:
+    """A check that denies or raises on everything must not break the session: INIT still
+    succeeds (the guest mounts and sees the denials on its requests) and is audited."""
+
+    def deny(request: FuseRequestInfo) -> int:
+        if how == "raise":
+            raise RuntimeError("a plugin bug")
+        return errno.EPERM
+
+    rec = Recorder()
+    rec.deny = deny
+    with hooked_client(share, rec, transport="dev-fuse") as c:  # init() raises if INIT fails
+        assert c.errno_of(fr.getattr(c.next_unique(), 1)) in (errno.EPERM, errno.EACCES)
+        assert fr.parse_reply(c.call(fr.destroy(c.next_unique()))).error == 0
+    assert [r.op for r in checks(rec)] == ["GETATTR"]
+    assert [a[:2] for a in audits(rec)][0::2] == [("INIT", 0), ("DESTROY", 0)]
 
 
 class Broken:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,6 +75,32 @@ def test_import_error_and_misspelled_hook_are_refused() -> None:
         load_plugins(create_manager(), ["no_such_module:x"])
     with pytest.raises(PluginError, match="fsd_fuse_chek"):
         load_plugins(create_manager(), ["sample_plugin:misspelled"])
+
+
+def test_module_path_without_hooks_is_refused() -> None:
+    """A typo in a security boundary must not pass silently: ``os:path`` enforces nothing."""
+    pm = create_manager()
+    with pytest.raises(PluginError, match=r"plugin 'os:path' implements no fsd hook.*path right"):
+        load_plugins(pm, ["os:path"])
+    assert pm.get_plugins() == set()
+    with pytest.raises(PluginError, match="implements no fsd hook"):
+        setup_plugins(["fsd.hookspecs:"])  # specifications are not implementations
+
+
+def test_entry_point_without_hooks_loads_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """An installed distribution published it on purpose: warn, do not refuse."""
+    dist = tmp_path / "fsd_empty-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fsd-empty\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[fsd]\nempty = os:path\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm = create_manager()
+    with caplog.at_level(logging.WARNING, logger="fsd.plugins"):
+        load_plugins(pm, ["empty"])
+    assert pm.has_plugin("empty")
+    assert "plugin 'empty' implements no fsd hook" in caplog.text
 
 
 def test_wrappers_are_refused_for_per_request_hooks() -> None:
@@ -318,6 +345,34 @@ async def test_lifecycle_hooks_await_results_and_survive_errors(caplog: Any) -> 
         await plugins.daemon_stopping("signal SIGTERM")  # shielded: runs while cancelled
     assert events == ["started vhost-user", "reload", "stopping signal SIGTERM"]
     assert "fsd_vmm_connected raised" in caplog.text
+
+
+async def test_lifecycle_awaitable_is_awaited_to_completion_then_cancelled(
+    monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """As documented: the daemon waits for a lifecycle awaitable, at most LIFECYCLE_TIMEOUT,
+    so "background work" returned from fsd_daemon_started delays it and is then cancelled."""
+    monkeypatch.setattr("fsd.plugins.LIFECYCLE_TIMEOUT", 0.2)
+    events: list[str] = []
+
+    class Background:
+        @hookimpl
+        def fsd_daemon_started(self) -> Coroutine[Any, Any, None]:
+            async def forever() -> None:
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    events.append("cancelled")
+
+            return forever()
+
+    plugins = plugin_manager(Background())
+    start = trio.current_time()
+    await plugins.daemon_started(DaemonInfo("/srv", "vhost-user", "/run/fs.sock"))
+    assert trio.current_time() - start >= 0.2
+    assert events == ["cancelled"]
+    assert "did not finish within 0.2 s and was cancelled" in caplog.text
+    assert "run long work on your own thread" in caplog.text
 
 
 # --- fsd plugins ------------------------------------------------------------------------------
