@@ -178,16 +178,8 @@ def _run_conf(tag: str, mount_options: str) -> bytes:
 
 def _write_initrd(path: Path, base: Path, workload: str, tag: str, mount_options: str) -> None:
     """Base initramfs + zero padding to 4 bytes (the kernel wants aligned archives) + run files."""
-    extra = newc_archive(
-        {"fsd/workload.sh": workload.encode(), "fsd/run.conf": _run_conf(tag, mount_options)}
-    )
-    with path.open("wb") as out, base.open("rb") as src:
-        size = 0
-        while chunk := src.read(1 << 20):
-            out.write(chunk)
-            size += len(chunk)
-        out.write(b"\0" * (-size % 4))
-        out.write(extra)
+    files = {"fsd/workload.sh": workload.encode(), "fsd/run.conf": _run_conf(tag, mount_options)}
+    _append_archive(path, base, newc_archive(files))
 
 
 def qemu_command(
@@ -360,7 +352,12 @@ def rootfs_append(tag: str, *, read_only: bool = False, root_flags: str = "") ->
 
 def _write_rootfs_initrd(path: Path, base: Path) -> None:
     """Base initramfs (modules, busybox) with init-rootfs.sh appended over its /init."""
-    extra = newc_archive({"init": ROOTFS_INIT.read_bytes()})
+    _append_archive(path, base, newc_archive({"init": ROOTFS_INIT.read_bytes()}))
+
+
+def _append_archive(path: Path, base: Path, extra: bytes) -> None:
+    """Write ``base`` to ``path``, pad it to 4 bytes (the kernel wants aligned archives) and
+    append ``extra``: Linux unpacks concatenated cpio archives, later files replacing earlier."""
     with path.open("wb") as out, base.open("rb") as src:
         size = 0
         while chunk := src.read(1 << 20):
