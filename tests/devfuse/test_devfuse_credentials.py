@@ -5,7 +5,6 @@ denies what that user may not do (the process runs as uid/gid 1000 without group
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from fsd.fs import FsOptions
 from fsd.testing.mount import Mount, devfuse_unavailable, mounted
+from tests.devfuse.unprivileged import system_python
 
 USER = 1000
 
@@ -53,20 +53,9 @@ def user_mount(share: Path) -> Iterator[Mount]:
         yield mount
 
 
-def _system_python() -> str:
-    """A Python the unprivileged user can run (the venv's may live under /root)."""
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(candidate):
-            return candidate
-    found = shutil.which("python3", path="/usr/bin:/bin")
-    if found is None:
-        pytest.skip("no system python3 for the unprivileged user")
-    return found
-
-
 def test_a_non_root_user_creates_as_itself(user_mount: Mount, share: Path) -> None:
     done = subprocess.run(
-        [_system_python(), "-c", SCRIPT, str(user_mount.mountpoint)],
+        [system_python(), "-c", SCRIPT, str(user_mount.mountpoint)],
         user=USER,
         group=USER,
         extra_groups=[],
@@ -116,7 +105,7 @@ def test_create_over_a_name_the_kernel_thought_absent(share: Path) -> None:
     os.chmod(share, 0o777)  # not sticky: fs.protected_regular would refuse on its own
     with mounted(share, options=FsOptions(negative_timeout=30)) as mount:
         child = subprocess.Popen(
-            [_system_python(), "-c", RACE_SCRIPT, str(mount.mountpoint / "secret")],
+            [system_python(), "-c", RACE_SCRIPT, str(mount.mountpoint / "secret")],
             user=USER,
             group=USER,
             extra_groups=[],

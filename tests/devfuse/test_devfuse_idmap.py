@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from fsd.daemon import mount_syscalls
 from fsd.fs import FsOptions
 from fsd.fs.idmap import parse_id_maps
 from fsd.testing.mount import devfuse_unavailable, force_unmount, mounted
+from tests.devfuse.unprivileged import system_python
 
 pytestmark = [
     pytest.mark.devfuse,
@@ -48,17 +48,6 @@ try:
 except PermissionError:
     print("read-other-0600", "denied")
 """
-
-
-def _system_python() -> str:
-    """A Python the unprivileged user can run (the venv's may live under /root)."""
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.path.exists(candidate):
-            return candidate
-    found = shutil.which("python3", path="/usr/bin:/bin")
-    if found is None:
-        pytest.skip("no system python3 for the unprivileged user")
-    return found
 
 
 @pytest.fixture
@@ -100,7 +89,7 @@ def idmapped(share: Path) -> Iterator[Path]:
 
 def test_a_mapped_user_through_the_host_kernel(idmapped: Path, share: Path) -> None:
     done = subprocess.run(
-        [_system_python(), "-c", SCRIPT, str(idmapped)],
+        [system_python(), "-c", SCRIPT, str(idmapped)],
         user=1000,
         group=1000,
         extra_groups=[],
