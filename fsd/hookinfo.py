@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Final, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, Final, Literal, NamedTuple
 
-from fsd.fuse.abi import Opcode
+from fsd.fuse.abi import FATTR_MODE, Opcode
+from fsd.fuse.requests import OPS, Request
 
 __all__ = [
     "OP_CLASSES",
@@ -19,6 +21,7 @@ __all__ = [
     "FuseRequestInfo",
     "OpClass",
     "VmmInfo",
+    "describe",
     "op_class_of",
     "writes_of",
 ]
@@ -145,6 +148,45 @@ class FuseRequestInfo(NamedTuple):
         """Every known path the operation touches (one or two), for policies and logs."""
         first, second = self.entry_path, self.new_entry_path
         return tuple(p for p in (first, second) if p is not None)
+
+
+PathOf = Callable[[int], "str | None"]
+"""A nodeid's path as plugins see it (``None`` if unknown)."""
+
+Transport = Literal["vhost-user", "dev-fuse"]
+
+#: Decoded arguments plugins see under their own names (the field names of ``fuse.requests.OPS``).
+_SHOWN: Final = ("name", "newname", "target", "flags", "mode", "offset", "size")
+_OP_NAMES: Final = {int(op): op.name for op in Opcode}
+
+
+def describe(req: Request, path_of: PathOf, transport: Transport) -> FuseRequestInfo:
+    """What plugins see of a decoded request: nothing is parsed again here."""
+    opcode = req.opcode
+    path = path_of(req.nodeid)
+    extra: dict[str, Any] = {}
+    op = OPS.get(opcode)
+    if op is not None and op.fields:
+        args = dict(zip(op.fields, req.args, strict=False))
+        extra = {field: args[field] for field in _SHOWN if field in args}
+        if "newdir" in args:  # RENAME, RENAME2
+            extra["new_path"] = path_of(args["newdir"])
+        elif "nodeid_out" in args:  # COPY_FILE_RANGE: the destination file
+            extra["new_path"] = path_of(args["nodeid_out"])
+        elif "oldnodeid" in args:  # LINK: the existing file, and where the new link goes
+            extra["new_path"], path = path, path_of(args["oldnodeid"])
+        if opcode == Opcode.SETATTR:
+            valid = args["valid"]
+            extra = {"flags": valid, "mode": args["mode"] if valid & FATTR_MODE else None}
+    for field in ("name", "newname", "target"):
+        if field in extra:
+            extra[field] = os.fsdecode(extra[field])
+    flags = extra.pop("flags", None)
+    return FuseRequestInfo(
+        _OP_NAMES.get(opcode) or f"OPCODE_{opcode}", opcode, req.unique, req.nodeid, path,
+        req.uid, req.gid, req.pid, transport, op_class_of(opcode, flags),
+        writes=writes_of(opcode, flags), flags=flags, **extra,
+    )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

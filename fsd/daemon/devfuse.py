@@ -18,7 +18,6 @@ import stat
 import struct
 import sys
 from collections.abc import Sequence
-from typing import Protocol
 
 import trio
 
@@ -32,15 +31,15 @@ from fsd.fs import FsOptions, PassthroughFs
 from fsd.fs.credentials import drop_supplementary_groups
 from fsd.fs_arguments import add_filesystem_arguments, filesystem_options
 from fsd.fuse import FuseServer
+from fsd.fuse.replies import DEFERRED
 from fsd.hookinfo import DaemonInfo
-from fsd.hooks_fuse import HookedHandler
+from fsd.hooks_fuse import RequestHandler, make_request_handler
 from fsd.plugins import PluginError, Plugins, setup_plugins
 from fsd.sgbuf import SgReader, SgWriter
 
 __all__ = [
     "BUFFER_SIZE",
     "MountError",
-    "RequestHandler",
     "check_mountpoint",
     "main",
     "serve_mount",
@@ -58,22 +57,11 @@ BUFFER_SIZE = 40 + 40 + MAX_WRITE + 4096
 # uncancellable (it only awaits when a read finds nothing).
 _REQUESTS_PER_CHECKPOINT = 256
 
-_IN_HEADER = struct.Struct("<IIQ")  # len, opcode, unique: the part needed to answer EIO
 _OUT_HEADER = struct.Struct("<IiQ")
-_NO_REPLY_OPCODES = frozenset({2, 36, 42})  # FORGET, INTERRUPT, BATCH_FORGET
 
 
 class MountError(Exception):
     """The shared directory or mount point cannot be used, or mount(2) refused."""
-
-
-class RequestHandler(Protocol):
-    """What the /dev/fuse loop needs from a FUSE server (``fsd.fuse.FuseServer`` is one)."""
-
-    def handle(self, request: SgReader, reply: SgWriter) -> int:
-        """Answer one request; return the reply's length, 0 for no reply, or DEFERRED
-        (negative: the reply comes later, see ``fsd.fuse.deferred``). Never raises."""
-        ...
 
 
 def check_mountpoint(
@@ -107,7 +95,7 @@ def check_mountpoint(
     return shared, target
 
 
-def _default_server(
+def _default_handler(
     shared_dir: str,
     options: FsOptions | None,
     allowlist: Allowlist | None = None,
@@ -116,10 +104,7 @@ def _default_server(
     """The passthrough filesystem behind the FUSE server, as ``fsd serve`` builds it, with the
     plugins' FUSE hooks around it only if some plugin implements one."""
     fs = PassthroughFs(shared_dir, options, allowlist=allowlist)
-    server = FuseServer(fs, transport="dev-fuse")
-    if plugins is not None and plugins.has_fuse_hooks:
-        return HookedHandler(server, plugins)
-    return server
+    return make_request_handler(FuseServer(fs, transport="dev-fuse"), plugins)
 
 
 async def serve_mount(
@@ -127,7 +112,7 @@ async def serve_mount(
     mountpoint: str | os.PathLike[str],
     *,
     options: FsOptions | None = None,
-    server: RequestHandler | None = None,
+    handler: RequestHandler | None = None,
     allowlist_socket_path: str | os.PathLike[str] | None = None,
     allowlist: Allowlist | None = None,
     allowlist_check: CheckHook | None = None,
@@ -139,24 +124,24 @@ async def serve_mount(
 
     ``task_status.started(mountpoint)`` is called once the mount exists. Returns by itself when
     the mount is removed from outside (the kernel then answers ENODEV); on cancellation it
-    detaches the mount. ``server`` replaces the default passthrough server (tests, plugins).
+    detaches the mount. ``handler`` replaces the default passthrough server (tests, plugins).
 
     ``allowlist_socket_path`` starts the allowlist control server (as ``fsd serve`` does) for
-    ``allowlist`` (a fresh, empty one by default) before mounting; a custom ``server`` must
+    ``allowlist`` (a fresh, empty one by default) before mounting; a custom ``handler`` must
     then be built on that same allowlist. ``plugins`` adds their FUSE hooks to the default
     server and their allowlist hooks to the control server.
     """
     shared, target = check_mountpoint(shared_dir, mountpoint)
     if allowlist_socket_path is not None and allowlist is None:
         allowlist = Allowlist()
-    if server is None:
-        server = _default_server(shared, options, allowlist, plugins)
+    if handler is None:
+        handler = _default_handler(shared, options, allowlist, plugins)
     if plugins is not None:
         plugin_check, plugin_after = plugins.allowlist_callbacks()
         allowlist_check = chain_checks(allowlist_check, plugin_check)
         allowlist_after = chain_afters(allowlist_after, plugin_after)
     if allowlist_socket_path is None:
-        await _mount_and_serve(shared, target, server, task_status)
+        await _mount_and_serve(shared, target, handler, task_status)
         return
     assert allowlist is not None
     async with trio.open_nursery() as nursery:
@@ -169,12 +154,12 @@ async def serve_mount(
                 after=allowlist_after,
             )
         )
-        await _mount_and_serve(shared, target, server, task_status)
+        await _mount_and_serve(shared, target, handler, task_status)
         nursery.cancel_scope.cancel()
 
 
 async def _mount_and_serve(
-    shared: str, target: str, server: RequestHandler, task_status: trio.TaskStatus[str]
+    shared: str, target: str, handler: RequestHandler, task_status: trio.TaskStatus[str]
 ) -> None:
     """Mount, report the mount point, serve until unmounted or cancelled, then detach."""
     # The FUSE client already applied the caller's umask to the mode in MKNOD/MKDIR/CREATE;
@@ -201,7 +186,7 @@ async def _mount_and_serve(
         mounted = True
         log.info("serving %s on %s", shared, target)
         task_status.started(target)
-        await _serve_requests(fd, server, pending)
+        await _serve_requests(fd, handler, pending)
         mounted = False  # unmounted from outside: nothing left to detach
         log.info("%s was unmounted", target)
     finally:
@@ -216,7 +201,7 @@ async def _mount_and_serve(
         os.umask(old_umask)
 
 
-async def _serve_requests(fd: int, server: RequestHandler, pending: PendingReplies) -> None:
+async def _serve_requests(fd: int, handler: RequestHandler, pending: PendingReplies) -> None:
     """Read, answer, write, until the kernel says the mount is gone (ENODEV).
 
     A deferred request (SETLKW) keeps its reply buffer until it is answered, from another
@@ -243,34 +228,17 @@ async def _serve_requests(fd: int, server: RequestHandler, pending: PendingRepli
             if e.errno == errno.ENOENT:  # the request was interrupted before we read it
                 continue
             raise
-        size = _handle(server, request_view[:n], reply_writer)
-        if size > 0:
-            if not _write_reply(fd, reply_view[:size]):
-                return
-        elif size:
+        size = handler(SgReader([request_view[:n]]), reply_writer)
+        if size == DEFERRED:
             pending.adopt(functools.partial(_send_deferred, fd, reply_view))
             reply_view = memoryview(bytearray(BUFFER_SIZE))
             reply_writer = SgWriter([reply_view])
+        elif size > 0 and not _write_reply(fd, reply_view[:size]):
+            return
         since_checkpoint += 1
         if since_checkpoint >= _REQUESTS_PER_CHECKPOINT:
             since_checkpoint = 0
             await trio.lowlevel.checkpoint()
-
-
-def _handle(server: RequestHandler, request: memoryview, reply: SgWriter) -> int:
-    """Call the server; if it breaks its never-raise promise, answer EIO instead of dying."""
-    try:
-        return server.handle(SgReader([request]), reply)
-    except Exception:
-        if len(request) < _IN_HEADER.size:
-            log.exception("FUSE server failed on a %d-byte request", len(request))
-            return 0
-        _, opcode, unique = _IN_HEADER.unpack_from(request)
-        log.exception("FUSE server raised on opcode %d (unique %d); answering EIO", opcode, unique)
-        if opcode in _NO_REPLY_OPCODES:
-            return 0
-        reply.pack_at(_OUT_HEADER, 0, _OUT_HEADER.size, -errno.EIO, unique)
-        return _OUT_HEADER.size
 
 
 def _send_deferred(fd: int, reply: memoryview, size: int) -> None:

@@ -22,10 +22,11 @@ from collections.abc import Callable
 import trio
 
 from fsd.daemon.pending import PendingReplies
+from fsd.fuse.replies import DEFERRED
 from fsd.sgbuf import SgReader, SgWriter
 from fsd.virtio.splitq import InvalidChain, QueueBroken, SplitQueue
 
-__all__ = ["ChainHandler", "QueueRunner", "serialized"]
+__all__ = ["ChainHandler", "QueueRunner"]
 
 log = logging.getLogger("fsd.virtio")
 
@@ -33,18 +34,8 @@ BATCH = 256
 """Chains served per wake-up before the worker looks at its stop flag and signals the driver."""
 
 ChainHandler = Callable[[SgReader, SgWriter], int]
-"""Serves one request: reads it, writes the reply, returns the reply length."""
-
-
-def serialized(handler: ChainHandler) -> ChainHandler:
-    """Wrap ``handler`` so that calls from several queue threads never overlap."""
-    lock = threading.Lock()
-
-    def handle(request: SgReader, reply: SgWriter) -> int:
-        with lock:
-            return handler(request, reply)
-
-    return handle
+"""Serves one request: reads it, writes the reply, returns the reply length, ``NO_REPLY`` or
+``DEFERRED`` (``FuseServer.handle``)."""
 
 
 class QueueRunner:
@@ -123,10 +114,14 @@ class QueueRunner:
                     break
                 head, readable, writable = chain
                 size = handler(SgReader(readable), SgWriter(writable))
-                if waiting or size < 0:
-                    self._push_locked(head, size)
+                if size == DEFERRED:
+                    # The chain stays ours (its reply space valid) until the reply is sent.
+                    self._pending.adopt(functools.partial(self._complete, head))
+                elif waiting:
+                    with self._ring_lock:
+                        queue.push(head, max(size, 0))  # NO_REPLY: nothing written
                 else:
-                    queue.push(head, size)
+                    queue.push(head, max(size, 0))
                 self.chains += 1
                 if stopping.is_set():
                     break
@@ -139,15 +134,6 @@ class QueueRunner:
             wanted = queue.needs_interrupt()
         if wanted:
             self.interrupt()
-
-    def _push_locked(self, head: int, size: int) -> None:
-        """The slow path: push while deferred replies may be pushed concurrently, or defer."""
-        if size < 0:
-            # The chain stays ours (its reply space valid) until the deferred reply is pushed.
-            self._pending.adopt(functools.partial(self._complete, head))
-            return
-        with self._ring_lock:
-            self.queue.push(head, size)
 
     def _complete(self, head: int, size: int) -> None:
         """Push a deferred reply (any thread) and signal the driver if it wants."""

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import struct
+import threading
 
 import attrs
 import trio
@@ -16,7 +17,6 @@ from fsd.allowlist import Allowlist
 from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_checks
 from fsd.allowlist.server import serve_allowlist
 from fsd.daemon.limits import raise_open_files_limit
-from fsd.daemon.queues import serialized
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fs.credentials import drop_supplementary_groups
@@ -124,7 +124,8 @@ async def serve(
     fs = PassthroughFs(config.shared_dir, config.fs_options, allowlist=allowlist)
     server = FuseServer(fs, transport="vhost-user")
     # server.handle itself unless a plugin implements a FUSE hook: no cost without plugins.
-    handler = make_request_handler(server, plugins, serialized(server.handle))
+    # The queues' threads share one server: one request at a time (hooks run outside).
+    handler = make_request_handler(server, plugins, lock=threading.Lock())
     plugin_check, plugin_after = plugins.allowlist_callbacks()
     device = virtio_fs_device(config.tag)
     listener, identity = open_vhost_user_listener(config)

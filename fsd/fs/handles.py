@@ -5,10 +5,9 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["DirEntry", "Handle", "HandleTable"]
+from fsd.fuse.filesystem import DirEntry
 
-DirEntry = tuple[bytes, int, int]
-"""One listed directory entry: name, host inode number, dirent type (``DT_*``)."""
+__all__ = ["Handle", "HandleTable"]
 
 
 class Handle:

@@ -79,6 +79,10 @@ class InodeTable:
             raise OSError(errno.EBADF, f"unknown nodeid {nodeid}")
         return inode
 
+    def find(self, nodeid: int) -> Inode | None:
+        """The inode for ``nodeid``, or None if the guest does not hold it."""
+        return self._by_nodeid.get(nodeid)
+
     def ref(self, st: os.stat_result, path: bytes) -> Inode | None:
         """Count one more lookup of an inode the table already holds, if it does.
 

@@ -1,14 +1,16 @@
 """The passthrough filesystem: FUSE operations carried out on a host directory.
 
-Every path operation is relative to the parent's O_PATH fd with one validated name component
-and never follows a symlink on the host, so the guest cannot walk out of the share (a symlink
-in the share is returned as a symlink; the guest's kernel resolves it in the guest). Files are
-opened for I/O by reopening the inode's O_PATH fd through ``/proc/self/fd/N``, and only regular
-files and directories are ever opened (CVE-2020-35517: a host device node or fifo in the share
-must not be opened by the daemon).
+:class:`PassthroughFs` implements :class:`fsd.fuse.filesystem.Filesystem`. Every path
+operation is relative to the parent's O_PATH fd with one validated name component and never
+follows a symlink on the host, so the guest cannot walk out of the share (a symlink in the
+share is returned as a symlink; the guest's kernel resolves it in the guest). Files are opened
+for I/O by reopening the inode's O_PATH fd through ``/proc/self/fd/N``, and only regular files
+and directories are ever opened (CVE-2020-35517: a host device node or fifo in the share must
+not be opened by the daemon).
 
-Methods are named after FUSE ops, run inline (cheap syscalls) and raise ``OSError``; the FUSE
-server turns that into the errno reply.
+Operations run inline (cheap syscalls) and raise ``OSError``; the FUSE server turns that into
+the errno reply. What the allowlist hides or protects is decided by the gate (fsd.fs.gate),
+who acts is decided by the credentials (fsd.fs.credentials).
 
 The daemon process runs with ``os.umask(0)``: the guest has already applied its umask to
 every mode it sends (DONT_MASK is not granted), so a host umask would mask modes twice.
@@ -20,39 +22,38 @@ import contextlib
 import errno
 import os
 import stat
-import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Final
 
-from fsd.allowlist.trie import DENIED, FULL, TRAVERSE, Allowlist
-from fsd.fs import linux, xattrs
+from fsd.allowlist.trie import Allowlist
+from fsd.fs import linux, listing, xattrs
+from fsd.fs.attributes import apply_setattr
 from fsd.fs.credentials import Credentials, MappedCredentials
-from fsd.fs.handles import DirEntry, Handle, HandleTable
+from fsd.fs.gate import gate_for
+from fsd.fs.handles import HandleTable
 from fsd.fs.inodes import Inode, InodeTable
 from fsd.fs.locks import LockTable
 from fsd.fs.options import FsOptions
+from fsd.fs.permissions import check_access
 from fsd.fuse.abi import (
-    DT_DIR,
-    DT_LNK,
-    DT_REG,
-    DT_UNKNOWN,
-    FATTR_ATIME,
-    FATTR_ATIME_NOW,
     FATTR_FH,
-    FATTR_GID,
-    FATTR_MODE,
-    FATTR_MTIME,
-    FATTR_MTIME_NOW,
-    FATTR_SIZE,
-    FATTR_UID,
     FOPEN_CACHE_DIR,
     FOPEN_DIRECT_IO,
     FOPEN_KEEP_CACHE,
     RENAME_EXCHANGE,
+    InitFlag,
 )
 from fsd.fuse.deferred import Deferred
-from fsd.fuse.errors import HiddenByAllowlist
+from fsd.fuse.filesystem import (
+    Context,
+    DirEntry,
+    Entry,
+    FilesystemConfig,
+    LockRange,
+    Opened,
+    SetattrArgs,
+)
 
 __all__ = ["PassthroughFs"]
 
@@ -63,12 +64,8 @@ _PASS_FLAGS: Final = (
     os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_NONBLOCK | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
 )
 _CREATE_PASS_FLAGS: Final = _PASS_FLAGS | os.O_EXCL
-_DEVICE_KINDS: Final = (stat.S_IFCHR, stat.S_IFBLK)
 _MKNOD_KINDS: Final = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG)
 _UNCHANGED: Final = contextlib.nullcontext()
-
-Entry = tuple[Inode, os.stat_result]
-"""A looked-up inode (lookup count already raised) and its attributes."""
 
 
 class PassthroughFs:
@@ -77,12 +74,13 @@ class PassthroughFs:
     __slots__ = (
         "_confine",
         "_creds",
-        "_gated",
         "_maps",
         "_root_dirfd",
         "allowlist",
+        "config",
         "dir_open_flags",
         "file_open_flags",
+        "gate",
         "handles",
         "inodes",
         "locks",
@@ -96,10 +94,11 @@ class PassthroughFs:
         *,
         allowlist: Allowlist | None = None,
     ) -> None:
-        self.options = options if options is not None else FsOptions()
-        #: The dynamic path allowlist (crosvm's); ``None`` means the whole share, unchecked.
+        self.options = options = options if options is not None else FsOptions()
+        #: The dynamic path allowlist (crosvm's); one that allows all when none is given.
         self.allowlist = allowlist if allowlist is not None else Allowlist.allow_all()
-        self._gated = self.allowlist.enabled
+        #: What the allowlist lets the guest see and change (fsd.fs.gate).
+        self.gate = gate_for(self.allowlist)
         fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self.inodes = InodeTable(fd)
@@ -113,15 +112,30 @@ class PassthroughFs:
         self.locks = LockTable()
         # Creating ops run with the caller's fsuid/fsgid (see fsd.fs.credentials).
         # With --uid-map/--gid-map, the caller's guest ids are translated first.
-        self._maps = maps = self.options.id_maps
+        self._maps = maps = options.id_maps
         self._creds = Credentials() if maps is None else MappedCredentials(maps)
         #: Under id maps every permission-relevant op runs as the caller's host ids too: the
         #: guest's kernel checks against translated owners, and guest root need not be host
         #: root, so only the host can confine it (see docs/credentials.md).
         self._confine = maps is not None
-        cache = self.options.cache
+        cache = options.cache
         self.file_open_flags = {"never": FOPEN_DIRECT_IO, "always": FOPEN_KEEP_CACHE}.get(cache, 0)
         self.dir_open_flags = FOPEN_CACHE_DIR if cache == "always" else 0
+        init_flags = InitFlag.WRITEBACK_CACHE if options.writeback else InitFlag(0)
+        if not options.rewrite_security_xattrs:
+            # The server drops set-id bits when told to (and the host write drops
+            # security.capability), so the guest need not GETXATTR before every WRITE
+            # (answering ENODATA there instead costs one GETXATTR per WRITE). A rewritten
+            # security.capability is a user.* xattr the host never drops: then the guest must
+            # keep checking and removing it itself.
+            init_flags |= InitFlag.HANDLE_KILLPRIV_V2
+        self.config = FilesystemConfig(
+            entry_timeout=options.timeout,
+            attr_timeout=options.timeout,
+            negative_timeout=options.negative_timeout,
+            init_flags=int(init_flags),
+            owner_to_client=None if maps is None else (maps.uid.to_guest, maps.gid.to_guest),
+        )
 
     def close(self) -> None:
         """Close every fd the filesystem holds (the root included)."""
@@ -131,27 +145,14 @@ class PassthroughFs:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _check_visible(self, parent: Inode, name: bytes) -> None:
-        """LOOKUP gate: a name the allowlist denies looks absent (before touching the host)."""
-        if self.allowlist.child_access(parent.share_path(), os.fsdecode(name)) is DENIED:
-            raise HiddenByAllowlist(errno.ENOENT, "hidden by the allowlist")
+    def _as_caller(self, ctx: Context) -> AbstractContextManager[None]:
+        """A ``with`` block run as the caller's host ids under id maps (docs/credentials.md);
+        without maps nothing is switched."""
+        if not self._confine:
+            return _UNCHANGED
+        return self._creds.acting_as(ctx.uid, ctx.gid)
 
-    def _check_writable(self, parent: Inode, name: bytes) -> None:
-        """Create/remove/rename gate: only a FULL place may gain or lose an entry."""
-        if self.allowlist.child_access(parent.share_path(), os.fsdecode(name)) is not FULL:
-            raise OSError(errno.EACCES, "not writable under the allowlist")
-
-    def _check_changeable(self, inode: Inode) -> None:
-        """SETATTR/xattr gate: not on passage-only ancestors of allowed paths (crosvm leaves
-        this open), nor on the share root unless it is FULL (an empty allowlist denies it).
-
-        Other inodes held while their path was revoked keep working, as in crosvm.
-        """
-        access = self.allowlist.access(inode.share_path())
-        if access is TRAVERSE or (access is not FULL and inode is self.inodes.root):
-            raise OSError(errno.EACCES, "not writable under the allowlist")
-
-    def _adopt(self, parent: Inode, name: bytes, fd: int) -> Entry:
+    def _adopt(self, parent: Inode, name: bytes, fd: int) -> tuple[Inode, os.stat_result]:
         """Stat a freshly opened O_PATH fd and enter it into the inode table."""
         try:
             st = os.fstat(fd)
@@ -164,12 +165,27 @@ class PassthroughFs:
         # One syscall when the guest already knows the inode (the common repeat lookup);
         # otherwise open an O_PATH fd to pin it and stat that fd, the source of truth.
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        path = parent.child_path(name)
-        inode = self.inodes.ref(st, path)
+        inode = self.inodes.ref(st, parent.child_path(name))
         if inode is not None:
-            return inode, st
+            return inode.nodeid, st
         fd = os.open(name, _O_PATH_FLAGS, dir_fd=parent.fd)
-        return self._adopt(parent, name, fd)
+        inode, st = self._adopt(parent, name, fd)
+        return inode.nodeid, st
+
+    def _walk(self, path: bytes) -> Entry:
+        """Resolve a share-relative path component by component, never following symlinks."""
+        fd = os.dup(self.inodes.root.fd)
+        try:
+            for part in path.split(b"/"):
+                if part:
+                    nfd = os.open(part, _O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=fd)
+                    os.close(fd)
+                    fd = nfd
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self.inodes.adopt(fd, st, path).nodeid, st
 
     def _openable(self, inode: Inode, kind: int) -> None:
         if inode.kind != kind:
@@ -190,145 +206,80 @@ class PassthroughFs:
             flags &= ~os.O_APPEND
         return flags | os.O_CLOEXEC
 
+    def _fd(self, nodeid: int, fh: int) -> int:
+        """The fd of handle ``fh``, which must be open on ``nodeid`` (EBADF otherwise).
+
+        Every fh-based op checks the pair: plugins and the allowlist judge the request's
+        nodeid, so the handle acted on must be that inode's.
+        """
+        return self.handles.of(fh, nodeid).fd
+
+    # --- session ---------------------------------------------------------------------------
+
+    def destroy(self) -> None:
+        """Drop every handle and every inode but the root (the guest unmounted)."""
+        self.locks.clear()
+        self.handles.clear()
+        self.inodes.clear()
+
+    def path(self, nodeid: int) -> bytes | None:
+        """The share-relative path of a nodeid the guest holds (as last seen)."""
+        inode = self.inodes.find(nodeid)
+        return None if inode is None else inode.path
+
     # --- inodes ----------------------------------------------------------------------------
 
-    def lookup(self, parent: int, name: bytes, caller: tuple[int, int]) -> Entry:
+    def lookup(self, ctx: Context, parent: int, name: bytes) -> Entry:
         """Find ``name`` in ``parent`` (``.``/``..`` resolved inside the share) and count it.
 
         Under id maps the walk runs as the caller's host ids: reopening by /proc/self/fd
         later skips the path, so search permission on directories is checked here.
         """
-        if self._confine:
-            with self._creds.acting_as(*caller):
-                return self._lookup(parent, name)
-        return self._lookup(parent, name)
-
-    def _as_caller(self, caller: tuple[int, int]) -> AbstractContextManager[None]:
-        """A ``with`` block run as the caller's host ids under id maps (docs/credentials.md);
-        without maps nothing is switched."""
-        if not self._confine:
-            return _UNCHANGED
-        return self._creds.acting_as(*caller)
-
-    def _lookup(self, parent: int, name: bytes) -> Entry:
         pinode = self.inodes.get(parent)
         if pinode.kind != stat.S_IFDIR:
             raise OSError(errno.ENOTDIR, "lookup in a non-directory")
+        if self._confine:
+            with self._creds.acting_as(ctx.uid, ctx.gid):
+                return self._lookup(pinode, name)
+        return self._lookup(pinode, name)
+
+    def _lookup(self, pinode: Inode, name: bytes) -> Entry:
         if name == b".":
-            name_path = pinode.path
+            path = pinode.path
         elif name == b"..":
-            name_path = pinode.path.rpartition(b"/")[0]
+            path = pinode.path.rpartition(b"/")[0]
         else:
-            if self._gated:
-                self._check_visible(pinode, name)
+            self.gate.visible(pinode, name)
             return self._lookup_child(pinode, name)
-        if self._gated and name_path and self.allowlist.access(_share_path(name_path)) is DENIED:
-            raise HiddenByAllowlist(errno.ENOENT, "hidden by the allowlist")
-        return self._walk(name_path)
+        self.gate.visible_path(path)
+        return self._walk(path)
 
-    def _walk(self, path: bytes) -> Entry:
-        """Resolve a share-relative path component by component, never following symlinks."""
-        root = self.inodes.root
-        fd = os.dup(root.fd)
-        parts = [p for p in path.split(b"/") if p]
-        try:
-            for part in parts:
-                nfd = os.open(part, _O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=fd)
-                os.close(fd)
-                fd = nfd
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        return self.inodes.adopt(fd, st, path), st
-
-    def forget(self, nodeid: int, nlookup: int) -> None:
+    def forget(self, ctx: Context, nodeid: int, nlookup: int) -> None:
         """The guest dropped ``nlookup`` references to ``nodeid``."""
         self.inodes.forget(nodeid, nlookup)
 
-    def getattr(self, nodeid: int) -> os.stat_result:
+    def getattr(self, ctx: Context, nodeid: int) -> os.stat_result:
         """Attributes of the inode itself (a symlink's own, never its target's)."""
         return os.fstat(self.inodes.get(nodeid).fd)
 
-    def statx(self, nodeid: int) -> tuple[os.stat_result, tuple[int, int] | None]:
+    def statx(self, ctx: Context, nodeid: int) -> tuple[os.stat_result, tuple[int, int] | None]:
         """GETATTR's attributes and the birth time (None if the host keeps none), for STATX."""
         fd = self.inodes.get(nodeid).fd
         return os.fstat(fd), linux.birth_time(fd)
 
-    def setattr(
-        self,
-        nodeid: int,
-        valid: int,
-        fh: int,
-        size: int,
-        atime_ns: int,
-        mtime_ns: int,
-        mode: int,
-        uid: int,
-        gid: int,
-        caller: tuple[int, int],
-    ) -> os.stat_result:
-        """Change what ``valid`` selects, through the open file if the guest named one
-        (which must be open on ``nodeid``). ``caller`` is the request's (uid, gid): under id
-        maps the changes are made, and checked by the host, as its host ids."""
+    def setattr(self, ctx: Context, nodeid: int, attrs: SetattrArgs) -> os.stat_result:
+        """Change what ``attrs.valid`` selects, through the open file if the guest named one
+        (which must be open on ``nodeid``). Under id maps the changes are made, and checked
+        by the host, as the caller's host ids."""
         inode = self.inodes.get(nodeid)
-        if self._gated:
-            self._check_changeable(inode)
+        self.gate.changeable(inode, is_root=inode is self.inodes.root)
         target: int | str = inode.proc_path
-        if valid & FATTR_FH:
-            target = self.handles.of(fh, nodeid).fd
-        with self._as_caller(caller):
-            self._setattr(inode, target, valid, size, atime_ns, mtime_ns, mode, uid, gid)
+        if attrs.valid & FATTR_FH:
+            target = self._fd(nodeid, attrs.fh)
+        host_ids = None if self._maps is None else self._chown_ids
+        with self._as_caller(ctx):
+            apply_setattr(target, inode.kind, attrs, lambda: os.fstat(inode.fd), host_ids)
         return os.fstat(inode.fd)
-
-    def _setattr(
-        self,
-        inode: Inode,
-        target: int | str,
-        valid: int,
-        size: int,
-        atime_ns: int,
-        mtime_ns: int,
-        mode: int,
-        uid: int,
-        gid: int,
-    ) -> None:
-        if valid & FATTR_MODE:
-            os.chmod(target, stat.S_IMODE(mode))
-        if valid & (FATTR_UID | FATTR_GID):
-            uid = uid if valid & FATTR_UID else -1
-            gid = gid if valid & FATTR_GID else -1
-            if self._maps is not None:
-                uid, gid = self._chown_ids(uid, gid)
-            os.chown(target, uid, gid)
-        if valid & FATTR_SIZE:
-            if inode.kind != stat.S_IFREG:
-                raise OSError(errno.EINVAL if inode.kind != stat.S_IFDIR else errno.EISDIR, "")
-            os.truncate(target, size)
-        if valid & (FATTR_ATIME | FATTR_MTIME):
-            if valid & (FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME | FATTR_MTIME_NOW) == (
-                FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME | FATTR_MTIME_NOW
-            ):
-                # touch: the kernel's "now" needs only write access, not ownership.
-                os.utime(target)
-                return
-            old = os.fstat(inode.fd)
-            now = None
-            if valid & (FATTR_ATIME_NOW | FATTR_MTIME_NOW):
-                now = time.time_ns()
-            if valid & FATTR_ATIME:
-                atime = now if valid & FATTR_ATIME_NOW and now is not None else atime_ns
-            else:
-                atime = old.st_atime_ns
-            if valid & FATTR_MTIME:
-                mtime = now if valid & FATTR_MTIME_NOW and now is not None else mtime_ns
-            else:
-                mtime = old.st_mtime_ns
-            os.utime(target, ns=(atime, mtime))
 
     def _chown_ids(self, uid: int, gid: int) -> tuple[int, int]:
         """The host ids for a guest chown; EINVAL for an id outside the maps (as the kernel
@@ -346,123 +297,94 @@ class PassthroughFs:
             gid = host
         return uid, gid
 
-    def readlink(self, nodeid: int) -> bytes:
+    def readlink(self, ctx: Context, nodeid: int) -> bytes:
         """The symlink's target, verbatim (the guest resolves it, not the host)."""
         inode = self.inodes.get(nodeid)
         if inode.kind != stat.S_IFLNK:
             raise OSError(errno.EINVAL, "not a symlink")
         return os.readlink(b"", dir_fd=inode.fd)
 
-    def access(self, nodeid: int, mask: int, uid: int, gid: int) -> None:
-        """Check ``mask`` (R_OK/W_OK/X_OK) for the caller against the mode bits.
+    def access(self, ctx: Context, nodeid: int, mask: int) -> None:
+        """Check ``mask`` for the caller against the mode bits.
 
         Under id maps the caller's guest ids become host ids; an unmapped one matches no
         owner and is not root (it can only get the "other" bits).
         """
         st = os.fstat(self.inodes.get(nodeid).fd)
-        mask &= 7
-        if not mask:
-            return
+        uid, gid = ctx.uid, ctx.gid
         if self._maps is not None:
             host_uid = self._maps.uid.to_host(uid)
             host_gid = self._maps.gid.to_host(gid)
             uid = -1 if host_uid is None else host_uid
             gid = -1 if host_gid is None else host_gid
-        mode = st.st_mode
-        if uid == 0:
-            if mask & os.X_OK and not stat.S_ISDIR(mode) and not mode & 0o111:
-                raise OSError(errno.EACCES, "no execute bit")
-            return
-        if st.st_uid == uid:
-            bits = (mode >> 6) & 7
-        elif st.st_gid == gid:
-            bits = (mode >> 3) & 7
-        else:
-            bits = mode & 7
-        if mask & ~bits:
-            raise OSError(errno.EACCES, "permission denied")
+        check_access(st, mask, uid, gid)
 
-    def statfs(self, nodeid: int) -> os.statvfs_result:
+    def statfs(self, ctx: Context, nodeid: int) -> os.statvfs_result:
         """Host filesystem statistics for the filesystem holding ``nodeid``."""
         return os.fstatvfs(self.inodes.get(nodeid).fd)
 
     # --- creating and removing names -------------------------------------------------------
 
-    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Entry:
-        """Create a directory owned by the caller."""
+    def _new_parent(self, parent: int, name: bytes) -> Inode:
+        """The directory a name is created in or removed from, if the gate allows it."""
         pinode = self.inodes.get(parent)
-        if self._gated:
-            self._check_writable(pinode, name)
-        with self._creds.acting_as(uid, gid):
+        self.gate.writable(pinode, name)
+        return pinode
+
+    def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int) -> Entry:
+        """Create a directory owned by the caller."""
+        pinode = self._new_parent(parent, name)
+        with self._creds.acting_as(ctx.uid, ctx.gid):
             os.mkdir(name, stat.S_IMODE(mode), dir_fd=pinode.fd)
         return self._lookup_child(pinode, name)
 
-    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Entry:
+    def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
         """Create a fifo, socket or empty file; device nodes are refused (EPERM)."""
         if stat.S_IFMT(mode) not in _MKNOD_KINDS:
             raise OSError(errno.EPERM, "device nodes cannot be created in the share")
-        pinode = self.inodes.get(parent)
-        if self._gated:
-            self._check_writable(pinode, name)
-        with self._creds.acting_as(uid, gid):
+        pinode = self._new_parent(parent, name)
+        with self._creds.acting_as(ctx.uid, ctx.gid):
             os.mknod(name, mode, 0, dir_fd=pinode.fd)
         return self._lookup_child(pinode, name)
 
-    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Entry:
+    def symlink(self, ctx: Context, parent: int, name: bytes, target: bytes) -> Entry:
         """Create a symlink; its target is stored verbatim and never followed on the host."""
-        pinode = self.inodes.get(parent)
-        if self._gated:
-            self._check_writable(pinode, name)
-        with self._creds.acting_as(uid, gid):
+        pinode = self._new_parent(parent, name)
+        with self._creds.acting_as(ctx.uid, ctx.gid):
             os.symlink(target, name, dir_fd=pinode.fd)
         return self._lookup_child(pinode, name)
 
-    def link(self, nodeid: int, newparent: int, newname: bytes, caller: tuple[int, int]) -> Entry:
+    def link(self, ctx: Context, nodeid: int, newparent: int, newname: bytes) -> Entry:
         """A new hard link to ``nodeid`` (not to whatever a symlink points at)."""
         inode = self.inodes.get(nodeid)
-        pinode = self.inodes.get(newparent)
-        if self._gated:
-            self._check_writable(pinode, newname)
-        with self._as_caller(caller):
+        pinode = self._new_parent(newparent, newname)
+        with self._as_caller(ctx):
             os.link(inode.proc_path, newname, dst_dir_fd=pinode.fd, follow_symlinks=True)
         return self._lookup_child(pinode, newname)
 
-    def unlink(self, parent: int, name: bytes, caller: tuple[int, int]) -> None:
+    def unlink(self, ctx: Context, parent: int, name: bytes) -> None:
         """Remove a non-directory name (as the caller's host ids under id maps)."""
-        pinode = self.inodes.get(parent)
-        if self._gated:
-            self._check_writable(pinode, name)
-        with self._as_caller(caller):
+        pinode = self._new_parent(parent, name)
+        with self._as_caller(ctx):
             os.unlink(name, dir_fd=pinode.fd)
 
-    def rmdir(self, parent: int, name: bytes, caller: tuple[int, int]) -> None:
+    def rmdir(self, ctx: Context, parent: int, name: bytes) -> None:
         """Remove an empty directory (as the caller's host ids under id maps)."""
-        pinode = self.inodes.get(parent)
-        if self._gated:
-            self._check_writable(pinode, name)
-        with self._as_caller(caller):
+        pinode = self._new_parent(parent, name)
+        with self._as_caller(ctx):
             os.rmdir(name, dir_fd=pinode.fd)
 
     def rename(
-        self,
-        parent: int,
-        name: bytes,
-        newparent: int,
-        newname: bytes,
-        flags: int,
-        caller: tuple[int, int],
+        self, ctx: Context, parent: int, name: bytes, newparent: int, newname: bytes, flags: int
     ) -> None:
         """Rename (RENAME2 ``flags`` as renameat2) and keep the inode table's paths current."""
-        pold = self.inodes.get(parent)
-        pnew = self.inodes.get(newparent)
-        if self._gated:
-            self._check_writable(pold, name)
-            self._check_writable(pnew, newname)
+        pold = self._new_parent(parent, name)
+        pnew = self._new_parent(newparent, newname)
         st = os.stat(name, dir_fd=pold.fd, follow_symlinks=False)
         other = None
         if flags & RENAME_EXCHANGE:
             other = os.stat(newname, dir_fd=pnew.fd, follow_symlinks=False)
-        with self._as_caller(caller):
+        with self._as_caller(ctx):
             if flags:
                 linux.renameat2(pold.fd, name, pnew.fd, newname, flags)
             else:
@@ -477,31 +399,26 @@ class PassthroughFs:
 
     # --- files -----------------------------------------------------------------------------
 
-    def open(self, nodeid: int, flags: int, caller: tuple[int, int]) -> tuple[int, int]:
-        """Open a regular file for I/O; returns ``(fh, FOPEN_* flags)``.
-
-        Under id maps the host checks the open as the caller's host ids.
-        """
+    def open(self, ctx: Context, nodeid: int, flags: int) -> Opened:
+        """Open a regular file for I/O (under id maps the host checks it as the caller)."""
         inode = self.inodes.get(nodeid)
         self._openable(inode, stat.S_IFREG)
-        with self._as_caller(caller):
+        with self._as_caller(ctx):
             fd = os.open(inode.proc_path, self._open_flags(flags))
         return self.handles.add(fd, nodeid), self.file_open_flags
 
     def create(
-        self, parent: int, name: bytes, flags: int, mode: int, uid: int, gid: int
-    ) -> tuple[Inode, os.stat_result, int, int]:
-        """Create and open a regular file: ``(inode, attrs, fh, FOPEN_* flags)``.
+        self, ctx: Context, parent: int, name: bytes, flags: int, mode: int
+    ) -> tuple[Entry, Opened]:
+        """Create and open a regular file.
 
         The exclusive create never follows a symlink planted at ``name``; if the name exists
         and the guest did not ask for O_EXCL, the existing file is opened like OPEN would
         (regular files only), so a host fifo at that name cannot block the daemon.
         """
-        pinode = self.inodes.get(parent)
-        if self._gated:
-            self._check_writable(pinode, name)
+        pinode = self._new_parent(parent, name)
         oflags = self._open_flags(flags & _CREATE_PASS_FLAGS)
-        with self._creds.acting_as(uid, gid):
+        with self._creds.acting_as(ctx.uid, ctx.gid):
             try:
                 fd = os.open(
                     name,
@@ -515,6 +432,10 @@ class PassthroughFs:
                 # Still as the caller: the guest kernel believed it was creating the file
                 # and checked nothing, so the host must check this open.
                 return self._open_existing(pinode, name, flags)
+        return self._adopt_open(pinode, name, fd)
+
+    def _adopt_open(self, pinode: Inode, name: bytes, fd: int) -> tuple[Entry, Opened]:
+        """Enter a file just created and opened as ``fd`` into both tables."""
         try:
             pfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
         except BaseException:
@@ -522,20 +443,27 @@ class PassthroughFs:
             raise
         fh = self.handles.add(fd, 0)
         try:
-            inode, st = self._adopt(pinode, name, pfd)
+            if name:
+                inode, st = self._adopt(pinode, name, pfd)
+            else:  # O_TMPFILE: no name of its own; its path is the directory's until linked
+                try:
+                    st = os.fstat(pfd)
+                    inode = self.inodes.adopt(pfd, st, pinode.path)
+                except BaseException:
+                    os.close(pfd)
+                    raise
         except BaseException:
             self.handles.close(fh)
             raise
         self.handles.get(fh).nodeid = inode.nodeid
-        return inode, st, fh, self.file_open_flags
+        return (inode.nodeid, st), (fh, self.file_open_flags)
 
-    def _open_existing(
-        self, pinode: Inode, name: bytes, flags: int
-    ) -> tuple[Inode, os.stat_result, int, int]:
+    def _open_existing(self, pinode: Inode, name: bytes, flags: int) -> tuple[Entry, Opened]:
         """CREATE without O_EXCL of a name that exists: OPEN it (regular files only), with
         the attributes after the open (O_TRUNC)."""
-        inode, _ = self._lookup_child(pinode, name)
+        nodeid, _ = self._lookup_child(pinode, name)
         try:
+            inode = self.inodes.get(nodeid)
             self._openable(inode, stat.S_IFREG)
             fd = os.open(inode.proc_path, self._open_flags(flags))
             try:
@@ -544,58 +472,45 @@ class PassthroughFs:
                 os.close(fd)
                 raise
         except BaseException:
-            self.inodes.forget(inode.nodeid, 1)
+            self.inodes.forget(nodeid, 1)
             raise
-        return inode, st, self.handles.add(fd, inode.nodeid), self.file_open_flags
+        return (nodeid, st), (self.handles.add(fd, nodeid), self.file_open_flags)
 
-    def tmpfile(
-        self, parent: int, flags: int, mode: int, uid: int, gid: int
-    ) -> tuple[Inode, os.stat_result, int, int]:
+    def tmpfile(self, ctx: Context, parent: int, flags: int, mode: int) -> tuple[Entry, Opened]:
         """An unnamed regular file in ``parent`` (``O_TMPFILE``), open: like :meth:`create`.
 
         The guest may give it a name later with ``linkat`` (LINK), unless it passed O_EXCL.
-        Its inode path is the directory's until then: it has no name of its own.
         """
         pinode = self.inodes.get(parent)
-        if self._gated and self.allowlist.access(pinode.share_path()) is not FULL:
-            raise OSError(errno.EACCES, "not writable under the allowlist")
+        self.gate.writable_dir(pinode)
         # O_EXCL here means "never linkable"; _open_flags would drop it.
         oflags = self._open_flags(flags) | os.O_TMPFILE | (flags & os.O_EXCL)
-        with self._creds.acting_as(uid, gid):
+        with self._creds.acting_as(ctx.uid, ctx.gid):
             fd = os.open(pinode.proc_path, oflags, stat.S_IMODE(mode))
-        try:
-            pfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
-        except BaseException:
-            os.close(fd)
-            raise
-        fh = self.handles.add(fd, 0)
-        try:
-            st = os.fstat(pfd)
-            inode = self.inodes.adopt(pfd, st, pinode.path)
-        except BaseException:
-            os.close(pfd)
-            self.handles.close(fh)
-            raise
-        self.handles.get(fh).nodeid = inode.nodeid
-        return inode, st, fh, self.file_open_flags
+        return self._adopt_open(pinode, b"", fd)
 
-    def handle(self, fh: int, nodeid: int) -> Handle:
-        """The handle ``fh`` open on ``nodeid`` (EBADF otherwise).
-
-        Every fh-based op checks the pair: plugins and the allowlist judge the request's
-        nodeid, so the handle acted on must be that inode's.
-        """
-        return self.handles.of(fh, nodeid)
-
-    def read(self, nodeid: int, fh: int, offset: int, views: Sequence[memoryview]) -> int:
+    def read(
+        self, ctx: Context, nodeid: int, fh: int, offset: int, into: Sequence[memoryview]
+    ) -> int:
         """Read straight into the reply's memory (guest RAM on virtio): no copy in Python."""
-        return os.preadv(self.handles.of(fh, nodeid).fd, views, offset) if views else 0
+        return os.preadv(self.handles.of(fh, nodeid).fd, into, offset)
 
-    def write(self, nodeid: int, fh: int, offset: int, views: Sequence[memoryview]) -> int:
+    def write(
+        self, ctx: Context, nodeid: int, fh: int, offset: int, data: Sequence[memoryview]
+    ) -> int:
         """Write straight from the request's memory; returns the bytes written."""
-        return os.pwritev(self.handles.of(fh, nodeid).fd, views, offset) if views else 0
+        return os.pwritev(self.handles.of(fh, nodeid).fd, data, offset)
 
-    def flush(self, nodeid: int, fh: int, lock_owner: int = 0) -> None:
+    def kill_suidgid(self, ctx: Context, nodeid: int, fh: int | None) -> None:
+        """HANDLE_KILLPRIV_V2: drop set-id bits the guest says a write/truncate must drop."""
+        if fh is not None:
+            xattrs.kill_suidgid(self._fd(nodeid, fh))
+            return
+        inode = self.inodes.get(nodeid)
+        if inode.kind == stat.S_IFREG:
+            xattrs.kill_suidgid(inode.proc_path)
+
+    def flush(self, ctx: Context, nodeid: int, fh: int, lock_owner: int) -> None:
         """A guest process closed an fd: POSIX semantics drop its locks on the file.
 
         Otherwise free of syscalls on purpose (two FLUSHes per ``close`` of a dup'd fd), and
@@ -605,66 +520,39 @@ class PassthroughFs:
         if self.locks:
             self.locks.drop_owner(handle.nodeid, lock_owner)
 
-    def release(self, nodeid: int, fh: int) -> None:
+    def release(self, ctx: Context, nodeid: int, fh: int) -> None:
         """The guest closed its last reference to ``fh`` (closing the fd drops its flock)."""
         self.handles.of(fh, nodeid)
-        if self.locks:
-            self.handles.close(fh)
-            # No guest process can hold a POSIX lock on a file it no longer has open.
-            if self.locks.has_inode(nodeid) and not self.handles.has_nodeid(nodeid):
-                self.locks.drop_inode(nodeid)
-            return
         self.handles.close(fh)
+        # No guest process can hold a POSIX lock on a file it no longer has open.
+        if self.locks and self.locks.has_inode(nodeid) and not self.handles.has_nodeid(nodeid):
+            self.locks.drop_inode(nodeid)
 
-    # --- locks -----------------------------------------------------------------------------
-
-    def getlk(
-        self, nodeid: int, fh: int, owner: int, start: int, end: int, kind: int
-    ) -> tuple[int, int, int, int]:
-        """GETLK: the lock that would conflict (start, end, type, guest pid), or F_UNLCK."""
-        handle = self.handles.of(fh, nodeid)
-        return self.locks.getlk(handle.nodeid, owner, handle.fd, start, end, kind)
-
-    def setlk(
-        self,
-        nodeid: int,
-        fh: int,
-        owner: int,
-        start: int,
-        end: int,
-        kind: int,
-        pid: int,
-        flock: bool,
-        wait: Deferred | None = None,
-    ) -> bool:
-        """SETLK/SETLKW: True when done; False when ``wait`` will be finished later."""
-        handle = self.handles.of(fh, nodeid)
-        if flock:
-            return self.locks.flock(handle.fd, kind, wait)  # (early INTERRUPTs: POSIX only)
-        return self.locks.setlk(handle.nodeid, owner, handle.fd, start, end, kind, pid, wait)
-
-    def fsync(self, nodeid: int, fh: int, datasync: bool) -> None:
+    def fsync(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
         """Flush file data (and metadata unless ``datasync``) to the host disk."""
-        fd = self.handles.of(fh, nodeid).fd
+        fd = self._fd(nodeid, fh)
         if datasync:
             os.fdatasync(fd)
         else:
             os.fsync(fd)
 
-    def fallocate(self, nodeid: int, fh: int, mode: int, offset: int, length: int) -> None:
+    def fallocate(
+        self, ctx: Context, nodeid: int, fh: int, mode: int, offset: int, length: int
+    ) -> None:
         """Reserve or punch space (``fallocate(2)``)."""
-        fd = self.handles.of(fh, nodeid).fd
+        fd = self._fd(nodeid, fh)
         if mode == 0:
             os.posix_fallocate(fd, offset, length)
         else:
             linux.fallocate(fd, mode, offset, length)
 
-    def lseek(self, nodeid: int, fh: int, offset: int, whence: int) -> int:
+    def lseek(self, ctx: Context, nodeid: int, fh: int, offset: int, whence: int) -> int:
         """SEEK_DATA/SEEK_HOLE (the kernel answers SEEK_SET/CUR/END itself)."""
-        return os.lseek(self.handles.of(fh, nodeid).fd, offset, whence)
+        return os.lseek(self._fd(nodeid, fh), offset, whence)
 
     def copy_file_range(
         self,
+        ctx: Context,
         nodeid_in: int,
         fh_in: int,
         off_in: int,
@@ -674,109 +562,96 @@ class PassthroughFs:
         length: int,
     ) -> int:
         """Copy between two open files on the host without moving data through the guest."""
-        src = self.handles.of(fh_in, nodeid_in).fd
-        dst = self.handles.of(fh_out, nodeid_out).fd
+        src = self._fd(nodeid_in, fh_in)
+        dst = self._fd(nodeid_out, fh_out)
         return os.copy_file_range(src, dst, length, off_in, off_out)
 
-    def syncfs(self, nodeid: int) -> None:
+    def syncfs(self, ctx: Context, nodeid: int) -> None:
         """A guest ``sync``: flush the host filesystem that holds the share."""
         self.inodes.get(nodeid)
         linux.syncfs(self._root_dirfd)
 
+    # --- locks -----------------------------------------------------------------------------
+
+    def getlk(
+        self, ctx: Context, nodeid: int, fh: int, owner: int, start: int, end: int, kind: int
+    ) -> LockRange:
+        """GETLK: the lock that would conflict (start, end, type, guest pid), or F_UNLCK."""
+        handle = self.handles.of(fh, nodeid)
+        return self.locks.getlk(handle.nodeid, owner, handle.fd, start, end, kind)
+
+    def setlk(
+        self,
+        ctx: Context,
+        nodeid: int,
+        fh: int,
+        owner: int,
+        start: int,
+        end: int,
+        kind: int,
+        pid: int,
+        flock: bool,
+        wait: Deferred | None,
+    ) -> bool:
+        """SETLK/SETLKW: True when done; False when ``wait`` will be finished later."""
+        handle = self.handles.of(fh, nodeid)
+        if flock:
+            return self.locks.flock(handle.fd, kind, wait)  # (early INTERRUPTs: POSIX only)
+        return self.locks.setlk(handle.nodeid, owner, handle.fd, start, end, kind, pid, wait)
+
+    def interrupt(self, ctx: Context, unique: int) -> None:
+        """Stop request ``unique`` if it is a waiting lock (nothing else ever waits)."""
+        self.locks.interrupt(unique)
+
     # --- directories -----------------------------------------------------------------------
 
-    def opendir(self, nodeid: int, caller: tuple[int, int]) -> tuple[int, int]:
-        """Open a directory for listing; returns ``(fh, FOPEN_* flags)``.
-
-        Under id maps the host checks the open as the caller's host ids.
-        """
+    def opendir(self, ctx: Context, nodeid: int) -> Opened:
+        """Open a directory for listing (under id maps the host checks it as the caller)."""
         inode = self.inodes.get(nodeid)
         self._openable(inode, stat.S_IFDIR)
-        with self._as_caller(caller):
+        with self._as_caller(ctx):
             fd = os.open(inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         return self.handles.add(fd, nodeid), self.dir_open_flags
 
-    def readdir(self, nodeid: int, fh: int, offset: int) -> list[DirEntry | None]:
-        """The directory's listing; entry ``i`` has cookie ``i + 1``, ``None`` is skipped.
-
-        Offset 0 (first call, or rewinddir) takes a fresh snapshot; later offsets index the
-        snapshot, so no entry is skipped or repeated while the guest pages through it. Names
-        the allowlist revoked since the snapshot become ``None`` (keeping every cookie).
-        """
+    def readdir(self, ctx: Context, nodeid: int, fh: int, offset: int) -> list[DirEntry | None]:
+        """The directory's listing (fsd.fs.listing): offset 0 (first call, or rewinddir)
+        takes a fresh snapshot, later offsets index it; names the allowlist revoked since
+        become ``None``."""
         handle = self.handles.of(fh, nodeid)
+        gate = self.gate
         entries = handle.entries
         if offset == 0 or entries is None:
-            entries = handle.entries = self._list(handle)
-            handle.generation = self.allowlist.generation
-        elif self._gated and handle.generation != self.allowlist.generation:
-            handle.generation = self.allowlist.generation
-            self._refilter(handle, entries)
+            inode = self.inodes.get(nodeid)
+            entries = handle.entries = listing.snapshot(
+                handle.fd, inode.key[1], self._parent_ino(inode), gate.listing(inode)
+            )
+            handle.generation = gate.generation
+        elif handle.generation != gate.generation:
+            handle.generation = gate.generation
+            listing.hide_revoked(entries, gate.listing(self.inodes.get(nodeid)))
         return entries
 
-    def _refilter(self, handle: Handle, entries: list[DirEntry | None]) -> None:
-        """Hide listed names that the allowlist no longer shows (a revoke mid-listing)."""
-        visible = self.allowlist.visible_children(self.inodes.get(handle.nodeid).share_path())
-        if visible is None:
-            return
-        for index in range(2, len(entries)):
-            entry = entries[index]
-            if entry is not None and os.fsdecode(entry[0]) not in visible:
-                entries[index] = None
-
-    def _list(self, handle: Handle) -> list[DirEntry | None]:
-        inode = self.inodes.get(handle.nodeid)
-        own_ino = inode.key[1]
-        if inode is self.inodes.root:
-            parent_ino = own_ino
-        else:
+    def _parent_ino(self, inode: Inode) -> int:
+        """The inode number ``..`` lists: the root's own at the top (nothing above shows)."""
+        if inode is not self.inodes.root:
             try:
-                parent_ino = os.stat(b"..", dir_fd=inode.fd, follow_symlinks=False).st_ino
+                return os.stat(b"..", dir_fd=inode.fd, follow_symlinks=False).st_ino
             except OSError:
-                parent_ino = own_ino
-        entries: list[DirEntry | None] = [(b".", own_ino, DT_DIR), (b"..", parent_ino, DT_DIR)]
-        # The whole directory is read into the snapshot, so hidden entries never make a
-        # batch look like the end of the directory (crosvm filters one getdents batch).
-        visible = self.allowlist.visible_children(inode.share_path()) if self._gated else None
-        with os.scandir(handle.fd) as it:
-            for entry in it:
-                if visible is not None and entry.name not in visible:
-                    continue
-                if entry.is_symlink():
-                    dtype = DT_LNK
-                elif entry.is_dir(follow_symlinks=False):
-                    dtype = DT_DIR
-                elif entry.is_file(follow_symlinks=False):
-                    dtype = DT_REG
-                else:
-                    try:
-                        dtype = stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
-                    except OSError:
-                        dtype = DT_UNKNOWN
-                entries.append((os.fsencode(entry.name), entry.inode(), dtype))
-        return entries
+                pass
+        return inode.key[1]
 
-    def lookup_entry(self, parent: int, name: bytes, caller: tuple[int, int]) -> Entry:
-        """LOOKUP for READDIRPLUS: the same as :meth:`lookup` for a listed name."""
-        pinode = self.inodes.get(parent)
-        if self._gated:
-            self._check_visible(pinode, name)
-        if self._confine:
-            with self._creds.acting_as(*caller):
-                return self._lookup_child(pinode, name)
-        return self._lookup_child(pinode, name)
-
-    def releasedir(self, nodeid: int, fh: int) -> None:
+    def releasedir(self, ctx: Context, nodeid: int, fh: int) -> None:
         """The guest closed the directory."""
         self.handles.of(fh, nodeid)
         self.handles.close(fh)
 
-    def fsyncdir(self, nodeid: int, fh: int, datasync: bool) -> None:
+    def fsyncdir(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
         """Flush a directory's entries to disk."""
-        self.fsync(nodeid, fh, datasync)
+        self.fsync(ctx, nodeid, fh, datasync)
 
     # --- extended attributes (fsd/fs/xattrs.py) --------------------------------------------
 
-    def _xattr_change(self, inode: Inode, name: bytes, caller: tuple[int, int]) -> bool:
+    def _xattr_change(self, ctx: Context, inode: Inode, name: bytes) -> bool:
         """Gate SETXATTR/REMOVEXATTR and, under id maps, switch to the caller (True if so).
 
         The host refuses ``trusted.*`` and ``security.*`` by capabilities that setfsuid does
@@ -784,68 +659,43 @@ class PassthroughFs:
         host uid is not root: a file capability set by a mapped guest root would hold on the
         host.
         """
-        if self._gated:
-            self._check_changeable(inode)
+        self.gate.changeable(inode, is_root=inode is self.inodes.root)
         if not self._confine:
             return False
         privileged = name.startswith((b"trusted.", b"security."))
-        if privileged and self._creds.host_uid(caller[0]) != 0:
+        if privileged and self._creds.host_uid(ctx.uid) != 0:
             raise OSError(errno.EPERM, "privileged xattr namespace")
-        return self._creds.switch(*caller)
+        return self._creds.switch(ctx.uid, ctx.gid)
 
-    def getxattr(self, nodeid: int, name: bytes) -> bytes:
+    def getxattr(self, ctx: Context, nodeid: int, name: bytes) -> bytes:
         """The value of xattr ``name`` (ENODATA if unset); the server does the size probe."""
         inode = self.inodes.get(nodeid)
         rewrite = self.options.rewrite_security_xattrs
         return xattrs.getxattr(inode, xattrs.host_name(name, rewrite=rewrite))
 
-    def listxattr(self, nodeid: int) -> list[bytes]:
+    def listxattr(self, ctx: Context, nodeid: int) -> list[bytes]:
         """The inode's xattr names as the guest sees them."""
         names = xattrs.listxattr(self.inodes.get(nodeid))
         return xattrs.guest_names(names, rewrite=self.options.rewrite_security_xattrs)
 
-    def setxattr(
-        self, nodeid: int, name: bytes, value: bytes, flags: int, caller: tuple[int, int]
-    ) -> None:
+    def setxattr(self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
         """Set xattr ``name`` (``flags``: XATTR_CREATE / XATTR_REPLACE)."""
         inode = self.inodes.get(nodeid)
         host = xattrs.host_name(name, rewrite=self.options.rewrite_security_xattrs, setting=True)
-        switched = self._xattr_change(inode, host, caller)
+        switched = self._xattr_change(ctx, inode, host)
         try:
             xattrs.setxattr(inode, host, value, flags)
         finally:
             if switched:
                 self._creds.restore()
 
-    def removexattr(self, nodeid: int, name: bytes, caller: tuple[int, int]) -> None:
+    def removexattr(self, ctx: Context, nodeid: int, name: bytes) -> None:
         """Remove xattr ``name`` (ENODATA if unset)."""
         inode = self.inodes.get(nodeid)
         host = xattrs.host_name(name, rewrite=self.options.rewrite_security_xattrs)
-        switched = self._xattr_change(inode, host, caller)
+        switched = self._xattr_change(ctx, inode, host)
         try:
             xattrs.removexattr(inode, host)
         finally:
             if switched:
                 self._creds.restore()
-
-    def kill_suidgid(self, nodeid: int, fh: int | None = None) -> None:
-        """HANDLE_KILLPRIV_V2: drop set-id bits the guest says a write/truncate must drop."""
-        if fh is not None:
-            xattrs.kill_suidgid(self.handles.of(fh, nodeid).fd)
-            return
-        inode = self.inodes.get(nodeid)
-        if inode.kind == stat.S_IFREG:
-            xattrs.kill_suidgid(inode.proc_path)
-
-    # --- session ---------------------------------------------------------------------------
-
-    def destroy(self) -> None:
-        """Drop every handle and every inode but the root (the guest unmounted)."""
-        self.locks.clear()
-        self.handles.clear()
-        self.inodes.clear()
-
-
-def _share_path(path: bytes) -> tuple[str, ...]:
-    """A share-relative bytes path as the allowlist's name tuple."""
-    return tuple(os.fsdecode(path).split("/")) if path else ()

@@ -297,3 +297,11 @@ def dirent_size(namelen: int) -> int:
 def direntplus_size(namelen: int) -> int:
     """Bytes one ``fuse_direntplus`` takes (entry_out + dirent + padded name)."""
     return (ENTRY_OUT.size + DIRENT.size + namelen + 7) & ~7
+
+
+def op_name(opcode: int) -> str:
+    """An opcode's name for logs (``opcode 99`` for one this ABI does not know)."""
+    try:
+        return Opcode(opcode).name
+    except ValueError:
+        return f"opcode {opcode}"

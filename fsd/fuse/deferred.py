@@ -19,12 +19,10 @@ from collections.abc import Callable
 from typing import Final
 
 from fsd.fuse.abi import OUT_HEADER
+from fsd.fuse.replies import DEFERRED
 from fsd.sgbuf import BufferTooShort, SgWriter
 
-__all__ = ["DEFERRED", "Deferred", "take_deferred"]
-
-#: What ``FuseServer.handle`` returns for a request it will answer later.
-DEFERRED: Final = -1
+__all__ = ["DEFERRED", "Deferred", "defer", "take_deferred"]
 
 _HDR: Final = OUT_HEADER.size
 _slot = threading.local()

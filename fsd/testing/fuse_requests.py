@@ -17,6 +17,7 @@ from typing import NamedTuple, Protocol
 from fsd.fuse import abi
 from fsd.fuse.abi import Opcode
 from fsd.fuse.deferred import take_deferred
+from fsd.fuse.replies import DEFERRED
 from fsd.sgbuf import SgReader, SgWriter
 
 __all__ = [
@@ -622,15 +623,16 @@ class FuseClient:
             segments = [memoryview(data)]
         space = bytearray(capacity if capacity is not None else self.reply_capacity)
         n = self.server.handle(SgReader(segments), SgWriter([memoryview(space)]))
-        return bytes(space[:n])
+        assert n != DEFERRED, "call() of a request the server deferred: use submit()"
+        return bytes(space[: max(n, 0)])  # NO_REPLY: no bytes
 
     def submit(self, data: bytes) -> Submitted:
         """Send one request that the server may defer (returns DEFERRED) and answer later."""
         space = bytearray(self.reply_capacity)
         sub = Submitted(space)
         n = self.server.handle(SgReader([memoryview(data)]), SgWriter([memoryview(space)]))
-        if n >= 0:
-            sub._done(n)
+        if n != DEFERRED:
+            sub._done(max(n, 0))
             return sub
         deferred = take_deferred()
         assert deferred is not None, "handle() deferred without a Deferred"

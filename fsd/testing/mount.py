@@ -23,8 +23,9 @@ import attrs
 import trio
 
 from fsd.daemon import mount_syscalls
-from fsd.daemon.devfuse import RequestHandler, serve_mount
+from fsd.daemon.devfuse import serve_mount
 from fsd.fs import FsOptions
+from fsd.hooks_fuse import RequestHandler
 
 __all__ = ["Mount", "devfuse_unavailable", "force_unmount", "mounted"]
 
@@ -67,10 +68,10 @@ class _ServerThread(threading.Thread):
         shared_dir: Path,
         mountpoint: Path,
         options: FsOptions | None,
-        server: RequestHandler | None,
+        handler: RequestHandler | None,
     ) -> None:
         super().__init__(name=f"fsd mount {mountpoint}", daemon=True)
-        self._args = (shared_dir, mountpoint, options, server)
+        self._args = (shared_dir, mountpoint, options, handler)
         self.started_event = threading.Event()
         self.error: BaseException | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -87,7 +88,7 @@ class _ServerThread(threading.Thread):
             self.started_event.set()
 
     async def _serve(self) -> None:
-        shared_dir, mountpoint, options, server = self._args
+        shared_dir, mountpoint, options, handler = self._args
         with trio.CancelScope() as scope:
             self._scope = scope
             self._token = trio.lowlevel.current_trio_token()
@@ -97,7 +98,7 @@ class _ServerThread(threading.Thread):
                         shared_dir,
                         mountpoint,
                         options=options,
-                        server=server,
+                        handler=handler,
                         task_status=task_status,
                     )
                 )
@@ -118,17 +119,17 @@ def mounted(
     mountpoint: str | os.PathLike[str] | None = None,
     *,
     options: FsOptions | None = None,
-    server: RequestHandler | None = None,
+    handler: RequestHandler | None = None,
     timeout: float = 10.0,
 ) -> Iterator[Mount]:
     """Serve ``shared_dir`` through fsd on ``mountpoint`` (a fresh temporary one by default).
 
     Yields a :class:`Mount`; on exit the server is stopped and the mount detached whatever
-    happened. ``server`` replaces the default passthrough FUSE server.
+    happened. ``handler`` replaces the default passthrough FUSE server's ``handle``.
     """
     made_mountpoint = mountpoint is None
     target = Path(tempfile.mkdtemp(prefix="fsd-mnt-") if mountpoint is None else mountpoint)
-    thread = _ServerThread(Path(shared_dir), target, options, server)
+    thread = _ServerThread(Path(shared_dir), target, options, handler)
     st_dev: int | None = None
     try:
         thread.start()

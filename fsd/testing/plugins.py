@@ -93,7 +93,7 @@ def mounted_with_plugins(
     fs = PassthroughFs(share, options or FsOptions())
     handler = HookedHandler(FuseServer(fs, transport="dev-fuse"), manager)
     try:
-        with mounted(share, mountpoint, options=options, server=handler) as mount:
+        with mounted(share, mountpoint, options=options, handler=handler.handle) as mount:
             yield mount
     finally:
         fs.close()

@@ -325,7 +325,7 @@ def test_getxattr_per_write(share: Path, tmp_path: Path, rewrite: bool) -> None:
     options = FsOptions(rewrite_security_xattrs=rewrite)
     server = _CountingServer(FuseServer(PassthroughFs(share, options), transport="dev-fuse"))
     writes = 200
-    with mounted(share, server=server, options=options) as mount:
+    with mounted(share, handler=server.handle, options=options) as mount:
         fd = os.open(mount.mountpoint / "f", os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             for i in range(writes):

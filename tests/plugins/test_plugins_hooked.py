@@ -13,11 +13,13 @@ import pytest
 
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fuse import abi
+from fsd.fuse.requests import decode
 from fsd.fuse.server import FuseServer
-from fsd.hookinfo import FuseRequestInfo
-from fsd.hooks_fuse import HookedHandler, describe_request, make_request_handler
+from fsd.hookinfo import FuseRequestInfo, describe
+from fsd.hooks_fuse import HookedHandler, make_request_handler
 from fsd.hookspecs import hookimpl
 from fsd.plugins import Plugins
+from fsd.sgbuf import SgReader
 from fsd.testing import fuse_requests as fr
 from fsd.testing.fuse_requests import FuseClient
 from fsd.testing.plugins import Recorder, hooked_client, plugin_manager
@@ -222,7 +224,8 @@ def test_malformed_requests_are_refused_without_reaching_the_filesystem(share: P
         lying = bytearray(fr.lookup(c.next_unique(), 1, "a"))
         lying[0:4] = (1 << 20).to_bytes(4, "little")  # in_header.len beyond the request
         assert c.errno_of(bytes(lying)) == errno.EINVAL
-        assert len(rec.calls) == n + 2  # only the lying LOOKUP reached the hooks (name fits)
+        # None reached the hooks: the request is decoded (and refused) before they see it.
+        assert len(rec.calls) == n
     assert os.listdir(share) == []
 
 
@@ -246,16 +249,19 @@ def test_no_room_for_a_denial_reply(share: Path) -> None:
         assert c.call(fr.getattr(c.next_unique(), 1), capacity=8) == b""
 
 
-def test_describe_request_is_pure() -> None:
-    data = fr.lookup(7, 1, "name")
-    info = describe_request(data, lambda nodeid: "/" if nodeid == 1 else None, "dev-fuse")
+def test_describe_reads_the_decoded_request() -> None:
+    """Plugins see the request the server decoded: describe() parses nothing itself."""
+    req = decode(SgReader([memoryview(fr.lookup(7, 1, "name"))]))
+    info = describe(req, lambda nodeid: "/" if nodeid == 1 else None, "dev-fuse")
     assert (info.op, info.unique, info.entry_path, info.transport) == (
         "LOOKUP",
         7,
         "/name",
         "dev-fuse",
     )
-    unknown = describe_request(fr.request(99, 3, 1), lambda n: "/", "vhost-user")
+    unknown = describe(
+        decode(SgReader([memoryview(fr.request(99, 3, 1))])), lambda n: "/", "vhost-user"
+    )
     assert (unknown.op, unknown.op_class) == ("OPCODE_99", "session")
 
 

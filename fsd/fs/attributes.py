@@ -1,0 +1,66 @@
+"""SETATTR: apply the attribute changes the guest asked for to one host inode."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+
+from fsd.fuse.abi import (
+    FATTR_ATIME,
+    FATTR_ATIME_NOW,
+    FATTR_GID,
+    FATTR_MODE,
+    FATTR_MTIME,
+    FATTR_MTIME_NOW,
+    FATTR_SIZE,
+    FATTR_UID,
+)
+from fsd.fuse.filesystem import SetattrArgs
+
+__all__ = ["apply_setattr"]
+
+_TOUCH = FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME | FATTR_MTIME_NOW
+
+HostIds = Callable[[int, int], tuple[int, int]]
+"""Guest (uid, gid) of a chown → host ids (-1 kept: "unchanged")."""
+
+
+def apply_setattr(
+    target: int | str, kind: int, attrs: SetattrArgs, current: Callable[[], os.stat_result],
+    host_ids: HostIds | None,
+) -> None:  # fmt: skip
+    """Change what ``attrs.valid`` selects on ``target`` (an open fd or a /proc/self/fd path
+    of an inode of type ``kind``), in the order the kernel applies them. ``current`` stats
+    the inode (for a time the guest leaves unchanged); ``host_ids`` translates chown ids."""
+    valid = attrs.valid
+    if valid & FATTR_MODE:
+        os.chmod(target, stat.S_IMODE(attrs.mode))
+    if valid & (FATTR_UID | FATTR_GID):
+        uid = attrs.uid if valid & FATTR_UID else -1
+        gid = attrs.gid if valid & FATTR_GID else -1
+        if host_ids is not None:
+            uid, gid = host_ids(uid, gid)
+        os.chown(target, uid, gid)
+    if valid & FATTR_SIZE:
+        if kind != stat.S_IFREG:
+            raise OSError(errno.EINVAL if kind != stat.S_IFDIR else errno.EISDIR, "")
+        os.truncate(target, attrs.size)
+    if valid & (FATTR_ATIME | FATTR_MTIME):
+        if valid & _TOUCH == _TOUCH:
+            # touch: the kernel's "now" needs only write access, not ownership.
+            os.utime(target)
+            return
+        now = time.time_ns() if valid & (FATTR_ATIME_NOW | FATTR_MTIME_NOW) else 0
+        old = current()
+        if valid & FATTR_ATIME:
+            atime = now if valid & FATTR_ATIME_NOW else attrs.atime_ns
+        else:
+            atime = old.st_atime_ns
+        if valid & FATTR_MTIME:
+            mtime = now if valid & FATTR_MTIME_NOW else attrs.mtime_ns
+        else:
+            mtime = old.st_mtime_ns
+        os.utime(target, ns=(atime, mtime))
