@@ -25,12 +25,12 @@ __all__ = ["apply_setattr"]
 _TOUCH = FATTR_ATIME | FATTR_ATIME_NOW | FATTR_MTIME | FATTR_MTIME_NOW
 
 HostIds = Callable[[int, int], tuple[int, int]]
-"""Guest (uid, gid) of a chown → host ids (-1 kept: "unchanged")."""
+"""Guest (uid, gid) of a chown → host ids (-1 kept: "unchanged"; see Credentials.chown_ids)."""
 
 
 def apply_setattr(
     target: int | str, kind: int, attrs: SetattrArgs, current: Callable[[], os.stat_result],
-    host_ids: HostIds | None,
+    host_ids: HostIds,
 ) -> None:  # fmt: skip
     """Change what ``attrs.valid`` selects on ``target`` (an open fd or a /proc/self/fd path
     of an inode of type ``kind``), in the order the kernel applies them. ``current`` stats
@@ -41,8 +41,7 @@ def apply_setattr(
     if valid & (FATTR_UID | FATTR_GID):
         uid = attrs.uid if valid & FATTR_UID else -1
         gid = attrs.gid if valid & FATTR_GID else -1
-        if host_ids is not None:
-            uid, gid = host_ids(uid, gid)
+        uid, gid = host_ids(uid, gid)
         os.chown(target, uid, gid)
     if valid & FATTR_SIZE:
         if kind != stat.S_IFREG:

@@ -22,10 +22,12 @@ uid/gid), so host checks that only a supplementary group would pass fail.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
 import os
+from contextlib import AbstractContextManager
 from typing import Final
 
 from fsd.fs.idmap import IdMaps
@@ -40,6 +42,7 @@ _setfsgid: Final = _libc.setfsgid
 _setfsuid.argtypes = _setfsgid.argtypes = [ctypes.c_uint]
 _setfsuid.restype = _setfsgid.restype = ctypes.c_uint
 _QUERY: Final = 0xFFFFFFFF  # (uid_t) -1: an invalid id, so the call only reports the current one
+_UNCHANGED: Final = contextlib.nullcontext()
 
 
 def drop_supplementary_groups() -> None:
@@ -118,9 +121,27 @@ class Credentials:
         """A ``with`` block run as ``uid``/``gid`` (see :meth:`switch`), restored on exit."""
         return ActingAs(self, uid, gid)
 
+    #: Whether permission-relevant operations (not only creating ones) run as the caller:
+    #: only under id maps, where guest root need not be host root (docs/credentials.md).
+    confines = False
+
+    def confined(self, uid: int, gid: int) -> AbstractContextManager[None]:
+        """A ``with`` block for a permission-relevant operation: run as the caller when
+        :attr:`confines`, else as the daemon (the guest's kernel has checked it)."""
+        return _UNCHANGED
+
     def host_uid(self, uid: int) -> int | None:
         """The host uid a caller acts as (itself here; ``None`` if unmapped)."""
         return uid
+
+    def host_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """The caller's host ids for a permission check; -1 for one without a host id (it
+        matches no owner and is not root)."""
+        return uid, gid
+
+    def chown_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """The host ids a guest chown asks for (-1: leave unchanged)."""
+        return uid, gid
 
     @staticmethod
     def current() -> tuple[int, int]:
@@ -143,9 +164,34 @@ class MappedCredentials(Credentials):
         super().__init__()
         self.maps = maps
 
+    confines = True
+
+    def confined(self, uid: int, gid: int) -> AbstractContextManager[None]:
+        return self.acting_as(uid, gid)
+
     def host_uid(self, uid: int) -> int | None:
         """The caller's host uid through the map; ``None`` if the map does not cover it."""
         return self.maps.uid.to_host(uid)
+
+    def host_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        host_uid = self.maps.uid.to_host(uid)
+        host_gid = self.maps.gid.to_host(gid)
+        return (-1 if host_uid is None else host_uid), (-1 if host_gid is None else host_gid)
+
+    def chown_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """EINVAL for an id outside the maps, as the kernel refuses a chown to an id not
+        mapped into the caller's user namespace."""
+        if uid != -1:
+            host = self.maps.uid.to_host(uid)
+            if host is None:
+                raise OSError(errno.EINVAL, f"uid {uid} is not in the uid map")
+            uid = host
+        if gid != -1:
+            host = self.maps.gid.to_host(gid)
+            if host is None:
+                raise OSError(errno.EINVAL, f"gid {gid} is not in the gid map")
+            gid = host
+        return uid, gid
 
     def switch(self, uid: int, gid: int) -> bool:
         """Translate the guest caller's ids to the host's, then switch as the base class."""

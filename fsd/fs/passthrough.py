@@ -18,12 +18,10 @@ every mode it sends (DONT_MASK is not granted), so a host umask would mask modes
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from typing import Final
 
 from fsd.allowlist.trie import Allowlist
@@ -65,16 +63,13 @@ _PASS_FLAGS: Final = (
 )
 _CREATE_PASS_FLAGS: Final = _PASS_FLAGS | os.O_EXCL
 _MKNOD_KINDS: Final = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG)
-_UNCHANGED: Final = contextlib.nullcontext()
 
 
 class PassthroughFs:
     """A host directory served to one FUSE client."""
 
     __slots__ = (
-        "_confine",
         "_creds",
-        "_maps",
         "_root_dirfd",
         "allowlist",
         "config",
@@ -110,14 +105,11 @@ class PassthroughFs:
         self.handles = HandleTable()
         #: POSIX and BSD locks the guest holds, and blocking lock requests still waiting.
         self.locks = LockTable()
-        # Creating ops run with the caller's fsuid/fsgid (see fsd.fs.credentials).
-        # With --uid-map/--gid-map, the caller's guest ids are translated first.
-        self._maps = maps = options.id_maps
+        # Creating ops run with the caller's fsuid/fsgid (see fsd.fs.credentials); under
+        # --uid-map/--gid-map, as the caller's host ids, and so does every op the host must
+        # check for the caller (guest root need not be host root: docs/credentials.md).
+        maps = options.id_maps
         self._creds = Credentials() if maps is None else MappedCredentials(maps)
-        #: Under id maps every permission-relevant op runs as the caller's host ids too: the
-        #: guest's kernel checks against translated owners, and guest root need not be host
-        #: root, so only the host can confine it (see docs/credentials.md).
-        self._confine = maps is not None
         cache = options.cache
         self.file_open_flags = {"never": FOPEN_DIRECT_IO, "always": FOPEN_KEEP_CACHE}.get(cache, 0)
         self.dir_open_flags = FOPEN_CACHE_DIR if cache == "always" else 0
@@ -144,13 +136,6 @@ class PassthroughFs:
         os.close(self.inodes.root.fd)
 
     # --- helpers ---------------------------------------------------------------------------
-
-    def _as_caller(self, ctx: Context) -> AbstractContextManager[None]:
-        """A ``with`` block run as the caller's host ids under id maps (docs/credentials.md);
-        without maps nothing is switched."""
-        if not self._confine:
-            return _UNCHANGED
-        return self._creds.acting_as(ctx.uid, ctx.gid)
 
     def _adopt(self, parent: Inode, name: bytes, fd: int) -> tuple[Inode, os.stat_result]:
         """Stat a freshly opened O_PATH fd and enter it into the inode table."""
@@ -238,7 +223,7 @@ class PassthroughFs:
         pinode = self.inodes.get(parent)
         if pinode.kind != stat.S_IFDIR:
             raise OSError(errno.ENOTDIR, "lookup in a non-directory")
-        if self._confine:
+        if self._creds.confines:  # (a plain call otherwise: LOOKUP is hot)
             with self._creds.acting_as(ctx.uid, ctx.gid):
                 return self._lookup(pinode, name)
         return self._lookup(pinode, name)
@@ -276,26 +261,10 @@ class PassthroughFs:
         target: int | str = inode.proc_path
         if attrs.valid & FATTR_FH:
             target = self._fd(nodeid, attrs.fh)
-        host_ids = None if self._maps is None else self._chown_ids
-        with self._as_caller(ctx):
-            apply_setattr(target, inode.kind, attrs, lambda: os.fstat(inode.fd), host_ids)
+        creds = self._creds
+        with creds.confined(ctx.uid, ctx.gid):
+            apply_setattr(target, inode.kind, attrs, lambda: os.fstat(inode.fd), creds.chown_ids)
         return os.fstat(inode.fd)
-
-    def _chown_ids(self, uid: int, gid: int) -> tuple[int, int]:
-        """The host ids for a guest chown; EINVAL for an id outside the maps (as the kernel
-        refuses a chown to an id not mapped into the caller's user namespace)."""
-        assert self._maps is not None
-        if uid != -1:
-            host = self._maps.uid.to_host(uid)
-            if host is None:
-                raise OSError(errno.EINVAL, f"uid {uid} is not in the uid map")
-            uid = host
-        if gid != -1:
-            host = self._maps.gid.to_host(gid)
-            if host is None:
-                raise OSError(errno.EINVAL, f"gid {gid} is not in the gid map")
-            gid = host
-        return uid, gid
 
     def readlink(self, ctx: Context, nodeid: int) -> bytes:
         """The symlink's target, verbatim (the guest resolves it, not the host)."""
@@ -311,13 +280,7 @@ class PassthroughFs:
         owner and is not root (it can only get the "other" bits).
         """
         st = os.fstat(self.inodes.get(nodeid).fd)
-        uid, gid = ctx.uid, ctx.gid
-        if self._maps is not None:
-            host_uid = self._maps.uid.to_host(uid)
-            host_gid = self._maps.gid.to_host(gid)
-            uid = -1 if host_uid is None else host_uid
-            gid = -1 if host_gid is None else host_gid
-        check_access(st, mask, uid, gid)
+        check_access(st, mask, *self._creds.host_ids(ctx.uid, ctx.gid))
 
     def statfs(self, ctx: Context, nodeid: int) -> os.statvfs_result:
         """Host filesystem statistics for the filesystem holding ``nodeid``."""
@@ -358,20 +321,20 @@ class PassthroughFs:
         """A new hard link to ``nodeid`` (not to whatever a symlink points at)."""
         inode = self.inodes.get(nodeid)
         pinode = self._new_parent(newparent, newname)
-        with self._as_caller(ctx):
+        with self._creds.confined(ctx.uid, ctx.gid):
             os.link(inode.proc_path, newname, dst_dir_fd=pinode.fd, follow_symlinks=True)
         return self._lookup_child(pinode, newname)
 
     def unlink(self, ctx: Context, parent: int, name: bytes) -> None:
         """Remove a non-directory name (as the caller's host ids under id maps)."""
         pinode = self._new_parent(parent, name)
-        with self._as_caller(ctx):
+        with self._creds.confined(ctx.uid, ctx.gid):
             os.unlink(name, dir_fd=pinode.fd)
 
     def rmdir(self, ctx: Context, parent: int, name: bytes) -> None:
         """Remove an empty directory (as the caller's host ids under id maps)."""
         pinode = self._new_parent(parent, name)
-        with self._as_caller(ctx):
+        with self._creds.confined(ctx.uid, ctx.gid):
             os.rmdir(name, dir_fd=pinode.fd)
 
     def rename(
@@ -384,7 +347,7 @@ class PassthroughFs:
         other = None
         if flags & RENAME_EXCHANGE:
             other = os.stat(newname, dir_fd=pnew.fd, follow_symlinks=False)
-        with self._as_caller(ctx):
+        with self._creds.confined(ctx.uid, ctx.gid):
             if flags:
                 linux.renameat2(pold.fd, name, pnew.fd, newname, flags)
             else:
@@ -403,7 +366,7 @@ class PassthroughFs:
         """Open a regular file for I/O (under id maps the host checks it as the caller)."""
         inode = self.inodes.get(nodeid)
         self._openable(inode, stat.S_IFREG)
-        with self._as_caller(ctx):
+        with self._creds.confined(ctx.uid, ctx.gid):
             fd = os.open(inode.proc_path, self._open_flags(flags))
         return self.handles.add(fd, nodeid), self.file_open_flags
 
@@ -609,7 +572,7 @@ class PassthroughFs:
         """Open a directory for listing (under id maps the host checks it as the caller)."""
         inode = self.inodes.get(nodeid)
         self._openable(inode, stat.S_IFDIR)
-        with self._as_caller(ctx):
+        with self._creds.confined(ctx.uid, ctx.gid):
             fd = os.open(inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         return self.handles.add(fd, nodeid), self.dir_open_flags
 
@@ -660,7 +623,7 @@ class PassthroughFs:
         host.
         """
         self.gate.changeable(inode, is_root=inode is self.inodes.root)
-        if not self._confine:
+        if not self._creds.confines:
             return False
         privileged = name.startswith((b"trusted.", b"security."))
         if privileged and self._creds.host_uid(ctx.uid) != 0:

@@ -9,6 +9,7 @@ tests may implement a small one. Nothing here knows how a filesystem stores its 
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -91,6 +92,10 @@ class FilesystemConfig(NamedTuple):
 class Filesystem(Protocol):
     """The operations a FUSE server needs; each raises ``OSError`` to answer an errno.
 
+    Like crosvm's trait, every operation has a default: ENOSYS (the client stops asking
+    for some, e.g. xattrs), so a class that subclasses this one explicitly implements only
+    what it serves. The passthrough implements all of them.
+
     A lookup-returning operation (LOOKUP, MKDIR, MKNOD, SYMLINK, LINK, CREATE, TMPFILE)
     counts one lookup of the returned nodeid, which the client later drops with FORGET.
     Handles are checked against the nodeid they were opened on. Operations run one at a
@@ -98,110 +103,138 @@ class Filesystem(Protocol):
     later from another thread.
     """
 
-    config: FilesystemConfig
+    config: FilesystemConfig = FilesystemConfig()
 
     # --- session ---------------------------------------------------------------------------
 
     def destroy(self) -> None:
         """The session ended: drop every lookup and handle the client held."""
+        return None  # noqa: RET501 (a body of its own: mypy counts a bare docstring abstract)
 
     def path(self, nodeid: int) -> bytes | None:
         """``nodeid``'s path below the root (``b""`` is the root), for plugins and logs;
         ``None`` for a nodeid the client does not hold."""
+        return None
 
     # --- inodes ----------------------------------------------------------------------------
 
     def lookup(self, ctx: Context, parent: int, name: bytes) -> Entry:
         """Find ``name`` in directory ``parent`` (``.`` and ``..`` included)."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def forget(self, ctx: Context, nodeid: int, nlookup: int) -> None:
         """The client dropped ``nlookup`` lookups of ``nodeid``."""
+        return None  # noqa: RET501 (as for destroy)
 
     def getattr(self, ctx: Context, nodeid: int) -> os.stat_result:
         """The inode's attributes (a symlink's own)."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def statx(self, ctx: Context, nodeid: int) -> tuple[os.stat_result, tuple[int, int] | None]:
         """GETATTR's attributes and the birth time as (seconds, nanoseconds), if known."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def setattr(self, ctx: Context, nodeid: int, attrs: SetattrArgs) -> os.stat_result:
         """Change what ``attrs.valid`` selects; the attributes after the change."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def readlink(self, ctx: Context, nodeid: int) -> bytes:
         """A symlink's target, verbatim."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def access(self, ctx: Context, nodeid: int, mask: int) -> None:
         """Raise EACCES unless the caller may ``mask`` (R_OK/W_OK/X_OK) the inode."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def statfs(self, ctx: Context, nodeid: int) -> os.statvfs_result:
         """Statistics of the filesystem holding ``nodeid``."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     # --- names -----------------------------------------------------------------------------
 
     def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int) -> Entry:
         """Create a directory owned by the caller."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
         """Create a special or empty regular file owned by the caller."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def symlink(self, ctx: Context, parent: int, name: bytes, target: bytes) -> Entry:
         """Create a symlink holding ``target`` verbatim."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def link(self, ctx: Context, nodeid: int, newparent: int, newname: bytes) -> Entry:
         """A new hard link to ``nodeid``."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def unlink(self, ctx: Context, parent: int, name: bytes) -> None:
         """Remove a non-directory."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def rmdir(self, ctx: Context, parent: int, name: bytes) -> None:
         """Remove an empty directory."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def rename(
         self, ctx: Context, parent: int, name: bytes, newparent: int, newname: bytes, flags: int
     ) -> None:
         """Rename; ``flags`` are ``renameat2``'s (NOREPLACE, EXCHANGE, WHITEOUT)."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     # --- files -----------------------------------------------------------------------------
 
     def open(self, ctx: Context, nodeid: int, flags: int) -> Opened:
         """Open a regular file with ``open(2)`` flags."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def create(
         self, ctx: Context, parent: int, name: bytes, flags: int, mode: int
     ) -> tuple[Entry, Opened]:
         """Create and open a regular file (or open the existing one without O_EXCL)."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def tmpfile(self, ctx: Context, parent: int, flags: int, mode: int) -> tuple[Entry, Opened]:
         """An unnamed regular file in ``parent``, open (``O_TMPFILE``)."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def read(
         self, ctx: Context, nodeid: int, fh: int, offset: int, into: Sequence[memoryview]
     ) -> int:
         """Read into ``into`` (the reply's memory) at ``offset``; bytes read."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def write(
         self, ctx: Context, nodeid: int, fh: int, offset: int, data: Sequence[memoryview]
     ) -> int:
         """Write ``data`` (the request's memory) at ``offset``; bytes written."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def kill_suidgid(self, ctx: Context, nodeid: int, fh: int | None) -> None:
         """Drop set-user/group-id bits, as a write or truncate by the caller must."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def flush(self, ctx: Context, nodeid: int, fh: int, lock_owner: int) -> None:
         """A client process closed a descriptor of ``fh``."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def release(self, ctx: Context, nodeid: int, fh: int) -> None:
         """The client's last reference to ``fh`` is gone."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def fsync(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
         """Flush the file to stable storage (data only if ``datasync``)."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def fallocate(
         self, ctx: Context, nodeid: int, fh: int, mode: int, offset: int, length: int
     ) -> None:
         """``fallocate(2)``."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def lseek(self, ctx: Context, nodeid: int, fh: int, offset: int, whence: int) -> int:
         """SEEK_DATA/SEEK_HOLE; the resulting offset."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def copy_file_range(
         self,
@@ -215,9 +248,11 @@ class Filesystem(Protocol):
         length: int,
     ) -> int:
         """Copy between two open files; bytes copied."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def syncfs(self, ctx: Context, nodeid: int) -> None:
         """Flush the whole filesystem."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     # --- locks -----------------------------------------------------------------------------
 
@@ -225,6 +260,7 @@ class Filesystem(Protocol):
         self, ctx: Context, nodeid: int, fh: int, owner: int, start: int, end: int, kind: int
     ) -> LockRange:
         """The lock that would conflict with this one, or ``F_UNLCK``."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def setlk(
         self,
@@ -241,35 +277,45 @@ class Filesystem(Protocol):
     ) -> bool:
         """Take or release a lock (``pid``: the locking process, for GETLK answers). True
         when done; False when ``wait`` (SETLKW) will be finished later, from another thread."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def interrupt(self, ctx: Context, unique: int) -> None:
         """The client gave up on request ``unique`` (only a waiting lock can stop)."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     # --- directories -----------------------------------------------------------------------
 
     def opendir(self, ctx: Context, nodeid: int) -> Opened:
         """Open a directory for listing."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def readdir(self, ctx: Context, nodeid: int, fh: int, offset: int) -> Sequence[DirEntry | None]:
         """The listing; entry ``i`` has cookie ``i + 1``; ``None`` entries are skipped (hidden
         since the listing was taken, keeping every later cookie)."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def releasedir(self, ctx: Context, nodeid: int, fh: int) -> None:
         """The client closed the directory."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def fsyncdir(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
         """Flush a directory's entries."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     # --- extended attributes ---------------------------------------------------------------
 
     def getxattr(self, ctx: Context, nodeid: int, name: bytes) -> bytes:
         """An xattr's value (ENODATA if unset)."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def listxattr(self, ctx: Context, nodeid: int) -> list[bytes]:
         """The xattr names the client may see."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def setxattr(self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
         """Set an xattr (``flags``: XATTR_CREATE / XATTR_REPLACE)."""
+        raise OSError(errno.ENOSYS, "not implemented")
 
     def removexattr(self, ctx: Context, nodeid: int, name: bytes) -> None:
         """Remove an xattr (ENODATA if unset)."""
+        raise OSError(errno.ENOSYS, "not implemented")

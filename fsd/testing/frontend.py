@@ -1,7 +1,7 @@
 """A scripted vhost-user front-end: what QEMU does, in Python, for tests.
 
 It owns memfd guest memory and eventfds, speaks vhost-user over a real Unix socket in the
-order QEMU 7.2 does (shared/reference/vhost-user-sequence.md), and drives the queues with
+order QEMU 7.2 does (as traced from a real QEMU 7.2 against virtiofsd), and drives the queues with
 :class:`~fsd.testing.driver.DriverQueue`. Synchronous on purpose: tests run the daemon in
 another thread or process and talk to it like a VMM would.
 """

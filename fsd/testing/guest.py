@@ -193,7 +193,8 @@ def qemu_command(
     accel: str,
     extra_append: str,
 ) -> list[str]:
-    """The QEMU command line of reference/vm-testbed.md, with the console on stdout."""
+    """The QEMU command line of a TCG test guest (q35, memfd memory shared with the back-end,
+    vhost-user-fs-pci, direct kernel boot), with the console on stdout."""
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
     append = " ".join(part for part in ("console=ttyS0 panic=-1 quiet", extra_append) if part)
     return [

@@ -5,7 +5,9 @@ returns the effects the I/O layer must carry out, in order: replies to send, mem
 map or drop, queues to start or stop, fds to close. It never touches an fd itself; every fd a
 message brings is either kept in the state (and later handed out in an effect) or returned in
 a :class:`CloseFd` effect, so none leaks. Rules follow QEMU's vhost-user spec and what QEMU 7.2
-really sends (shared/reference/vhost-user-sequence.md).
+really sends (the sequence fsd.testing.frontend replays: features, protocol features, owner,
+memory table, then per queue NUM, BASE, ADDR, KICK, ENABLE and CALL, with REPLY_ACK on the
+memory messages).
 """
 
 from __future__ import annotations

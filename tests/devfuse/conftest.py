@@ -11,14 +11,6 @@ from fsd.testing.mount import Mount, devfuse_unavailable, mounted
 
 
 @pytest.fixture
-def share(tmp_path: Path) -> Path:
-    """The host directory fsd serves."""
-    path = tmp_path / "share"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def fsd_mount(share: Path, tmp_path: Path) -> Iterator[Mount]:
     """``share`` mounted through fsd; skipped only where mounting cannot work (not root)."""
     reason = devfuse_unavailable()

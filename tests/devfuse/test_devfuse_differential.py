@@ -314,7 +314,7 @@ class _CountingServer:
 
 @pytest.mark.parametrize("rewrite", [False, True], ids=["killpriv_v2", "rewrite_security"])
 def test_getxattr_per_write(share: Path, tmp_path: Path, rewrite: bool) -> None:
-    """Pitfall 16: with xattrs served, the guest must not ask for security.capability per WRITE.
+    """With xattrs served, the client must not ask for security.capability before every WRITE.
 
     With HANDLE_KILLPRIV_V2 (the default) the kernel marks the inode S_NOSEC after one check;
     with rewrite_security_xattrs it must keep asking (and does, once per WRITE).

@@ -1,5 +1,8 @@
-"""Fixtures for plugin tests: the same share and daemon umask as the filesystem tests."""
+"""Plugin tests serve requests in-process, as the daemon does: with umask 0."""
 
-from tests.fs.conftest import _umask_zero, share
+import pytest
 
-__all__ = ["_umask_zero", "share"]
+
+@pytest.fixture(autouse=True)
+def _daemon_umask(daemon_umask: None) -> None:
+    pass

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 
 from fsd.fs import PassthroughFs
 from fsd.fuse import FuseServer
-from fsd.fuse.replies import NO_REPLY
 from fsd.fuse.abi import IN_HEADER, ROOT_ID, Opcode
+from fsd.fuse.replies import NO_REPLY
 from fsd.sgbuf import SgReader, SgWriter
 from fsd.testing import fuse_requests as fr
 from fsd.testing.fuse_requests import FuseClient

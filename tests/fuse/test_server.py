@@ -1,0 +1,208 @@
+"""FuseServer against a small fake filesystem: decoding, dispatch, encoding, errno mapping.
+
+The server is written against ``fsd.fuse.filesystem.Filesystem``; these tests give it a fake
+that records what it was asked (and with which context), so the server's own rules are
+checked without a host directory. The passthrough behind the same server is tested through
+request bytes in tests/fs/.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from fsd.fuse import FuseServer, abi
+from fsd.fuse.abi import Opcode
+from fsd.fuse.errors import HiddenByAllowlist
+from fsd.fuse.filesystem import Context, Entry, Filesystem, FilesystemConfig
+from fsd.fuse.replies import NO_REPLY
+from fsd.fuse.requests import OPS, Request, decode
+from fsd.sgbuf import SgReader, SgWriter
+from fsd.testing import fuse_requests as fr
+from fsd.testing.fuse_requests import FuseClient
+
+_NS = {"st_atime_ns": 1_000_000_001, "st_mtime_ns": 2_000_000_002, "st_ctime_ns": 3_000_000_003}
+_STAT = os.stat_result(
+    (0o100644, 42, 7, 1, 1000, 1000, 5, 1, 2, 3),
+    {**_NS, "st_blocks": 8, "st_blksize": 4096, "st_rdev": 0},
+)
+
+
+class FakeFs(Filesystem):
+    """Serves a root with one file (nodeid 2, "f"); every other operation is ENOSYS."""
+
+    def __init__(self, config: FilesystemConfig | None = None) -> None:
+        self.config = config or FilesystemConfig()
+        self.calls: list[tuple[str, tuple[int, int, int, int], tuple[Any, ...]]] = []
+        self.fail: BaseException | None = None
+
+    def _record(self, op: str, ctx: Context, *args: Any) -> None:
+        self.calls.append((op, (ctx.uid, ctx.gid, ctx.pid, ctx.unique), args))
+        if self.fail is not None:
+            raise self.fail
+
+    def lookup(self, ctx: Context, parent: int, name: bytes) -> Entry:
+        self._record("lookup", ctx, parent, name)
+        if name != b"f":
+            raise FileNotFoundError(errno.ENOENT, "no such name")
+        return 2, _STAT
+
+    def getattr(self, ctx: Context, nodeid: int) -> os.stat_result:
+        self._record("getattr", ctx, nodeid)
+        return _STAT
+
+    def read(
+        self, ctx: Context, nodeid: int, fh: int, offset: int, into: Sequence[memoryview]
+    ) -> int:
+        self._record("read", ctx, nodeid, fh, offset)
+        data = b"abcdefgh"[offset:]
+        n = 0
+        for view in into:
+            chunk = data[n : n + len(view)]
+            view[: len(chunk)] = chunk
+            n += len(chunk)
+        return n
+
+    def write(
+        self, ctx: Context, nodeid: int, fh: int, offset: int, data: Sequence[memoryview]
+    ) -> int:
+        self._record("write", ctx, nodeid, fh, offset, b"".join(bytes(v) for v in data))
+        return sum(map(len, data)) - 1  # a short write: the reply must say so
+
+
+@pytest.fixture
+def fake() -> FakeFs:
+    return FakeFs()
+
+
+@pytest.fixture
+def client(fake: FakeFs) -> FuseClient:
+    c = FuseClient(FuseServer(fake))
+    c.init()
+    return c
+
+
+def test_the_filesystem_gets_the_callers_context(fake: FakeFs, client: FuseClient) -> None:
+    data = fr.request(Opcode.LOOKUP, 40, abi.ROOT_ID, b"f\0", uid=1000, gid=100)
+    entry = fr.parse_entry(client.ok(data))
+    assert (entry.nodeid, entry.attr.ino, entry.attr.size) == (2, 42, 5)
+    assert fake.calls[-1] == ("lookup", (1000, 100, 0, 40), (abi.ROOT_ID, b"f"))
+
+
+def test_errors_become_errnos_in_one_place(
+    fake: FakeFs, client: FuseClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert client.errno_of(fr.lookup(client.next_unique(), 1, "missing")) == errno.ENOENT
+    assert client.errno_of(fr.readlink(client.next_unique(), 1)) == errno.ENOSYS  # a default
+    fake.fail = ValueError("2**64 does not fit")
+    assert client.errno_of(fr.getattr(client.next_unique(), 1)) == errno.EINVAL
+    fake.fail = RuntimeError("a bug")
+    with caplog.at_level(logging.ERROR, logger="fsd.fuse"):
+        assert client.errno_of(fr.getattr(client.next_unique(), 1)) == errno.EIO
+    assert "internal error serving GETATTR" in caplog.text
+
+
+def test_negative_entries_but_never_for_hidden_names() -> None:
+    class Hiding(FakeFs):
+        def lookup(self, ctx: Context, parent: int, name: bytes) -> Entry:
+            if name == b"hidden":
+                raise HiddenByAllowlist(errno.ENOENT, "hidden")
+            return super().lookup(ctx, parent, name)
+
+    c = FuseClient(FuseServer(Hiding(FilesystemConfig(negative_timeout=3))))
+    c.init()
+    negative = fr.parse_entry(c.ok(fr.lookup(c.next_unique(), 1, "missing")))
+    assert (negative.nodeid, negative.entry_valid) == (0, 3)  # cached as absent for 3 s
+    assert c.errno_of(fr.lookup(c.next_unique(), 1, "hidden")) == errno.ENOENT
+
+
+def test_timeouts_and_owners_come_from_the_filesystems_config() -> None:
+    config = FilesystemConfig(
+        entry_timeout=2.5, attr_timeout=7, owner_to_client=(lambda u: u + 1, lambda g: g + 2)
+    )
+    c = FuseClient(FuseServer(FakeFs(config)))
+    c.init()
+    entry = fr.parse_entry(c.ok(fr.lookup(c.next_unique(), 1, "f")))
+    assert (entry.entry_valid, entry.entry_valid_nsec, entry.attr_valid) == (2, 500_000_000, 7)
+    assert (entry.attr.uid, entry.attr.gid) == (1001, 1002)
+
+
+def test_requests_before_init_and_unknown_opcodes(fake: FakeFs) -> None:
+    c = FuseClient(FuseServer(fake))
+    assert c.errno_of(fr.getattr(2, 1)) == errno.EIO
+    assert fake.calls == []
+    c.init()
+    assert c.errno_of(fr.request(9999, c.next_unique(), 1)) == errno.ENOSYS
+
+
+def test_data_moves_and_the_outcome_is_recorded_on_the_request(fake: FakeFs) -> None:
+    server = FuseServer(fake)
+    FuseClient(server).init()
+    space = bytearray(4096)
+    req = decode(SgReader([memoryview(fr.read(8, 2, 5, 2, 100))]))
+    n = server.execute(req, SgWriter([memoryview(space)]))
+    assert fr.parse_reply(bytes(space[:n])).payload == b"cdefgh"
+    assert (req.error, req.moved) == (0, 6)
+    req = decode(SgReader([memoryview(fr.write(10, 2, 5, 0, b"xyz"))]))
+    n = server.execute(req, SgWriter([memoryview(space)]))
+    assert fr.parse_write(fr.parse_reply(bytes(space[:n])).payload) == 2
+    assert (req.error, req.moved) == (0, 2)
+    assert fake.calls[-1][2] == (2, 5, 0, b"xyz")
+    req = decode(SgReader([memoryview(fr.readlink(12, 2))]))
+    server.execute(req, SgWriter([memoryview(space)]))
+    assert (req.error, req.moved) == (errno.ENOSYS, 0)
+
+
+def test_requests_that_create_client_state_need_room_for_their_reply(fake: FakeFs) -> None:
+    c = FuseClient(FuseServer(fake))
+    c.init()
+    calls = len(fake.calls)
+    reply = fr.parse_reply(c.call(fr.lookup(c.next_unique(), 1, "f"), capacity=40))
+    assert reply.error == -errno.EINVAL
+    assert len(fake.calls) == calls  # refused before the lookup was counted
+
+
+def test_no_reply_and_destroy_by_transport(fake: FakeFs) -> None:
+    for transport, destroy_reply in (("vhost-user", NO_REPLY), ("dev-fuse", 16)):
+        server = FuseServer(fake, transport=transport)  # type: ignore[arg-type]
+        FuseClient(server).init()
+        space = bytearray(64)
+        for data in (fr.forget(2, 2, 1), fr.batch_forget(4, [(2, 1)]), fr.interrupt(6, 2)):
+            assert server.handle(SgReader([memoryview(data)]), SgWriter([memoryview(space)])) == (
+                NO_REPLY
+            )
+        destroy = SgReader([memoryview(fr.destroy(8))])
+        assert server.handle(destroy, SgWriter([memoryview(space)])) == destroy_reply
+
+
+def test_the_server_keeps_no_per_request_state(fake: FakeFs) -> None:
+    """Two requests decoded first and served in the other order get their own answers."""
+    server = FuseServer(fake)
+    FuseClient(server).init()
+    first = decode(SgReader([memoryview(fr.request(Opcode.GETATTR, 20, 1, uid=5, gid=6))]))
+    second = decode(SgReader([memoryview(fr.request(Opcode.GETATTR, 22, 1, uid=7, gid=8))]))
+    for req in (second, first):
+        space = bytearray(256)
+        n = server.execute(req, SgWriter([memoryview(space)]))
+        assert fr.parse_reply(bytes(space[:n])).unique == req.unique
+    assert [call[1] for call in fake.calls[-2:]] == [(7, 8, 0, 22), (5, 6, 0, 20)]
+
+
+def test_every_decoded_opcode_has_a_handler_and_named_fields() -> None:
+    server = FuseServer(FakeFs())
+    assert set(OPS) <= set(server._handlers)
+    for opcode, op in OPS.items():
+        assert all(field.isidentifier() for field in op.fields), Opcode(opcode).name
+
+
+def test_a_request_is_its_context() -> None:
+    req = decode(SgReader([memoryview(fr.request(Opcode.GETATTR, 30, 9, uid=3, gid=4))]))
+    assert isinstance(req, Request) and isinstance(req, Context)
+    assert (req.opcode, req.unique, req.nodeid, req.uid, req.gid, req.args) == (
+        Opcode.GETATTR, 30, 9, 3, 4, (),
+    )  # fmt: skip
