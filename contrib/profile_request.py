@@ -1,0 +1,201 @@
+"""The request path in one process: what one request costs from the ring to the used entry.
+
+Builds guest memory, a driver-side queue shaped like Linux's virtio_fs (one indirect table per
+request: in_header and arguments in separate readable descriptors, out_header and reply
+arguments in separate writable ones) and fsd's own queue worker, then serves requests with
+``QueueRunner.drain()`` called directly: no threads, no vhost-user, no other process. It
+prints, per request kind, the Python and C calls one request makes (counted with
+``sys.setprofile``: deterministic, the figure to watch while slimming the path) and the time
+per request served one per wake-up and 64 per wake-up (hot caches: a lower bound of what the
+daemon pays, where each request arrives alone).
+
+    .venv/bin/python contrib/profile_request.py [--requests N] [--profile KIND]
+
+``--profile KIND`` prints a cProfile of that kind instead (GETATTR, LOOKUP, READ4K, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import cProfile
+import mmap
+import os
+import pstats
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from fsd.daemon.queues import QueueRunner  # noqa: E402
+from fsd.fs import FsOptions, PassthroughFs  # noqa: E402
+from fsd.fuse import FuseServer, abi  # noqa: E402
+from fsd.hooks_fuse import make_request_handler  # noqa: E402
+from fsd.testing import fuse_requests as fr  # noqa: E402
+from fsd.testing.driver import DriverQueue, GuestAllocator  # noqa: E402
+from fsd.virtio.memory import GuestMemory, GuestRegion  # noqa: E402
+from fsd.virtio.splitq import SplitQueue  # noqa: E402
+
+PAGE = 4096
+MEMORY = 64 << 20
+QUEUE_SIZE = 128
+
+#: (request parts as Linux's virtio_fs puts them in descriptors, reply descriptor sizes)
+Shape = tuple[list[bytes], list[int]]
+
+
+class Bench:
+    """A served share, a driver queue and fsd's queue runner over one guest memory."""
+
+    def __init__(self, share: Path) -> None:
+        self.mapping = mmap.mmap(-1, MEMORY)
+        memory = memoryview(self.mapping)
+        self.driver = DriverQueue(
+            memory, GuestAllocator(0, 1 << 20), GuestAllocator(1 << 20, MEMORY), QUEUE_SIZE
+        )
+        guest = GuestMemory([GuestRegion(0, memory)])
+        queue = SplitQueue(
+            guest,
+            size=QUEUE_SIZE,
+            desc_gpa=self.driver.desc_gpa,
+            avail_gpa=self.driver.avail_gpa,
+            used_gpa=self.driver.used_gpa,
+            event_idx=True,
+        )
+        self.fs = PassthroughFs(share, FsOptions())
+        server = FuseServer(self.fs)
+        handler = make_request_handler(server, None, lock=threading.Lock())
+        self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.runner = QueueRunner(1, queue, self.kick, self.call, handler)
+        self.unique = 0
+        self.serve([[fr.init_request(self.next())], [16, abi.INIT_OUT.size]])
+
+    def next(self) -> int:
+        self.unique += 2
+        return self.unique
+
+    def add(self, shape: Shape) -> int:
+        parts, reply = shape
+        return self.driver.add_request(parts, reply)
+
+    def serve(self, *shapes: Shape) -> list[bytes]:
+        heads = [self.add(shape) for shape in shapes]
+        self.runner.drain()
+        used = dict(self.driver.take_used())
+        return [self.driver.written(head, used[head]) for head in heads]
+
+
+def split(request: bytes, *cuts: int) -> list[bytes]:
+    """Cut a request into descriptors at the given offsets (Linux: one per argument)."""
+    points = [0, *cuts, len(request)]
+    return [request[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+
+
+def kinds(b: Bench, nodeid: int, fh: int) -> dict[str, Callable[[], Shape]]:
+    h = abi.IN_HEADER.size
+    return {
+        "GETATTR": lambda: (split(fr.getattr(b.next(), nodeid), h), [16, abi.ATTR_OUT.size]),
+        "LOOKUP": lambda: (split(fr.lookup(b.next(), 1, "data.bin"), h), [16, abi.ENTRY_OUT.size]),
+        "READ4K": lambda: (split(fr.read(b.next(), nodeid, fh, 0, PAGE), h), [16, PAGE]),
+        "READ496K": lambda: (
+            split(fr.read(b.next(), nodeid, fh, 0, 124 * PAGE), h),
+            [16] + [PAGE] * 124,
+        ),
+        "WRITE4K": lambda: (
+            split(fr.write(b.next(), nodeid, fh, 0, b"x" * PAGE), h, h + abi.WRITE_IN.size),
+            [16, abi.WRITE_OUT.size],
+        ),
+        "FLUSH": lambda: (split(fr.flush(b.next(), nodeid, fh), h), [16]),
+    }
+
+
+def count_calls(fn: Callable[[], object]) -> tuple[int, int, collections.Counter[str]]:
+    counts: collections.Counter[str] = collections.Counter()
+    python = native = 0
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        nonlocal python, native
+        if event == "call":
+            python += 1
+            code = frame.f_code  # type: ignore[attr-defined]
+            counts[f"{Path(code.co_filename).name}:{code.co_name}"] += 1
+        elif event == "c_call":
+            native += 1
+            counts[f"<c> {getattr(arg, '__qualname__', arg)}"] += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return python, native, counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--profile", metavar="KIND")
+    parser.add_argument("--calls", metavar="KIND", help="list the calls one KIND request makes")
+    args = parser.parse_args()
+    os.umask(0)
+    with tempfile.TemporaryDirectory(prefix="fsd-profile-") as tmp:
+        share = Path(tmp)
+        (share / "data.bin").write_bytes(os.urandom(124 * PAGE))
+        b = Bench(share)
+        entry = fr.parse_entry(fr.parse_reply(b.serve(kinds(b, 1, 0)["LOOKUP"]())[0]).payload)
+        opened = b.serve(([fr.open_(b.next(), entry.nodeid, os.O_RDWR)], [16, 16]))[0]
+        fh = fr.parse_open(fr.parse_reply(opened).payload)[0]
+        shapes = kinds(b, entry.nodeid, fh)
+        for shape in shapes.values():  # warm up; check every kind succeeds
+            reply = fr.parse_reply(b.serve(shape())[0])
+            assert reply.error == 0, reply
+        if args.profile:
+            make = shapes[args.profile]
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.requests):
+                b.serve(make())
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+            return 0
+        if args.calls:
+            make = shapes[args.calls]
+            b.add(make())
+            python, native, counts = count_calls(b.runner.drain)
+            b.driver.take_used()
+            for name, n in counts.most_common():
+                print(f"{n:4} {name}")
+            print(f"{python} Python calls, {native} C calls")
+            return 0
+        print(f"in-process request path, {args.requests} requests per kind, hot caches")
+        print("| request | Python calls | C calls | µs/req, 1 per wake-up | µs/req, 64 per wake-up |")
+        print("|---|---|---|---|---|")
+        for label, make in shapes.items():
+            b.add(make())
+            python, native, _ = count_calls(b.runner.drain)
+            b.driver.take_used()
+            timings = []
+            for batch in (1, 64):
+                count = args.requests if "496" not in label else args.requests // 8
+                spent = 0.0
+                for _ in range(count // batch):
+                    for _ in range(batch):
+                        b.add(make())
+                    t0 = time.perf_counter()
+                    b.runner.drain()
+                    spent += time.perf_counter() - t0
+                    b.driver.take_used()
+                timings.append(spent / (count // batch * batch) * 1e6)
+            print(f"| {label} | {python} | {native} | {timings[0]:.1f} | {timings[1]:.1f} |")
+        b.fs.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
