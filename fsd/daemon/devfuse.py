@@ -3,12 +3,11 @@
 A guest's virtiofs driver and the host kernel's FUSE client speak the same messages; only the
 framing differs (descriptor chains there, one ``read``/``write`` per message here). Mounting on
 the host lets the filesystem be exercised with plain system calls and compared with a plain
-directory, without booting a VM.
+directory, without booting a VM. The ``fsd mount`` command is :mod:`fsd.cli.mount`.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import functools
 import logging
@@ -17,7 +16,6 @@ import signal
 import stat
 import struct
 import sys
-from collections.abc import Sequence
 from typing import Protocol
 
 import trio
@@ -26,15 +24,12 @@ from fsd.allowlist import Allowlist
 from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_checks
 from fsd.allowlist.server import serve_allowlist
 from fsd.daemon import mount_syscalls
-from fsd.daemon.limits import raise_open_files_limit
 from fsd.daemon.pending import PendingReplies
 from fsd.fs import FsOptions, PassthroughFs
-from fsd.fs.credentials import drop_supplementary_groups
-from fsd.fs_arguments import add_filesystem_arguments, filesystem_options
 from fsd.fuse import FuseServer
 from fsd.hookinfo import DaemonInfo
 from fsd.hooks_fuse import HookedHandler
-from fsd.plugins import PluginError, Plugins, setup_plugins
+from fsd.plugins import Plugins
 from fsd.sgbuf import SgReader, SgWriter
 
 __all__ = [
@@ -42,7 +37,7 @@ __all__ = [
     "MountError",
     "RequestHandler",
     "check_mountpoint",
-    "main",
+    "mount_until_signal",
     "serve_mount",
 ]
 
@@ -292,7 +287,7 @@ def _write_reply(fd: int, reply: memoryview) -> bool:
     return True
 
 
-async def _mount_until_signal(
+async def mount_until_signal(
     shared: str,
     target: str,
     options: FsOptions | None,
@@ -336,46 +331,7 @@ async def _mount_until_signal(
         await plugins.daemon_stopping(reason)
 
 
-def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
-    """The first plain exception in a (possibly nested) exception group."""
-    first: Exception | BaseExceptionGroup[Exception] = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
+if __name__ == "__main__":  # ``python -m fsd.daemon.devfuse`` is ``fsd mount``
+    from fsd.cli.mount import main
 
-
-def main(argv: Sequence[str]) -> int:
-    """``fsd mount SHARED_DIR MOUNTPOINT [--cfg k=v,...]``: exit 0 after a clean unmount."""
-    parser = argparse.ArgumentParser(
-        prog="fsd mount",
-        description="Serve SHARED_DIR on MOUNTPOINT through the host kernel's FUSE (/dev/fuse) "
-        "until SIGINT or SIGTERM.",
-    )
-    parser.add_argument("shared_dir", metavar="SHARED_DIR")
-    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
-    add_filesystem_arguments(parser)
-    args = parser.parse_args(list(argv))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="fsd mount: %(message)s")
-    try:
-        options = filesystem_options(args)
-        shared, target = check_mountpoint(args.shared_dir, args.mountpoint)
-        plugins = setup_plugins(args.plugin, args.plugin_cfg)
-    except (MountError, ValueError, PluginError) as e:
-        print(f"fsd mount: {e}", file=sys.stderr)
-        return 2
-    drop_supplementary_groups()
-    raise_open_files_limit()
-    failure: Exception | None = None
-    try:
-        trio.run(_mount_until_signal, shared, target, options, args.allowlist_socket_path, plugins)
-    except* (MountError, OSError) as group:  # OSError: the allowlist socket was refused
-        failure = _first_leaf(group)
-    if failure is not None:
-        print(f"fsd mount: {failure}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

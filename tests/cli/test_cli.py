@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd.shared_dir import SharedDirSpec, parse_shared_dir
+from fsd.cli.shared_dir import SharedDirSpec, parse_shared_dir
 
 
 def fsd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -25,8 +25,8 @@ pytestmark = [
 _REPO = str(Path(fsd.__file__).resolve().parent.parent)
 
 
-def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fsd.daemon.devfuse", *args]
+def _command(*args: str, module: str = "fsd mount") -> list[str]:
+    return [sys.executable, "-m", *module.split(), *args]
 
 
 def _env() -> dict[str, str]:
@@ -101,13 +101,20 @@ def test_refuses_an_unknown_cfg_key(share: Path, mountpoint: Path) -> None:
     assert not mount_syscalls.is_mount_point(str(mountpoint))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("signum", "module"),
+    [
+        (signal.SIGTERM, "fsd mount"),
+        (signal.SIGINT, "fsd mount"),
+        (signal.SIGTERM, "fsd.daemon.devfuse"),  # the older spelling still works
+    ],
+)
 def test_signal_unmounts_and_exits_zero(
-    share: Path, mountpoint: Path, signum: signal.Signals
+    share: Path, mountpoint: Path, signum: signal.Signals, module: str
 ) -> None:
     (share / "hello").write_text("hello")
     process = subprocess.Popen(
-        [*_command(str(share), str(mountpoint), "--cfg", "timeout=0")],
+        _command(str(share), str(mountpoint), "--cfg", "timeout=0", module=module),
         env=_env(),
         stderr=subprocess.PIPE,
         text=True,
