@@ -11,9 +11,8 @@ from collections.abc import Sequence
 import trio
 
 from fsd.cli.arguments import add_filesystem_arguments, filesystem_options
+from fsd.cli.process import prepare_process
 from fsd.daemon.devfuse import MountError, check_mountpoint, mount_until_signal
-from fsd.daemon.limits import raise_open_files_limit
-from fsd.fs.credentials import drop_supplementary_groups
 from fsd.plugins import PluginError, setup_plugins
 
 __all__ = ["main"]
@@ -48,8 +47,7 @@ def main(argv: Sequence[str]) -> int:
     except (MountError, ValueError, PluginError) as e:
         print(f"fsd mount: {e}", file=sys.stderr)
         return 2
-    drop_supplementary_groups()
-    raise_open_files_limit()
+    prepare_process()
     failure: Exception | None = None
     try:
         trio.run(mount_until_signal, shared, target, options, args.allowlist_socket_path, plugins)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import trio
 
 from fsd.cli.arguments import add_filesystem_arguments, filesystem_options
+from fsd.cli.process import prepare_process
 from fsd.cli.shared_dir import parse_shared_dir
 from fsd.plugins import PluginError, setup_plugins
 
@@ -105,6 +106,7 @@ def main(argv: Sequence[str]) -> int:
         plugins = setup_plugins(args.plugin, args.plugin_cfg)
     except (ValueError, PluginError) as exc:
         parser.error(str(exc))
+    prepare_process()
     failures: list[BaseException] = []
     try:
         trio.run(functools.partial(serve, config, plugins=plugins))

@@ -140,6 +140,9 @@ async def serve_mount(
     ``allowlist`` (a fresh, empty one by default) before mounting; a custom ``server`` must
     then be built on that same allowlist. ``plugins`` adds their FUSE hooks to the default
     server and their allowlist hooks to the control server.
+
+    Process-wide set-up is the caller's: :func:`fsd.cli.process.prepare_process` (umask 0
+    above all, or created files get the umask twice).
     """
     shared, target = check_mountpoint(shared_dir, mountpoint)
     if allowlist_socket_path is not None and allowlist is None:
@@ -172,13 +175,9 @@ async def _mount_and_serve(
     shared: str, target: str, server: RequestHandler, task_status: trio.TaskStatus[str]
 ) -> None:
     """Mount, report the mount point, serve until unmounted or cancelled, then detach."""
-    # The FUSE client already applied the caller's umask to the mode in MKNOD/MKDIR/CREATE;
-    # applying ours on top would strip bits the caller asked for.
-    old_umask = os.umask(0)
     try:
         fd = os.open(DEV_FUSE, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
-        os.umask(old_umask)
         raise MountError(f"cannot open {DEV_FUSE}: {e.strerror}") from None
     mounted = False
     pending = PendingReplies()
@@ -208,7 +207,6 @@ async def _mount_and_serve(
         pending.close()  # before the fd goes: a late lock grant must not write to a reused fd
         trio.lowlevel.notify_closing(fd)
         os.close(fd)
-        os.umask(old_umask)
 
 
 async def _serve_requests(fd: int, server: RequestHandler, pending: PendingReplies) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -146,3 +147,31 @@ def test_exits_zero_when_unmounted_from_outside(share: Path, mountpoint: Path) -
             process.kill()
             process.wait()
     assert process.returncode == 0, stderr
+
+
+def test_the_mount_applies_no_umask_of_its_own(share: Path, mountpoint: Path) -> None:
+    """The kernel already applied the caller's umask: ``fsd mount`` (started with umask 022)
+    must not apply its own on top (process set-up in the entry point)."""
+    process = subprocess.Popen(
+        ["sh", "-c", 'umask 022 && exec "$@"', "sh", *_command(str(share), str(mountpoint))],
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_until(lambda: mount_syscalls.is_mount_point(str(mountpoint)), "the mount")
+        old = os.umask(0)
+        try:
+            os.close(os.open(mountpoint / "f", os.O_CREAT | os.O_WRONLY, 0o666))
+            os.mkdir(mountpoint / "d", 0o777)
+        finally:
+            os.umask(old)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert stat.S_IMODE((share / "f").stat().st_mode) == 0o666
+    assert stat.S_IMODE((share / "d").stat().st_mode) == 0o777
