@@ -9,6 +9,7 @@ __all__ = ["USAGE", "main", "vhost_user_main"]
 
 USAGE = """\
 usage: fsd <command> [options]
+       fsd --version
 
 commands:
   serve       serve a host directory to a VMM over vhost-user (virtio-fs)
@@ -27,6 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command in ("-V", "--version"):
+        from fsd.cli.version import version_line
+
+        sys.stdout.write(version_line() + "\n")
+        return 0
     if command == "serve":
         from fsd.cli.serve import main as serve_main
 

@@ -17,6 +17,7 @@ import trio
 from fsd.cli.arguments import add_filesystem_arguments, filesystem_options
 from fsd.cli.process import prepare_process
 from fsd.cli.shared_dir import parse_shared_dir
+from fsd.cli.version import version_line
 from fsd.plugins import PluginError, setup_plugins
 
 __all__ = ["main", "vhost_user_main"]
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="fsd serve",
         description="Serve SHARED_DIR to a VMM (QEMU, crosvm) as a vhost-user virtio-fs device.",
     )
+    p.add_argument("-V", "--version", action="version", version=version_line())
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket-path", help="vhost-user Unix socket to listen on")
     where.add_argument(
