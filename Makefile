@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: setup venv testbed test check demo bench clean
+.PHONY: setup venv testbed lint check test demo bench clean
 
 setup: venv testbed
 
@@ -20,12 +20,18 @@ $(VENV)/.installed: pyproject.toml $(PLUGINS) contrib/setup-host.sh
 testbed:
 	contrib/testbed/build.sh
 
-check: venv
+lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: setup check
+# The fast loop: lint, types and the tests that need neither a guest (no test bed is built),
+# nor /dev/fuse, nor root.
+check: lint
+	$(PY) -m pytest -q -m "not guest and not devfuse"
+
+# Everything, as CI runs it: the guest test bed, then every test.
+test: setup lint
 	$(PY) -m pytest
 
 demo: setup

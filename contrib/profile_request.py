@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import itertools
 import mmap
 import os
 import pstats
@@ -94,7 +95,7 @@ class Bench:
 def split(request: bytes, *cuts: int) -> list[bytes]:
     """Cut a request into descriptors at the given offsets (Linux: one per argument)."""
     points = [0, *cuts, len(request)]
-    return [request[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+    return [request[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 def kinds(b: Bench, nodeid: int, fh: int) -> dict[str, Callable[[], Shape]]:
@@ -174,8 +175,8 @@ def main() -> int:
             print(f"{python} Python calls, {native} C calls")
             return 0
         print(f"in-process request path, {args.requests} requests per kind, hot caches")
-        print("| request | Python calls | C calls | µs/req, 1 per wake-up | µs/req, 64 per wake-up |")
-        print("|---|---|---|---|---|")
+        columns = ["request", "Python calls", "C calls", "µs/req, 1 per wake-up", "64 per wake-up"]
+        print("| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|")
         for label, make in shapes.items():
             b.add(make())
             python, native, _ = count_calls(b.runner.drain)

@@ -1,3 +1,3 @@
-from fsd._cli import main
+from fsd.cli import main
 
 raise SystemExit(main())

@@ -1,4 +1,6 @@
-"""Talk to an allowlist control socket (fsd's or crosvm's): Python API and ``fsd allowlist``.
+"""Talk to an allowlist control socket (fsd's or crosvm's) from Python.
+
+The ``fsd allowlist`` command built on it is :mod:`fsd.cli.allowlist`.
 
 Sync::
 
@@ -18,7 +20,6 @@ one connection open for all their requests and reconnect after an error.
 
 from __future__ import annotations
 
-import argparse
 import builtins
 import os
 import socket
@@ -56,7 +57,7 @@ class AllowlistError(Exception):
         self.message = message
 
 
-def _result(request: Request, packet: bytes) -> Ok | Paths:
+def check_response(request: Request, packet: bytes) -> Ok | Paths:
     """Check a response packet answers ``request``; raise ``AllowlistError`` otherwise."""
     try:
         response: Response = decode_response(packet)
@@ -119,7 +120,7 @@ class AllowlistClient:
         return answer
 
     def _call(self, request: Request) -> Ok | Paths:
-        return _result(request, self.request(encode_request(request)))
+        return check_response(request, self.request(encode_request(request)))
 
     def close(self) -> None:
         if self._sock is not None:
@@ -180,7 +181,7 @@ class AsyncAllowlistClient:
         return answer
 
     async def _call(self, request: Request) -> Ok | Paths:
-        return _result(request, await self.request(encode_request(request)))
+        return check_response(request, await self.request(encode_request(request)))
 
     async def aclose(self) -> None:
         if self._sock is not None:
@@ -199,64 +200,7 @@ class AsyncAllowlistClient:
         await self.aclose()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fsd allowlist",
-        description="Change which paths of a running fsd (or crosvm) share the guest may see. "
-        "Paths are relative to the shared directory and start with '/'. Prints the "
-        "server's JSON answer; exits 0 only if the request was accepted.",
-    )
-    parser.add_argument("--socket", required=True, metavar="CTRL", help="allowlist socket path")
-    parser.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help="seconds (default 10)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add = commands.add_parser("add", help="allow paths and everything below them")
-    add.add_argument("paths", nargs="+", metavar="PATH")
-    remove = commands.add_parser("remove", help="revoke previously added paths")
-    remove.add_argument("paths", nargs="+", metavar="PATH")
-    commands.add_parser("list", help="print the added paths (fsd extension)")
-    return parser
+if __name__ == "__main__":  # ``python -m fsd.allowlist.client`` is ``fsd allowlist``
+    from fsd.cli.allowlist import main
 
-
-def _seconds(text: str) -> float:
-    """A positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
-def main(argv: list[str]) -> int:
-    """``fsd allowlist --socket CTRL add|remove|list PATH...``; ``argv`` excludes the program."""
-    args = _parser().parse_args(argv)
-    request: Request
-    if args.command == "add":
-        request = AddPaths(tuple(args.paths))
-    elif args.command == "remove":
-        request = RemovePaths(tuple(args.paths))
-    else:
-        request = ListPaths()
-    try:
-        with AllowlistClient(args.socket, timeout=args.timeout) as client:
-            answer = client.request(encode_request(request))
-    except OSError as exc:
-        print(f"fsd allowlist: {args.socket}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    print(answer.decode("utf-8", "replace"))
-    try:
-        _result(request, answer)
-    except AllowlistError:
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

@@ -3,12 +3,11 @@
 A guest's virtiofs driver and the host kernel's FUSE client speak the same messages; only the
 framing differs (descriptor chains there, one ``read``/``write`` per message here). Mounting on
 the host lets the filesystem be exercised with plain system calls and compared with a plain
-directory, without booting a VM.
+directory, without booting a VM. The ``fsd mount`` command is :mod:`fsd.cli.mount`.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import functools
 import logging
@@ -17,7 +16,6 @@ import signal
 import stat
 import struct
 import sys
-from collections.abc import Sequence
 
 import trio
 
@@ -25,23 +23,20 @@ from fsd.allowlist import Allowlist
 from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_checks
 from fsd.allowlist.server import serve_allowlist
 from fsd.daemon import mount_syscalls
-from fsd.daemon.limits import raise_open_files_limit
 from fsd.daemon.pending import PendingReplies
 from fsd.fs import FsOptions, PassthroughFs
-from fsd.fs.credentials import drop_supplementary_groups
-from fsd.fs_arguments import add_filesystem_arguments, filesystem_options
 from fsd.fuse import FuseServer
 from fsd.fuse.replies import DEFERRED
 from fsd.hookinfo import DaemonInfo
 from fsd.hooks_fuse import RequestHandler, make_request_handler
-from fsd.plugins import PluginError, Plugins, setup_plugins
+from fsd.plugins import Plugins
 from fsd.sgbuf import SgReader, SgWriter
 
 __all__ = [
     "BUFFER_SIZE",
     "MountError",
     "check_mountpoint",
-    "main",
+    "mount_until_signal",
     "serve_mount",
 ]
 
@@ -130,6 +125,9 @@ async def serve_mount(
     ``allowlist`` (a fresh, empty one by default) before mounting; a custom ``handler`` must
     then be built on that same allowlist. ``plugins`` adds their FUSE hooks to the default
     server and their allowlist hooks to the control server.
+
+    Process-wide set-up is the caller's: :func:`fsd.cli.process.prepare_process` (umask 0
+    above all, or created files get the umask twice).
     """
     shared, target = check_mountpoint(shared_dir, mountpoint)
     if allowlist_socket_path is not None and allowlist is None:
@@ -162,13 +160,9 @@ async def _mount_and_serve(
     shared: str, target: str, handler: RequestHandler, task_status: trio.TaskStatus[str]
 ) -> None:
     """Mount, report the mount point, serve until unmounted or cancelled, then detach."""
-    # The FUSE client already applied the caller's umask to the mode in MKNOD/MKDIR/CREATE;
-    # applying ours on top would strip bits the caller asked for.
-    old_umask = os.umask(0)
     try:
         fd = os.open(DEV_FUSE, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
-        os.umask(old_umask)
         raise MountError(f"cannot open {DEV_FUSE}: {e.strerror}") from None
     mounted = False
     pending = PendingReplies()
@@ -198,7 +192,6 @@ async def _mount_and_serve(
         pending.close()  # before the fd goes: a late lock grant must not write to a reused fd
         trio.lowlevel.notify_closing(fd)
         os.close(fd)
-        os.umask(old_umask)
 
 
 async def _serve_requests(fd: int, handler: RequestHandler, pending: PendingReplies) -> None:
@@ -260,7 +253,7 @@ def _write_reply(fd: int, reply: memoryview) -> bool:
     return True
 
 
-async def _mount_until_signal(
+async def mount_until_signal(
     shared: str,
     target: str,
     options: FsOptions | None,
@@ -304,46 +297,7 @@ async def _mount_until_signal(
         await plugins.daemon_stopping(reason)
 
 
-def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
-    """The first plain exception in a (possibly nested) exception group."""
-    first: Exception | BaseExceptionGroup[Exception] = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
+if __name__ == "__main__":  # ``python -m fsd.daemon.devfuse`` is ``fsd mount``
+    from fsd.cli.mount import main
 
-
-def main(argv: Sequence[str]) -> int:
-    """``fsd mount SHARED_DIR MOUNTPOINT [--cfg k=v,...]``: exit 0 after a clean unmount."""
-    parser = argparse.ArgumentParser(
-        prog="fsd mount",
-        description="Serve SHARED_DIR on MOUNTPOINT through the host kernel's FUSE (/dev/fuse) "
-        "until SIGINT or SIGTERM.",
-    )
-    parser.add_argument("shared_dir", metavar="SHARED_DIR")
-    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
-    add_filesystem_arguments(parser)
-    args = parser.parse_args(list(argv))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="fsd mount: %(message)s")
-    try:
-        options = filesystem_options(args)
-        shared, target = check_mountpoint(args.shared_dir, args.mountpoint)
-        plugins = setup_plugins(args.plugin, args.plugin_cfg)
-    except (MountError, ValueError, PluginError) as e:
-        print(f"fsd mount: {e}", file=sys.stderr)
-        return 2
-    drop_supplementary_groups()
-    raise_open_files_limit()
-    failure: Exception | None = None
-    try:
-        trio.run(_mount_until_signal, shared, target, options, args.allowlist_socket_path, plugins)
-    except* (MountError, OSError) as group:  # OSError: the allowlist socket was refused
-        failure = _first_leaf(group)
-    if failure is not None:
-        print(f"fsd mount: {failure}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

@@ -14,12 +14,9 @@ import attrs
 import trio
 
 from fsd.allowlist import Allowlist
-from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_checks
 from fsd.allowlist.server import serve_allowlist
-from fsd.daemon.limits import raise_open_files_limit
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
 from fsd.fs import FsOptions, PassthroughFs
-from fsd.fs.credentials import drop_supplementary_groups
 from fsd.fuse import FuseServer
 from fsd.hookinfo import DaemonInfo, VmmInfo
 from fsd.hooks_fuse import make_request_handler
@@ -46,10 +43,6 @@ class ServeConfig:
     tag: str | None = None
     allowlist_socket_path: str | None = None
     fs_options: FsOptions = attrs.field(factory=FsOptions)
-    #: Policy hooks for allowlist changes (``serve_allowlist``'s ``check``/``after``),
-    #: beside those of plugins.
-    allowlist_check: CheckHook | None = None
-    allowlist_after: AfterHook | None = None
 
 
 def open_vhost_user_listener(
@@ -111,14 +104,12 @@ async def serve(
 ) -> None:
     """Serve one VMM over vhost-user until it disconnects or a signal arrives.
 
-    The process umask becomes 0: the guest kernel has already applied the caller's umask to
-    every mode it sends, and the host must not apply another one.
+    Process-wide set-up is the caller's: :func:`fsd.cli.process.prepare_process` (umask 0
+    above all: the guest kernel has already applied the caller's umask to every mode it
+    sends, and the host must not apply another one).
     """
     plugins = plugins if plugins is not None else Plugins()
     shutdown = _Shutdown()
-    os.umask(0)
-    drop_supplementary_groups()
-    raise_open_files_limit()
     # With a control socket the guest starts seeing nothing (crosvm); without, everything.
     allowlist = Allowlist() if config.allowlist_socket_path is not None else None
     fs = PassthroughFs(config.shared_dir, config.fs_options, allowlist=allowlist)
@@ -140,8 +131,8 @@ async def serve(
                         serve_allowlist,
                         config.allowlist_socket_path,
                         allowlist,
-                        check=chain_checks(config.allowlist_check, plugin_check),
-                        after=chain_afters(config.allowlist_after, plugin_after),
+                        check=plugin_check,
+                        after=plugin_after,
                     )
                 )
                 log.info("allowlist: control socket %s", config.allowlist_socket_path)

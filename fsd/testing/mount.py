@@ -6,8 +6,9 @@ than a subprocess: mounting costs well under a millisecond, the test can hand in
 (with plugins), and a failure shows up as a Python traceback in the same log.
 
 Teardown always detaches the mount, even when the server is wedged (fusectl abort first).
-While mounted the process umask is 0 (see :func:`fsd.daemon.devfuse.serve_mount`); compare
-against reference directories created in the same process and the umask is the same for both.
+While mounted, the process is set up as ``fsd mount``'s (:func:`fsd.cli.process.prepare_process`:
+umask 0, no supplementary groups as root) and put back afterwards; compare against reference
+directories created in the same process and the umask is the same for both.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from fsd.cli.process import prepare_process
 from fsd.daemon import mount_syscalls
 from fsd.daemon.devfuse import serve_mount
 from fsd.fs import FsOptions
@@ -124,13 +126,15 @@ def mounted(
 ) -> Iterator[Mount]:
     """Serve ``shared_dir`` through fsd on ``mountpoint`` (a fresh temporary one by default).
 
-    Yields a :class:`Mount`; on exit the server is stopped and the mount detached whatever
-    happened. ``handler`` replaces the default passthrough FUSE server's ``handle``.
+    Yields a :class:`Mount`; on exit the server is stopped, the mount detached and the
+    process set-up undone, whatever happened. ``handler`` replaces the default passthrough
+    FUSE server's ``handle``.
     """
     made_mountpoint = mountpoint is None
     target = Path(tempfile.mkdtemp(prefix="fsd-mnt-") if mountpoint is None else mountpoint)
     thread = _ServerThread(Path(shared_dir), target, options, handler)
     st_dev: int | None = None
+    process = prepare_process()
     try:
         thread.start()
         if not thread.started_event.wait(timeout):
@@ -147,6 +151,7 @@ def mounted(
             thread.join(timeout)
         else:
             force_unmount(target)
+        process.restore()
         if made_mountpoint:
             # rmdir, never rmtree: if the mount somehow survived, rmtree would empty the share.
             with contextlib.suppress(OSError):

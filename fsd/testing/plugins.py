@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from fsd.cli.process import prepare_process
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fuse.server import FuseServer, Transport
 from fsd.hookinfo import DaemonInfo, FuseRequestInfo, VmmInfo
@@ -62,18 +63,18 @@ def hooked_client(
 ) -> Iterator[FuseClient]:
     """A :class:`FuseClient` (INIT done) talking to the hooked server on ``share``.
 
-    ``plugins`` are plugin objects, or one ready :class:`~fsd.plugins.Plugins`. The umask is 0
-    meanwhile, as in the daemon.
+    ``plugins`` are plugin objects, or one ready :class:`~fsd.plugins.Plugins`. The process
+    is set up as the daemon's meanwhile (:func:`~fsd.cli.process.prepare_process`: umask 0).
     """
     manager = _as_manager(plugins)
     fs = PassthroughFs(share, options or FsOptions())
-    old_umask = os.umask(0)
+    process = prepare_process()
     try:
         client = FuseClient(HookedHandler(FuseServer(fs, transport=transport), manager))
         client.init()
         yield client
     finally:
-        os.umask(old_umask)
+        process.restore()
         fs.close()
 
 

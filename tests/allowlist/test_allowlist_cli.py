@@ -8,9 +8,9 @@ import trio
 from fsd.allowlist.trie import FULL, Allowlist
 
 
-async def cli(*args: str) -> tuple[int, str, str]:
+async def cli(*args: str, module: str = "fsd allowlist") -> tuple[int, str, str]:
     result = await trio.run_process(
-        [sys.executable, "-m", "fsd.allowlist.client", *args],
+        [sys.executable, "-m", *module.split(), *args],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
@@ -49,3 +49,8 @@ async def test_usage_errors_exit_2(control_socket: str) -> None:
     assert code == 2
     code, _, _ = await cli("--socket", control_socket, "frob", "/a")
     assert code == 2
+
+
+async def test_the_older_module_spelling_is_the_same_command(control_socket: str) -> None:
+    args = ("--socket", control_socket, "add", "/a")
+    assert await cli(*args, module="fsd.allowlist.client") == (0, '"Ok"\n', "")

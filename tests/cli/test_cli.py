@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from fsd.shared_dir import SharedDirSpec, parse_shared_dir
+from fsd.cli.shared_dir import SharedDirSpec, parse_shared_dir
+from fsd.cli.version import fsd_version
 
 
 def fsd(*args: str) -> subprocess.CompletedProcess[str]:
@@ -46,6 +49,23 @@ def test_usage_lists_commands() -> None:
     assert result.returncode == 0
     for command in ("serve", "mount", "allowlist"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize("args", [["--version"], ["-V"], ["serve", "--version"], ["serve", "-V"]])
+def test_version_is_the_installed_distributions(args: list[str]) -> None:
+    result = fsd(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"fsd {importlib.metadata.version('fsd')}\n"
+
+
+def test_version_in_a_checkout_that_was_never_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    declared = pyproject["project"]["version"]
+    assert fsd_version() == f"{declared}+checkout"
 
 
 def test_unknown_command() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -25,8 +26,8 @@ pytestmark = [
 _REPO = str(Path(fsd.__file__).resolve().parent.parent)
 
 
-def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fsd.daemon.devfuse", *args]
+def _command(*args: str, module: str = "fsd mount") -> list[str]:
+    return [sys.executable, "-m", *module.split(), *args]
 
 
 def _env() -> dict[str, str]:
@@ -101,13 +102,20 @@ def test_refuses_an_unknown_cfg_key(share: Path, mountpoint: Path) -> None:
     assert not mount_syscalls.is_mount_point(str(mountpoint))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("signum", "module"),
+    [
+        (signal.SIGTERM, "fsd mount"),
+        (signal.SIGINT, "fsd mount"),
+        (signal.SIGTERM, "fsd.daemon.devfuse"),  # the older spelling still works
+    ],
+)
 def test_signal_unmounts_and_exits_zero(
-    share: Path, mountpoint: Path, signum: signal.Signals
+    share: Path, mountpoint: Path, signum: signal.Signals, module: str
 ) -> None:
     (share / "hello").write_text("hello")
     process = subprocess.Popen(
-        [*_command(str(share), str(mountpoint), "--cfg", "timeout=0")],
+        _command(str(share), str(mountpoint), "--cfg", "timeout=0", module=module),
         env=_env(),
         stderr=subprocess.PIPE,
         text=True,
@@ -139,3 +147,31 @@ def test_exits_zero_when_unmounted_from_outside(share: Path, mountpoint: Path) -
             process.kill()
             process.wait()
     assert process.returncode == 0, stderr
+
+
+def test_the_mount_applies_no_umask_of_its_own(share: Path, mountpoint: Path) -> None:
+    """The kernel already applied the caller's umask: ``fsd mount`` (started with umask 022)
+    must not apply its own on top (process set-up in the entry point)."""
+    process = subprocess.Popen(
+        ["sh", "-c", 'umask 022 && exec "$@"', "sh", *_command(str(share), str(mountpoint))],
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_until(lambda: mount_syscalls.is_mount_point(str(mountpoint)), "the mount")
+        old = os.umask(0)
+        try:
+            os.close(os.open(mountpoint / "f", os.O_CREAT | os.O_WRONLY, 0o666))
+            os.mkdir(mountpoint / "d", 0o777)
+        finally:
+            os.umask(old)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert stat.S_IMODE((share / "f").stat().st_mode) == 0o666
+    assert stat.S_IMODE((share / "d").stat().st_mode) == 0o777

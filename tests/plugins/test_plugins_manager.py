@@ -18,13 +18,14 @@ from fsd.allowlist.protocol import Err, Ok, Response
 from fsd.allowlist.trie import Allowlist
 from fsd.hookinfo import DaemonInfo, FuseRequestInfo, VmmInfo
 from fsd.hookspecs import hookimpl
-from fsd.plugin_options import OptionError, PluginConfig, parse_plugin_cfg
 from fsd.plugins import (
+    OptionError,
+    PluginConfig,
     PluginError,
     Plugins,
     create_manager,
-    list_plugins_main,
     load_plugins,
+    parse_plugin_cfg,
     setup_plugins,
 )
 from fsd.testing.plugins import Recorder, plugin_manager
@@ -352,7 +353,7 @@ async def test_lifecycle_awaitable_is_awaited_to_completion_then_cancelled(
 ) -> None:
     """As documented: the daemon waits for a lifecycle awaitable, at most LIFECYCLE_TIMEOUT,
     so "background work" returned from fsd_daemon_started delays it and is then cancelled."""
-    monkeypatch.setattr("fsd.plugins.LIFECYCLE_TIMEOUT", 0.2)
+    monkeypatch.setattr("fsd.plugins.caller.LIFECYCLE_TIMEOUT", 0.2)
     events: list[str] = []
 
     class Background:
@@ -373,19 +374,3 @@ async def test_lifecycle_awaitable_is_awaited_to_completion_then_cancelled(
     assert events == ["cancelled"]
     assert "did not finish within 0.2 s and was cancelled" in caplog.text
     assert "run long work on your own thread" in caplog.text
-
-
-# --- fsd plugins ------------------------------------------------------------------------------
-
-
-def test_list_plugins_main(capsys: Any) -> None:
-    assert list_plugins_main([]) == 0
-    out = capsys.readouterr().out
-    assert "audit-log" in out and "fsd_audit_log:plugin" in out and "access-policy" in out
-    assert list_plugins_main(["--plugin", "audit-log", "--plugin", "access-policy"]) == 0
-    out = capsys.readouterr().out
-    assert "audit-log: fsd_addoption, fsd_allowlist_audit, fsd_configure" in out
-    assert "--plugin-cfg audit-log:path=..." in out
-    assert "access-policy: fsd_addoption, fsd_allowlist_check, fsd_configure" in out
-    assert list_plugins_main(["--plugin", "nope"]) == 1
-    assert "unknown plugin 'nope'" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from fsd_access_policy.rules import PolicyError, Rules, parse_rules
 if TYPE_CHECKING:
     from fsd.allowlist.handler import AllowlistChange
     from fsd.hookinfo import FuseRequestInfo
-    from fsd.plugin_options import OptionRegistry, PluginConfig
+    from fsd.plugins import OptionRegistry, PluginConfig
 
 __all__ = ["NAMESPACE", "AccessPolicy", "PolicyError", "Rules", "load_rules", "plugin"]
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from fsd.allowlist.handler import AllowlistChange
     from fsd.allowlist.protocol import Response
     from fsd.hookinfo import FuseRequestInfo
-    from fsd.plugin_options import OptionRegistry, PluginConfig
+    from fsd.plugins import OptionRegistry, PluginConfig
 
 __all__ = ["NAMESPACE", "AuditLog", "parse_classes", "plugin"]
 

@@ -10,9 +10,8 @@ import attrs
 
 from fsd.fs.idmap import parse_id_maps
 from fsd.fs.options import FsOptions, parse_cfg
-from fsd.plugins import add_plugin_arguments
 
-__all__ = ["add_filesystem_arguments", "filesystem_options"]
+__all__ = ["add_filesystem_arguments", "add_plugin_arguments", "filesystem_options"]
 
 
 def add_filesystem_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +41,24 @@ def add_filesystem_arguments(parser: argparse.ArgumentParser) -> None:
             "(default: none, ids pass unchanged; see docs/credentials.md)",
         )
     add_plugin_arguments(parser)
+
+
+def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--plugin`` and ``--plugin-cfg`` (both repeatable) to a command's parser."""
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load this plugin: an entry point of group 'fsd' or a module:object path",
+    )
+    parser.add_argument(
+        "--plugin-cfg",
+        action="append",
+        default=[],
+        metavar="NAME:K=V[,K=V...]",
+        help="options for a loaded plugin (see `fsd plugins --plugin NAME`)",
+    )
 
 
 def filesystem_options(args: argparse.Namespace, extra_cfg: Sequence[str] = ()) -> FsOptions:

@@ -1,38 +1,34 @@
-"""The plugin manager: load only the plugins asked for, and call their hooks safely and cheaply.
+"""The daemon's one way to call plugin hooks: :class:`Plugins`, cheap and failure-isolated.
 
-Plugins are a security boundary (they decide what a guest may do), so nothing loads by
-itself: each ``--plugin NAME`` names an entry point in the ``fsd`` group, or a
-``package.module:object`` path. :class:`Plugins` is the typed facade the daemon calls. It
-resolves each hook's implementations once (on register/unregister) and calls them itself,
-one by one, instead of through pluggy's generic call:
+:class:`Plugins` is the typed facade over a pluggy manager that knows fsd's hook
+specifications. It resolves each hook's implementations once (on register/unregister) and
+calls them itself, one by one, instead of through pluggy's generic call:
 
 * an unimplemented hook costs one attribute test (``if plugins.has_fuse_check``), not the
   ~1.5 µs of a pluggy call;
 * each implementation is isolated: a check that raises or returns garbage denies and is
   logged with its plugin's name; an audit that raises is logged and the other audits run;
-* the first denial wins and stops the remaining checks, as ``firstresult`` says.
+* the order is pluggy's (tryfirst, then the last registered first, then trylast) and the
+  first denial wins and stops the remaining checks, as ``firstresult`` says
+  (tests/plugins/test_plugins_call_order.py compares both).
 
 Hook wrappers (``wrapper=True``/``hookwrapper=True``) cannot span this, so they are refused
-for the FUSE and allowlist hooks.
+for the FUSE and allowlist hooks. Finding and importing plugins is :mod:`fsd.plugins.loader`.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
-import importlib
-import importlib.metadata
 import inspect
 import logging
-import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import pluggy
 import trio
 
 from fsd import hookspecs
-from fsd.plugin_options import OptionError, OptionRegistry, PluginConfig, parse_plugin_cfg
+from fsd.plugins.options import OptionError, OptionRegistry, PluginConfig
 
 if TYPE_CHECKING:
     from fsd.allowlist.handler import AllowlistChange
@@ -40,19 +36,15 @@ if TYPE_CHECKING:
     from fsd.hookinfo import DaemonInfo, FuseRequestInfo, VmmInfo
 
 __all__ = [
-    "ENTRY_POINT_GROUP",
+    "LIFECYCLE_TIMEOUT",
+    "PLUGIN_ERROR_ERRNO",
     "PluginError",
     "Plugins",
-    "add_plugin_arguments",
     "create_manager",
-    "list_plugins_main",
-    "load_plugins",
-    "setup_plugins",
 ]
 
 log = logging.getLogger("fsd.plugins")
 
-ENTRY_POINT_GROUP: Final = "fsd"
 #: Errno a check hook's failure (exception, wrong type, coroutine) denies with.
 PLUGIN_ERROR_ERRNO: Final = errno.EACCES
 #: How long an awaitable returned by a lifecycle hook may run.
@@ -74,57 +66,6 @@ def create_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     return pm
-
-
-def installed_entry_points() -> list[importlib.metadata.EntryPoint]:
-    """Every entry point in the ``fsd`` group, sorted by name (nothing is imported)."""
-    return sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
-
-
-def _load_object(path: str) -> object:
-    """Import ``package.module:attr.attr`` and return the object."""
-    module_name, _, attrs = path.partition(":")
-    obj: object = importlib.import_module(module_name)
-    for part in filter(None, attrs.split(".")):
-        obj = getattr(obj, part)
-    return obj
-
-
-def load_plugins(pm: pluggy.PluginManager, names: Iterable[str]) -> None:
-    """Register the named plugins (entry-point names or ``module:object`` paths), nothing else.
-
-    Raises :class:`PluginError` for an unknown name, an import error, an implementation that
-    does not match a hook specification (misspelled hook, unknown argument), or a
-    ``module:object`` path naming an object with no ``@hookimpl`` at all: a typo there
-    (``--plugin os:path``) would otherwise load a policy that enforces nothing, silently. An
-    entry point with no hooks is only warned about: its package chose to publish it.
-    """
-    for name in names:
-        if pm.has_plugin(name):
-            continue
-        try:
-            if ":" in name:
-                pm.register(_load_object(name), name=name)
-            elif not pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name):
-                known = ", ".join(e.name for e in installed_entry_points()) or "none"
-                raise PluginError(
-                    f"unknown plugin {name!r}: no entry point {name!r} in group "
-                    f"{ENTRY_POINT_GROUP!r} (installed: {known})"
-                )
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"cannot load plugin {name!r}: {exc!r}") from exc
-        if not pm.get_hookcallers(pm.get_plugin(name)):
-            what = f"plugin {name!r} implements no fsd hook (none marked with @hookimpl)"
-            if ":" in name:
-                pm.unregister(name=name)
-                raise PluginError(f"{what}: is the path right?")
-            log.warning("%s; it will do nothing", what)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r}: {exc}") from exc
 
 
 class Plugins:
@@ -353,75 +294,3 @@ def _complain(name: str, hook: str, result: object, what: object) -> None:
     else:
         log.error("plugin %r: %s returned %r on %s; treating it as a plugin error",
                   name, hook, result, what)  # fmt: skip
-
-
-# --- command line ----------------------------------------------------------------------------
-
-
-def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--plugin`` and ``--plugin-cfg`` (both repeatable) to a command's parser."""
-    parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="load this plugin: an entry point of group 'fsd' or a module:object path",
-    )
-    parser.add_argument(
-        "--plugin-cfg",
-        action="append",
-        default=[],
-        metavar="NAME:K=V[,K=V...]",
-        help="options for a loaded plugin (see `fsd plugins --plugin NAME`)",
-    )
-
-
-def setup_plugins(names: Sequence[str], cfg: Sequence[str] = ()) -> Plugins:
-    """Load and configure the named plugins: what ``fsd serve``/``fsd mount`` do at startup."""
-    pm = create_manager()
-    load_plugins(pm, names)
-    plugins = Plugins(pm)
-    try:
-        given = parse_plugin_cfg(cfg)
-    except OptionError as exc:
-        raise PluginError(str(exc)) from exc
-    plugins.configure(given)
-    return plugins
-
-
-def list_plugins_main(argv: Sequence[str]) -> int:
-    """``fsd plugins [--plugin NAME ...]``: what is installed, and what the named ones hook."""
-    parser = argparse.ArgumentParser(
-        prog="fsd plugins",
-        description="List installed fsd plugins (entry-point group 'fsd'); with --plugin, "
-        "load those and show their hooks and options.",
-    )
-    parser.add_argument("--plugin", action="append", default=[], metavar="NAME")
-    args = parser.parse_args(list(argv))
-    out = sys.stdout
-    eps = installed_entry_points()
-    out.write("installed plugins (entry-point group 'fsd'):\n")
-    for ep in eps:
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
-        out.write(f"  {ep.name:<20} {ep.value:<40} ({dist})\n")
-    if not eps:
-        out.write("  (none)\n")
-    if not args.plugin:
-        return 0
-    try:
-        pm = create_manager()
-        load_plugins(pm, args.plugin)
-        plugins = Plugins(pm)
-        plugins.collect_options()  # not configured: listing must not need their options
-    except (PluginError, OptionError) as exc:
-        print(f"fsd plugins: {exc}", file=sys.stderr)
-        return 1
-    out.write("\nloaded:\n")
-    for name, plugin in plugins.pm.list_name_plugin():
-        callers = plugins.pm.get_hookcallers(plugin) or []
-        hooks = ", ".join(sorted(c.name for c in callers)) or "(no hooks)"
-        out.write(f"  {name}: {hooks}\n")
-    lines = plugins.options.describe()
-    if lines:
-        out.write("\noptions:\n" + "\n".join(lines) + "\n")
-    return 0
