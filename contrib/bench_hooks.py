@@ -27,7 +27,7 @@ from fsd.hookinfo import FuseRequestInfo
 from fsd.hooks_fuse import make_request_handler
 from fsd.hookspecs import hookimpl
 from fsd.plugins import Plugins
-from fsd.sgbuf import SgReader, SgWriter
+from fsd.sgbuf import Segments
 from fsd.testing import fuse_requests as fr
 from fsd.testing.fuse_requests import FuseClient
 from fsd.testing.plugins import plugin_manager
@@ -59,13 +59,13 @@ class Noop:
         return None
 
 
-def time_requests(handler: Callable[[SgReader, SgWriter], int], data: bytes, n: int) -> float:
-    """Seconds for ``n`` round trips of ``data`` (new reader each time, as a queue does)."""
+def time_requests(handler: Callable[[Segments, Segments], int], data: bytes, n: int) -> float:
+    """Seconds for ``n`` round trips of ``data`` (a new segment list each time, as a queue)."""
     request = memoryview(data)
-    reply = SgWriter([memoryview(bytearray(4096 + 64))])
+    reply = memoryview(bytearray(4096 + 64))
     start = time.perf_counter()
     for _ in range(n):
-        handler(SgReader([request]), reply)
+        handler([request], [reply])
     return time.perf_counter() - start
 
 

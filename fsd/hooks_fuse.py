@@ -16,12 +16,12 @@ import errno
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final
 
 from fsd.fuse.abi import Opcode
 from fsd.fuse.requests import MalformedRequest, Request, decode
 from fsd.hookinfo import describe
-from fsd.sgbuf import BufferTooShort, SgReader, SgWriter
+from fsd.sgbuf import BufferTooShort, Segments
 
 if TYPE_CHECKING:
     from fsd.fuse.server import FuseServer
@@ -31,13 +31,12 @@ __all__ = ["Executor", "HookedHandler", "RequestHandler", "make_request_handler"
 
 log = logging.getLogger("fsd.plugins")
 
-_R = TypeVar("_R", SgReader, Request)
 
-RequestHandler = Callable[[SgReader, SgWriter], int]
+RequestHandler = Callable[[Segments, Segments], int]
 """A transport's per-request callable: reads the request, writes the reply, returns its
 length or ``NO_REPLY``/``DEFERRED`` (``FuseServer.handle`` is one)."""
 
-Executor = Callable[[Request, SgWriter], int]
+Executor = Callable[[Request, Segments], int]
 """Serves a decoded request (``FuseServer.execute``, or the daemon's serialized version)."""
 
 #: Requests no check may deny: those without a reply (nothing to deny with) and the session
@@ -70,7 +69,7 @@ class HookedHandler:
             return None
         return "/" + path.decode("utf-8", "surrogateescape")  # os.fsdecode, minus a call
 
-    def handle(self, request: SgReader, reply: SgWriter) -> int:
+    def handle(self, request: Segments, reply: Segments) -> int:
         """Decode, check, execute, audit one request; see the module docstring."""
         try:
             req = decode(request)
@@ -99,26 +98,25 @@ class HookedHandler:
 def make_request_handler(
     server: FuseServer, plugins: Plugins | None, *, lock: threading.Lock | None = None
 ) -> RequestHandler:
-    """The transport's per-request callable: ``server.handle`` when no plugin implements a
-    FUSE hook, else :class:`HookedHandler` around ``server.execute``.
+    """The transport's per-request callable: ``server.handle`` itself when no plugin
+    implements a FUSE hook (the transport serialises it as it likes), else
+    :class:`HookedHandler` around ``server.execute``, under ``lock`` if one is given (the
+    daemon's, shared by all queue threads): the hooks then run outside it, so a slow or stuck
+    plugin holds up only its own queue.
 
-    Call it after every plugin is registered: the choice is made once, here. With ``lock``
-    (the daemon's, shared by all queue threads) the server runs under it but the hooks run
-    outside it, so a slow or stuck plugin holds up only its own queue.
+    Call it after every plugin is registered: the choice is made once, here.
     """
     if plugins is None or not plugins.has_fuse_hooks:
-        return server.handle if lock is None else _locked(server.handle, lock)
+        return server.handle
     execute = server.execute if lock is None else _locked(server.execute, lock)
     return HookedHandler(server, plugins, execute=execute).handle
 
 
-def _locked(
-    serve: Callable[[_R, SgWriter], int], lock: threading.Lock
-) -> Callable[[_R, SgWriter], int]:
-    """``serve`` under ``lock``: calls from several threads never overlap."""
+def _locked(execute: Executor, lock: threading.Lock) -> Executor:
+    """``execute`` under ``lock``: calls from several threads never overlap."""
 
-    def locked(request: _R, reply: SgWriter) -> int:
+    def locked(req: Request, reply: Segments) -> int:
         with lock:
-            return serve(request, reply)
+            return execute(req, reply)
 
     return locked

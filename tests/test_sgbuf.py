@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fsd.sgbuf import BufferTooShort, SgReader, SgWriter
+from fsd.sgbuf import BufferTooShort, capacity, gather, scatter, views
 
 segment_sizes = st.lists(st.integers(0, 9), min_size=1, max_size=6)
 
@@ -22,46 +20,42 @@ def cut(data: bytes, sizes: list[int]) -> list[memoryview]:
 
 
 @given(segment_sizes, st.data())
-def test_writer_views_cover_exactly_the_range(sizes: list[int], data: st.DataObject) -> None:
+def test_views_cover_exactly_the_range(sizes: list[int], data: st.DataObject) -> None:
     total = sum(sizes)
-    writer = SgWriter(cut(bytes(range(total)), sizes))
+    segments = cut(bytes(range(total)), sizes)
+    assert capacity(segments) == total
     offset = data.draw(st.integers(0, total))
     n = data.draw(st.integers(0, total - offset))
-    views = writer.views(offset, n)
-    assert b"".join(bytes(v) for v in views) == bytes(range(total))[offset : offset + n]
-    assert all(len(v) for v in views), "no empty iovecs"
+    got = views(segments, offset, n)
+    assert b"".join(bytes(v) for v in got) == bytes(range(total))[offset : offset + n]
+    assert all(len(v) for v in got), "no empty iovecs"
     with pytest.raises(BufferTooShort):
-        writer.views(offset, total - offset + 1)
+        views(segments, offset, total - offset + 1)
 
 
 @given(segment_sizes, st.data())
-def test_writer_write_at_and_pack_at(sizes: list[int], data: st.DataObject) -> None:
-    total = sum(sizes)
-    segments = cut(bytes(total), sizes)
-    writer = SgWriter(segments)
-    payload = data.draw(st.binary(max_size=total))
-    offset = data.draw(st.integers(0, total - len(payload)))
-    writer.write_at(offset, payload)
-    joined = b"".join(bytes(s) for s in segments)
-    assert joined[offset : offset + len(payload)] == payload
-    if total >= 4:
-        writer.pack_at(struct.Struct("<I"), 0, 0xDEADBEEF)
-        assert b"".join(bytes(s) for s in segments)[:4] == struct.pack("<I", 0xDEADBEEF)
-
-
-@given(segment_sizes, st.lists(st.integers(0, 12), max_size=5))
-def test_reader_reads_in_order_across_segments(sizes: list[int], reads: list[int]) -> None:
+def test_gather_copies_exactly_the_range(sizes: list[int], data: st.DataObject) -> None:
     total = sum(sizes)
     content = bytes(range(total))
-    reader = SgReader(cut(content, sizes))
-    pos = 0
-    for i, n in enumerate(reads):
-        if n > total - pos:
-            with pytest.raises(BufferTooShort):
-                reader.read(n)
-            continue
-        got = b"".join(bytes(v) for v in reader.take_views(n)) if i % 2 else reader.read(n)
-        assert got == content[pos : pos + n]
-        pos += n
-        assert reader.remaining == total - pos
-    assert reader.read_rest() == content[pos:]
+    segments = cut(content, sizes)
+    offset = data.draw(st.integers(0, total))
+    n = data.draw(st.integers(0, total - offset))
+    got = gather(segments, offset, n)
+    assert got == content[offset : offset + n] and type(got) is bytes
+    segments[0][:] = bytes(len(segments[0]))  # a copy: later changes do not show
+    assert got == content[offset : offset + n]
+    with pytest.raises(BufferTooShort):
+        gather(segments, offset, total - offset + 1)
+
+
+@given(segment_sizes, st.data())
+def test_scatter_writes_exactly_the_range(sizes: list[int], data: st.DataObject) -> None:
+    total = sum(sizes)
+    segments = cut(bytes(total), sizes)
+    payload = data.draw(st.binary(max_size=total))
+    offset = data.draw(st.integers(0, total - len(payload)))
+    scatter(segments, offset, payload)
+    joined = b"".join(bytes(s) for s in segments)
+    assert joined == bytes(offset) + payload + bytes(total - offset - len(payload))
+    with pytest.raises(BufferTooShort):
+        scatter(segments, offset, payload + b"x" * (total - offset - len(payload) + 1))

@@ -30,7 +30,6 @@ from fsd.fuse.replies import DEFERRED
 from fsd.hookinfo import DaemonInfo
 from fsd.hooks_fuse import RequestHandler, make_request_handler
 from fsd.plugins import Plugins
-from fsd.sgbuf import SgReader, SgWriter
 
 __all__ = [
     "BUFFER_SIZE",
@@ -204,7 +203,7 @@ async def _serve_requests(fd: int, handler: RequestHandler, pending: PendingRepl
     reply = bytearray(BUFFER_SIZE)
     request_view = memoryview(request)
     reply_view = memoryview(reply)
-    reply_writer = SgWriter([reply_view])
+    reply_segments = [reply_view]
     since_checkpoint = 0
     while True:
         try:
@@ -221,11 +220,11 @@ async def _serve_requests(fd: int, handler: RequestHandler, pending: PendingRepl
             if e.errno == errno.ENOENT:  # the request was interrupted before we read it
                 continue
             raise
-        size = handler(SgReader([request_view[:n]]), reply_writer)
+        size = handler([request_view[:n]], reply_segments)
         if size == DEFERRED:
             pending.adopt(functools.partial(_send_deferred, fd, reply_view))
             reply_view = memoryview(bytearray(BUFFER_SIZE))
-            reply_writer = SgWriter([reply_view])
+            reply_segments = [reply_view]
         elif size > 0 and not _write_reply(fd, reply_view[:size]):
             return
         since_checkpoint += 1

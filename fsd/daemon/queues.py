@@ -23,7 +23,7 @@ import trio
 
 from fsd.daemon.pending import PendingReplies
 from fsd.fuse.replies import DEFERRED
-from fsd.sgbuf import SgReader, SgWriter
+from fsd.sgbuf import Segments
 from fsd.virtio.splitq import InvalidChain, QueueBroken, SplitQueue
 
 __all__ = ["ChainHandler", "QueueRunner"]
@@ -33,7 +33,7 @@ log = logging.getLogger("fsd.virtio")
 BATCH = 256
 """Chains served per wake-up before the worker looks at its stop flag and signals the driver."""
 
-ChainHandler = Callable[[SgReader, SgWriter], int]
+ChainHandler = Callable[[Segments, Segments], int]
 """Serves one request: reads it, writes the reply, returns the reply length, ``NO_REPLY`` or
 ``DEFERRED`` (``FuseServer.handle``)."""
 
@@ -54,11 +54,16 @@ class QueueRunner:
         kick_fd: int,
         call_fd: int | None,
         handler: ChainHandler,
+        *,
+        serve_lock: threading.Lock | None = None,
     ) -> None:
         self.index = index
         self.queue = queue
         self.kick_fd = kick_fd
         self.handler = handler
+        #: Held while a batch is served: the queues share one FUSE server (None: the handler
+        #: takes it itself, around less than the whole request, e.g. not around plugin hooks).
+        self._serve_lock = serve_lock
         self.chains = 0
         self.interrupts = 0
         self._call_fd = call_fd
@@ -70,7 +75,8 @@ class QueueRunner:
         self._ring_lock = threading.Lock()
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         # Checked between chains: a guest that keeps the ring full must not delay a stop.
-        self._stopping = threading.Event()
+        # A plain attribute: one thread sets it, the worker reads it (the GIL orders both).
+        self._stopping = False
         self._done = trio.Event()
 
     def set_call_fd(self, fd: int | None) -> None:
@@ -89,57 +95,73 @@ class QueueRunner:
                 log.error("queue %d: signalling the call eventfd failed: %s", self.index, exc)
         self.interrupts += 1
 
-    def drain(self) -> None:
+    def drain(self) -> bool:
         """Serve the available chains, re-arm kicks, and interrupt once if the driver wants.
 
         At most ``BATCH`` chains per call, so that a guest keeping the ring full still gets its
-        interrupts and a stop request is seen; the caller polls again without sleeping when
-        chains are left (the kick was not re-armed then).
+        interrupts and a stop request is seen; returns True when chains are left (the kick
+        was not re-armed: the caller must look again without sleeping). The whole batch runs
+        under the server lock, if this queue was given one.
         """
         queue = self.queue
+        pop = queue.pop
+        push = queue.push
         handler = self.handler
         waiting = self._pending.waiting
-        stopping = self._stopping
         budget = BATCH
-        while budget and not stopping.is_set():
-            while budget:
-                budget -= 1
-                try:
-                    chain = queue.pop()
-                except InvalidChain as exc:
-                    log.error("queue %d: %s; returned empty", self.index, exc)
-                    queue.push(exc.head, 0)
-                    continue
-                if chain is None:
-                    break
-                head, readable, writable = chain
-                size = handler(SgReader(readable), SgWriter(writable))
-                if size == DEFERRED:
-                    # The chain stays ours (its reply space valid) until the reply is sent.
-                    self._pending.adopt(functools.partial(self._complete, head))
-                elif waiting:
+        lock = self._serve_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            while True:
+                while budget and not self._stopping:
+                    budget -= 1
+                    try:
+                        chain = pop()
+                    except InvalidChain as exc:
+                        log.error("queue %d: %s; returned empty", self.index, exc)
+                        self._push(exc.head, 0)
+                        continue
+                    if chain is None:
+                        break
+                    head, readable, writable = chain
+                    size = handler(readable, writable)
+                    self.chains += 1
+                    if size < 0:
+                        if size == DEFERRED:
+                            # The chain stays ours (its reply space valid) until it is answered.
+                            self._pending.adopt(functools.partial(self._complete, head))
+                            continue
+                        size = 0  # NO_REPLY: the chain goes back with nothing written
+                    if waiting:
+                        self._push(head, size)
+                    else:
+                        push(head, size)
+                left = not budget or self._stopping
+                if waiting:
                     with self._ring_lock:
-                        queue.push(head, max(size, 0))  # NO_REPLY: nothing written
+                        wanted = queue.settle(rearm=not left)
                 else:
-                    queue.push(head, max(size, 0))
-                self.chains += 1
-                if stopping.is_set():
+                    wanted = queue.settle(rearm=not left)
+                if wanted is not None:
                     break
-            if not queue.enable_kicks():
-                break
-        if waiting:
-            with self._ring_lock:
-                wanted = queue.needs_interrupt()
-        else:
-            wanted = queue.needs_interrupt()
+        finally:
+            if lock is not None:
+                lock.release()
         if wanted:
             self.interrupt()
+        return left
+
+    def _push(self, head: int, size: int) -> None:
+        """Push while deferred replies may be pushed from other threads."""
+        with self._ring_lock:
+            self.queue.push(head, size)
 
     def _complete(self, head: int, size: int) -> None:
         """Push a deferred reply (any thread) and signal the driver if it wants."""
         with self._ring_lock:
             self.queue.push(head, size)
-            wanted = self.queue.needs_interrupt()
+            wanted = self.queue.settle(rearm=False)
         if wanted:
             self.interrupt()
 
@@ -150,15 +172,18 @@ class QueueRunner:
             with select.epoll(2) as poller:
                 poller.register(kick, select.EPOLLIN)
                 poller.register(stop, select.EPOLLIN)
-                while not self._stopping.is_set():
-                    self.drain()
+                poll = poller.poll
+                drain = self.drain
+                while not self._stopping:
                     # Chains left over from a capped batch: look again without sleeping.
-                    timeout = 0 if self.queue.has_available() else -1
-                    for fd, _ in poller.poll(timeout):
+                    for fd, _ in poll(0 if drain() else -1):
                         if fd == stop:
                             return
-                    with contextlib.suppress(BlockingIOError):
+                    # Not contextlib.suppress: that is two Python calls per wake-up.
+                    try:  # noqa: SIM105
                         os.eventfd_read(kick)
+                    except BlockingIOError:
+                        pass
         except QueueBroken as exc:
             log.error("queue %d stopped: %s", self.index, exc)
         except Exception:
@@ -188,7 +213,7 @@ class QueueRunner:
             self._request_stop()
 
     def _request_stop(self) -> None:
-        self._stopping.set()
+        self._stopping = True
         with contextlib.suppress(OSError):  # already closed: the worker is gone
             os.eventfd_write(self._stop_fd, 1)
 

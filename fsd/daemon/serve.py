@@ -114,9 +114,12 @@ async def serve(
     allowlist = Allowlist() if config.allowlist_socket_path is not None else None
     fs = PassthroughFs(config.shared_dir, config.fs_options, allowlist=allowlist)
     server = FuseServer(fs, transport="vhost-user")
-    # server.handle itself unless a plugin implements a FUSE hook: no cost without plugins.
-    # The queues' threads share one server: one request at a time (hooks run outside).
-    handler = make_request_handler(server, plugins, lock=threading.Lock())
+    # The queues' threads share one server: one request at a time. server.handle itself
+    # unless a plugin implements a FUSE hook (no cost without plugins), and then the queue
+    # holds the lock around each batch; hooks run outside it, around the locked execute.
+    lock = threading.Lock()
+    handler = make_request_handler(server, plugins, lock=lock)
+    serve_lock = None if plugins.has_fuse_hooks else lock
     plugin_check, plugin_after = plugins.allowlist_callbacks()
     device = virtio_fs_device(config.tag)
     listener, identity = open_vhost_user_listener(config)
@@ -153,7 +156,9 @@ async def serve(
                 log.info("vhost-user: front-end connected (pid %d)", vmm.pid)
                 await plugins.vmm_connected(vmm)
                 try:
-                    await serve_vhost_user_connection(sock, device, [handler] * NUM_QUEUES)
+                    await serve_vhost_user_connection(
+                        sock, device, [handler] * NUM_QUEUES, serve_lock=serve_lock
+                    )
                 finally:
                     await plugins.vmm_disconnected(vmm)
             nursery.cancel_scope.cancel()

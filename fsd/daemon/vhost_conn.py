@@ -8,6 +8,7 @@ import logging
 import os
 import select
 import socket
+import threading
 from collections.abc import Sequence
 
 import trio
@@ -97,10 +98,13 @@ class VhostUserConnection:
         device: DeviceSpec,
         handlers: Sequence[ChainHandler],
         nursery: trio.Nursery,
+        serve_lock: threading.Lock | None = None,
     ) -> None:
         self.sock = sock
         self.state = BackendState(device)
         self.handlers = handlers
+        #: Held by each queue around a batch of requests (see QueueRunner).
+        self.serve_lock = serve_lock
         self.nursery = nursery
         self.memory = GuestMemory()
         self.runners: dict[int, QueueRunner] = {}
@@ -208,7 +212,12 @@ class VhostUserConnection:
             self.state.queue_failed(index)
             return
         runner = QueueRunner(
-            index, queue, config.kick_fd, self.call_fds.get(index), self.handlers[index]
+            index,
+            queue,
+            config.kick_fd,
+            self.call_fds.get(index),
+            self.handlers[index],
+            serve_lock=self.serve_lock,
         )
         self.runners[index] = runner
         self.nursery.start_soon(runner.run, name=f"fsd-queue-{index}")
@@ -255,10 +264,15 @@ def _describe(msg: Message) -> str:
 
 
 async def serve_vhost_user_connection(
-    sock: trio.socket.SocketType, device: DeviceSpec, handlers: Sequence[ChainHandler]
+    sock: trio.socket.SocketType,
+    device: DeviceSpec,
+    handlers: Sequence[ChainHandler],
+    *,
+    serve_lock: threading.Lock | None = None,
 ) -> None:
-    """Serve one front-end until it disconnects; queue tasks live in a child nursery."""
+    """Serve one front-end until it disconnects; queue tasks live in a child nursery.
+    ``serve_lock``: held by each queue around a batch of requests."""
     async with trio.open_nursery() as nursery:
-        conn = VhostUserConnection(sock, device, handlers, nursery)
+        conn = VhostUserConnection(sock, device, handlers, nursery, serve_lock)
         await conn.run()
         nursery.cancel_scope.cancel()

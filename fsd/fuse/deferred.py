@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Final
 
-from fsd.fuse.abi import OUT_HEADER
-from fsd.fuse.replies import DEFERRED
-from fsd.sgbuf import BufferTooShort, SgWriter
+from fsd.fuse.replies import DEFERRED, write_reply
+from fsd.sgbuf import BufferTooShort, Segments
 
 __all__ = ["DEFERRED", "Deferred", "defer", "take_deferred"]
 
-_HDR: Final = OUT_HEADER.size
 _slot = threading.local()
 
 Completion = Callable[[int], None]
@@ -41,9 +38,9 @@ class Deferred:
 
     __slots__ = ("_callback", "_lock", "_reply", "_size", "on_cancel", "unique")
 
-    def __init__(self, unique: int, reply: SgWriter) -> None:
+    def __init__(self, unique: int, reply: Segments) -> None:
         self.unique = unique
-        self._reply: SgWriter | None = reply
+        self._reply: Segments | None = reply
         self._lock = threading.Lock()
         self._callback: Completion | None = None
         self._size: int | None = None
@@ -61,8 +58,7 @@ class Deferred:
             if reply is None or self._size is not None:
                 return  # cancelled, or finished already
             try:
-                reply.pack_at(OUT_HEADER, 0, _HDR, -error, self.unique)
-                size = _HDR
+                size = write_reply(reply, self.unique, error)
             except BufferTooShort:
                 size = 0
             self._size = size

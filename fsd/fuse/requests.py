@@ -53,15 +53,22 @@ from fsd.fuse.abi import (
 from fsd.fuse.codec import parse_name, parse_symlink, parse_two_names, parse_xattr_name
 from fsd.fuse.errors import ProtocolError
 from fsd.fuse.filesystem import Context, SetattrArgs
-from fsd.sgbuf import BufferTooShort, SgReader
+from fsd.sgbuf import BufferTooShort, Segments, gather, views
 
 __all__ = ["OPS", "MalformedRequest", "Op", "Request", "decode"]
+
+_HEADER: Final = IN_HEADER.size
+_WRITE: Final = int(Opcode.WRITE)
+_EMPTY: Final = memoryview(b"")
+_unpack_header: Final = IN_HEADER.unpack_from
 
 _NSEC: Final = 1_000_000_000
 
 Args = tuple[Any, ...]
-Decoder = Callable[[SgReader, int], Args]
-"""Decodes one opcode's arguments from the reader, given the bytes that belong to them."""
+Buffer = bytes | memoryview
+Decoder = Callable[[Buffer], Args]
+"""Decodes one opcode's argument bytes (exactly the request's, after the header); a struct's
+bound ``unpack_from`` is one."""
 
 
 class Op(NamedTuple):
@@ -73,7 +80,9 @@ class Op(NamedTuple):
     only where docs/hooks.md says plugins get it; ``_`` is padding.
     """
 
-    decode: Decoder
+    #: ``None``: nothing to decode (GETATTR's flags, STATFS...), or WRITE, decoded apart
+    #: because its data stays in the request's memory.
+    decode: Decoder | None
     fields: tuple[str, ...]
 
 
@@ -116,141 +125,155 @@ class MalformedRequest(ProtocolError):
         self.nodeid = nodeid
 
 
-def decode(reader: SgReader) -> Request:
-    """Decode one request (header, then the opcode's arguments).
+def decode(readable: Segments) -> Request:
+    """Decode one request (header, then the opcode's arguments) from its segments.
 
     Raises ``BufferTooShort`` when not even the header is there (nothing can be answered)
-    and :class:`MalformedRequest` when the arguments cannot be decoded (answer the errno).
-    An opcode missing from :data:`OPS` decodes with no arguments (the server answers ENOSYS).
+    and :class:`MalformedRequest` when the length or the arguments are wrong (answer the
+    errno). An opcode missing from :data:`OPS` decodes with no arguments (the server answers
+    ENOSYS). The common layouts are read in place: one buffer (``/dev/fuse``) or the header
+    and the arguments in two segments (Linux's virtio_fs); anything else is gathered first.
     """
-    length, opcode, unique, nodeid, uid, gid, pid, _extlen, _pad = reader.read_struct(IN_HEADER)
-    body_len = length - IN_HEADER.size
+    first = readable[0] if readable else _EMPTY
+    if len(first) >= _HEADER:
+        header = _unpack_header(first)
+    else:
+        header = _unpack_header(gather(readable, 0, _HEADER))
+    length, opcode, unique, nodeid, uid, gid, pid, _extlen, _pad = header
+    body_len = length - _HEADER
     try:
-        if body_len < 0 or body_len > reader.remaining:
-            raise ProtocolError(f"in_header.len {length} does not match the request")
-        op = OPS.get(opcode)
-        args = op.decode(reader, body_len) if op is not None else ()
-    except (ProtocolError, BufferTooShort) as exc:
+        if body_len < 0:
+            raise ProtocolError(f"in_header.len {length} is shorter than the header")
+        if opcode == _WRITE:
+            args = _write(readable, body_len)
+        else:
+            decoder = _DECODERS.get(opcode)
+            if decoder is None:
+                if len(readable) == 1 and len(first) < length:
+                    raise ProtocolError(f"in_header.len {length} does not match the request")
+                args = ()
+            else:
+                if len(readable) == 1:
+                    if len(first) < length:
+                        raise ProtocolError(f"in_header.len {length} does not match the request")
+                    body: Buffer = first[_HEADER:length]
+                elif len(readable) == 2 and len(first) == _HEADER:
+                    body = readable[1]
+                    if len(body) != body_len:
+                        if len(body) < body_len:
+                            raise ProtocolError(f"in_header.len {length} does not match")
+                        body = body[:body_len]
+                else:
+                    body = gather(readable, _HEADER, body_len)
+                args = decoder(body)
+    except (ProtocolError, BufferTooShort, struct.error) as exc:
         code = exc.errno if isinstance(exc, ProtocolError) else errno.EINVAL
         raise MalformedRequest(str(exc), opcode, unique, nodeid, code) from None
     return Request(opcode, unique, nodeid, uid, gid, pid, args)
 
 
-# --- decoders ------------------------------------------------------------------------------
-
-
-def _rest(reader: SgReader, n: int) -> bytes:
-    """The ``n`` bytes left of the request's arguments (names), as far as they go."""
-    return reader.read(min(n, reader.remaining)) if n > 0 else b""
-
-
-def _nothing(_reader: SgReader, _n: int) -> Args:
-    return ()
-
-
-def _fixed(st: struct.Struct) -> Decoder:
-    """An opcode whose arguments are one struct."""
-
-    def decode(reader: SgReader, _n: int) -> Args:
-        return reader.read_struct(st)
-
-    return decode
+# --- decoders: the argument bytes (copied where they are kept) to values ---------------------
 
 
 def _fixed_then_name(st: struct.Struct) -> Decoder:
     """A struct, then a NUL-terminated name (MKDIR, MKNOD, CREATE, LINK)."""
+    unpack, size = st.unpack_from, st.size
 
-    def decode(reader: SgReader, n: int) -> Args:
-        values = reader.read_struct(st)
-        return (*values, parse_name(_rest(reader, n - st.size)))
+    def decode(body: Buffer) -> Args:
+        return (*unpack(body), parse_name(bytes(body[size:])))
 
     return decode
 
 
 def _fixed_then_two_names(st: struct.Struct) -> Decoder:
     """A struct, then ``old\\0new\\0`` (RENAME, RENAME2)."""
+    unpack, size = st.unpack_from, st.size
 
-    def decode(reader: SgReader, n: int) -> Args:
-        values = reader.read_struct(st)
-        return (*values, *parse_two_names(_rest(reader, n - st.size)))
+    def decode(body: Buffer) -> Args:
+        return (*unpack(body), *parse_two_names(bytes(body[size:])))
 
     return decode
 
 
-def _lookup(reader: SgReader, n: int) -> Args:
+def _lookup(body: Buffer) -> Args:
     # NFS-style lookups of "." and ".." are legitimate here; the filesystem resolves them.
-    return (parse_name(_rest(reader, n), allow_dots=True),)
+    return (parse_name(bytes(body), allow_dots=True),)
 
 
-def _name(reader: SgReader, n: int) -> Args:
-    return (parse_name(_rest(reader, n)),)
+def _name(body: Buffer) -> Args:
+    return (parse_name(bytes(body)),)
 
 
-def _symlink(reader: SgReader, n: int) -> Args:
-    return parse_symlink(_rest(reader, n))
+def _symlink(body: Buffer) -> Args:
+    return parse_symlink(bytes(body))
 
 
-def _init(reader: SgReader, n: int) -> Args:
+def _init(body: Buffer) -> Args:
     """``fuse_init_in`` is 8, 16 or 64 bytes by protocol version; ``flags2`` (read only with
     INIT_EXT) becomes the high half of ``flags``."""
+    n = len(body)
     if n >= INIT_IN.size:
-        major, minor, readahead, flags, flags2 = reader.read_struct(INIT_IN)
+        major, minor, readahead, flags, flags2 = INIT_IN.unpack_from(body)
         if flags & InitFlag.INIT_EXT:
             flags |= flags2 << 32
     elif n >= INIT_IN_V2.size:
-        major, minor, readahead, flags = reader.read_struct(INIT_IN_V2)
+        major, minor, readahead, flags = INIT_IN_V2.unpack_from(body)
     elif n >= INIT_IN_V1.size:
-        (major, minor), readahead, flags = reader.read_struct(INIT_IN_V1), 0, 0
+        (major, minor), readahead, flags = INIT_IN_V1.unpack_from(body), 0, 0
     else:
         raise ProtocolError("INIT shorter than 8 bytes")
     return major, minor, readahead, flags
 
 
-def _batch_forget(reader: SgReader, _n: int) -> Args:
-    count, _ = reader.read_struct(BATCH_FORGET_IN)
-    count = min(count, reader.remaining // FORGET_ONE.size)
-    read = reader.read_struct
-    return (tuple(read(FORGET_ONE) for _ in range(count)),)
+def _batch_forget(body: Buffer) -> Args:
+    count, _ = BATCH_FORGET_IN.unpack_from(body)
+    count = min(count, (len(body) - BATCH_FORGET_IN.size) // FORGET_ONE.size)
+    items = FORGET_ONE.iter_unpack(body[BATCH_FORGET_IN.size : BATCH_FORGET_IN.size + 16 * count])
+    return (tuple(items),)
 
 
-def _setattr(reader: SgReader, _n: int) -> Args:
+def _setattr(body: Buffer) -> Args:
     (valid, _, fh, size, _lock, atime, mtime, _ctime, atimensec, mtimensec, _ctimensec, mode,
-     _, uid, gid, _) = reader.read_struct(SETATTR_IN)  # fmt: skip
+     _, uid, gid, _) = SETATTR_IN.unpack_from(body)  # fmt: skip
     return SetattrArgs(
         valid, fh, size, atime * _NSEC + atimensec, mtime * _NSEC + mtimensec, mode, uid, gid
     )
 
 
-def _tmpfile(reader: SgReader, _n: int) -> Args:
-    # CREATE's layout; the name the kernel sends ("/") means nothing and is not decoded.
-    return reader.read_struct(CREATE_IN)
+def _write(readable: Segments, body_len: int) -> Args:
+    """WRITE: ``fuse_write_in``, then the data, handed on as views of the request's memory
+    (whole segments where Linux put each page in a descriptor of its own)."""
+    start = _HEADER + WRITE_IN.size
+    if len(readable) > 1 and len(readable[0]) == _HEADER and len(readable[1]) == WRITE_IN.size:
+        fh, offset, size, write_flags, lock_owner, flags, _ = WRITE_IN.unpack_from(readable[1])
+    else:
+        fields = WRITE_IN.unpack(gather(readable, _HEADER, WRITE_IN.size))
+        fh, offset, size, write_flags, lock_owner, flags, _ = fields
+    if size > body_len - WRITE_IN.size:
+        raise ProtocolError(f"WRITE of {size} bytes in a {body_len}-byte request")
+    return fh, offset, size, write_flags, lock_owner, flags, views(readable, start, size)
 
 
-def _write(reader: SgReader, _n: int) -> Args:
-    fh, offset, size, write_flags, lock_owner, flags, _ = reader.read_struct(WRITE_IN)
-    return fh, offset, size, write_flags, lock_owner, flags, reader.take_views(size)
+def _getxattr(body: Buffer) -> Args:
+    size, _ = GETXATTR_IN.unpack_from(body)
+    return size, parse_xattr_name(bytes(body[GETXATTR_IN.size :]))
 
 
-def _getxattr(reader: SgReader, n: int) -> Args:
-    size, _ = reader.read_struct(GETXATTR_IN)
-    return size, parse_xattr_name(_rest(reader, n - GETXATTR_IN.size))
-
-
-def _setxattr(reader: SgReader, n: int) -> Args:
+def _setxattr(body: Buffer) -> Args:
     # The 8-byte compat fuse_setxattr_in: SETXATTR_EXT is never granted.
-    size, flags = reader.read_struct(SETXATTR_IN)
-    body = _rest(reader, n - SETXATTR_IN.size)
-    name = parse_xattr_name(body)
+    size, flags = SETXATTR_IN.unpack_from(body)
+    rest = bytes(body[SETXATTR_IN.size :])
+    name = parse_xattr_name(rest)
     start = len(name) + 1
     if size > XATTR_SIZE_MAX:
         raise ProtocolError("xattr value too large", errno.E2BIG)
-    if len(body) < start + size:
+    if len(rest) < start + size:
         raise ProtocolError(f"setxattr value shorter than {size} bytes")
-    return name, body[start : start + size], flags
+    return name, rest[start : start + size], flags
 
 
-def _removexattr(reader: SgReader, n: int) -> Args:
-    return (parse_xattr_name(_rest(reader, n)),)
+def _xattr_name(body: Buffer) -> Args:
+    return (parse_xattr_name(bytes(body)),)
 
 
 _READ_FIELDS: Final = ("fh", "offset", "size", "read_flags", "lock_owner", "open_flags", "_")
@@ -259,15 +282,15 @@ _LK_FIELDS: Final = ("fh", "owner", "start", "end", "type", "lk_pid", "lk_flags"
 #: Every opcode the server decodes: the decoder and the names of the values it returns.
 OPS: Final[dict[int, Op]] = {
     Opcode.INIT: Op(_init, ("major", "minor", "max_readahead", "init_flags")),
-    Opcode.DESTROY: Op(_nothing, ()),
+    Opcode.DESTROY: Op(None, ()),
     Opcode.LOOKUP: Op(_lookup, ("name",)),
-    Opcode.FORGET: Op(_fixed(FORGET_IN), ("nlookup",)),
+    Opcode.FORGET: Op(FORGET_IN.unpack_from, ("nlookup",)),
     Opcode.BATCH_FORGET: Op(_batch_forget, ("forgets",)),
-    Opcode.INTERRUPT: Op(_fixed(INTERRUPT_IN), ("interrupted",)),
-    Opcode.GETATTR: Op(_nothing, ()),
-    Opcode.STATX: Op(_fixed(STATX_IN), ("getattr_flags", "_", "fh", "sx_flags", "sx_mask")),
+    Opcode.INTERRUPT: Op(INTERRUPT_IN.unpack_from, ("interrupted",)),
+    Opcode.GETATTR: Op(None, ()),
+    Opcode.STATX: Op(STATX_IN.unpack_from, ("getattr_flags", "_", "fh", "sx_flags", "sx_mask")),
     Opcode.SETATTR: Op(_setattr, SetattrArgs._fields),
-    Opcode.READLINK: Op(_nothing, ()),
+    Opcode.READLINK: Op(None, ()),
     Opcode.SYMLINK: Op(_symlink, ("name", "target")),
     Opcode.MKNOD: Op(_fixed_then_name(MKNOD_IN), ("mode", "rdev", "umask", "_", "name")),
     Opcode.MKDIR: Op(_fixed_then_name(MKDIR_IN), ("mode", "umask", "name")),
@@ -278,38 +301,46 @@ OPS: Final[dict[int, Op]] = {
         _fixed_then_two_names(RENAME2_IN), ("newdir", "flags", "_", "name", "newname")
     ),
     Opcode.LINK: Op(_fixed_then_name(LINK_IN), ("oldnodeid", "newname")),
-    Opcode.OPEN: Op(_fixed(OPEN_IN), ("flags", "open_flags")),
+    Opcode.OPEN: Op(OPEN_IN.unpack_from, ("flags", "open_flags")),
     Opcode.CREATE: Op(
         _fixed_then_name(CREATE_IN), ("flags", "mode", "umask", "open_flags", "name")
     ),
-    Opcode.TMPFILE: Op(_tmpfile, ("flags", "mode", "umask", "open_flags")),
-    Opcode.READ: Op(_fixed(READ_IN), _READ_FIELDS),
+    Opcode.TMPFILE: Op(CREATE_IN.unpack_from, ("flags", "mode", "umask", "open_flags")),
+    Opcode.READ: Op(READ_IN.unpack_from, _READ_FIELDS),
     Opcode.WRITE: Op(
-        _write, ("fh", "offset", "size", "write_flags", "lock_owner", "open_flags", "data")
+        None, ("fh", "offset", "size", "write_flags", "lock_owner", "open_flags", "data")
     ),
-    Opcode.FLUSH: Op(_fixed(FLUSH_IN), ("fh", "_", "_", "lock_owner")),
-    Opcode.RELEASE: Op(_fixed(RELEASE_IN), ("fh", "open_flags", "release_flags", "lock_owner")),
-    Opcode.FSYNC: Op(_fixed(FSYNC_IN), ("fh", "fsync_flags", "_")),
-    Opcode.GETLK: Op(_fixed(LK_IN), _LK_FIELDS),
-    Opcode.SETLK: Op(_fixed(LK_IN), _LK_FIELDS),
-    Opcode.SETLKW: Op(_fixed(LK_IN), _LK_FIELDS),
-    Opcode.FALLOCATE: Op(_fixed(FALLOCATE_IN), ("fh", "offset", "length", "fallocate_mode", "_")),
-    Opcode.LSEEK: Op(_fixed(LSEEK_IN), ("fh", "offset", "whence", "_")),
+    Opcode.FLUSH: Op(FLUSH_IN.unpack_from, ("fh", "_", "_", "lock_owner")),
+    Opcode.RELEASE: Op(RELEASE_IN.unpack_from, ("fh", "open_flags", "release_flags", "lock_owner")),
+    Opcode.FSYNC: Op(FSYNC_IN.unpack_from, ("fh", "fsync_flags", "_")),
+    Opcode.GETLK: Op(LK_IN.unpack_from, _LK_FIELDS),
+    Opcode.SETLK: Op(LK_IN.unpack_from, _LK_FIELDS),
+    Opcode.SETLKW: Op(LK_IN.unpack_from, _LK_FIELDS),
+    Opcode.FALLOCATE: Op(
+        FALLOCATE_IN.unpack_from, ("fh", "offset", "length", "fallocate_mode", "_")
+    ),
+    Opcode.LSEEK: Op(LSEEK_IN.unpack_from, ("fh", "offset", "whence", "_")),
     Opcode.COPY_FILE_RANGE: Op(
-        _fixed(COPY_FILE_RANGE_IN),
+        COPY_FILE_RANGE_IN.unpack_from,
         ("fh", "off_in", "nodeid_out", "fh_out", "offset", "size", "copy_flags"),
     ),
-    Opcode.OPENDIR: Op(_fixed(OPEN_IN), ("flags", "open_flags")),
-    Opcode.READDIR: Op(_fixed(READ_IN), _READ_FIELDS),
-    Opcode.READDIRPLUS: Op(_fixed(READ_IN), _READ_FIELDS),
-    Opcode.RELEASEDIR: Op(_fixed(RELEASE_IN), ("fh", "open_flags", "release_flags", "lock_owner")),
-    Opcode.FSYNCDIR: Op(_fixed(FSYNC_IN), ("fh", "fsync_flags", "_")),
-    Opcode.STATFS: Op(_nothing, ()),
-    Opcode.ACCESS: Op(_fixed(ACCESS_IN), ("mask", "_")),
-    Opcode.SYNCFS: Op(_nothing, ()),
+    Opcode.OPENDIR: Op(OPEN_IN.unpack_from, ("flags", "open_flags")),
+    Opcode.READDIR: Op(READ_IN.unpack_from, _READ_FIELDS),
+    Opcode.READDIRPLUS: Op(READ_IN.unpack_from, _READ_FIELDS),
+    Opcode.RELEASEDIR: Op(
+        RELEASE_IN.unpack_from, ("fh", "open_flags", "release_flags", "lock_owner")
+    ),
+    Opcode.FSYNCDIR: Op(FSYNC_IN.unpack_from, ("fh", "fsync_flags", "_")),
+    Opcode.STATFS: Op(None, ()),
+    Opcode.ACCESS: Op(ACCESS_IN.unpack_from, ("mask", "_")),
+    Opcode.SYNCFS: Op(None, ()),
     Opcode.GETXATTR: Op(_getxattr, ("reply_size", "xattr")),
-    Opcode.LISTXATTR: Op(_fixed(GETXATTR_IN), ("reply_size", "_")),
+    Opcode.LISTXATTR: Op(GETXATTR_IN.unpack_from, ("reply_size", "_")),
     Opcode.SETXATTR: Op(_setxattr, ("xattr", "value", "xattr_flags")),
-    Opcode.REMOVEXATTR: Op(_removexattr, ("xattr",)),
-    Opcode.IOCTL: Op(_fixed(IOCTL_IN), ("fh", "ioctl_flags", "cmd", "arg", "in_size", "out_size")),
+    Opcode.REMOVEXATTR: Op(_xattr_name, ("xattr",)),
+    Opcode.IOCTL: Op(
+        IOCTL_IN.unpack_from, ("fh", "ioctl_flags", "cmd", "arg", "in_size", "out_size")
+    ),
 }
+
+_DECODERS: Final = {opcode: op.decode for opcode, op in OPS.items()}

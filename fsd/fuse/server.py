@@ -53,25 +53,32 @@ from fsd.fuse.codec import attr_values, mapped_attr_values, split_timeout
 from fsd.fuse.deferred import Deferred, defer
 from fsd.fuse.errors import HiddenByAllowlist, ProtocolError
 from fsd.fuse.filesystem import Filesystem, SetattrArgs
-from fsd.fuse.replies import DEFERRED, NO_REPLY
+from fsd.fuse.replies import DEFERRED, NO_REPLY, write_reply
 from fsd.fuse.requests import MalformedRequest, Request, decode
 from fsd.fuse.session import FuseSession
-from fsd.sgbuf import BufferTooShort, SgReader, SgWriter
+from fsd.sgbuf import BufferTooShort, Segments, capacity, views
 
 __all__ = ["FuseServer", "Transport"]
 
 log = logging.getLogger("fsd.fuse")
 
 Transport = Literal["vhost-user", "dev-fuse"]
-Handler = Callable[[Request, SgWriter], int]
-"""Serves one decoded request: writes the reply payload after the header and returns its
-length, or :data:`~fsd.fuse.replies.NO_REPLY` / :data:`~fsd.fuse.replies.DEFERRED`."""
+Payload = bytes | bytearray | memoryview | int
+"""What a handler returns: the reply's payload (the server writes the header before it); or
+the length of a payload it wrote in place after the header (READ); or
+:data:`~fsd.fuse.replies.NO_REPLY` / :data:`~fsd.fuse.replies.DEFERRED`."""
+Handler = Callable[[Request, Segments], Payload]
+"""Serves one decoded request; gets the reply's memory (READ reads into it, SETLKW keeps it)."""
 
 _HDR: Final = OUT_HEADER.size
 _NO_REPLY_OPS: Final = frozenset(
     {Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY}
 )
-_INIT: Final = int(Opcode.INIT)
+_EMPTY: Final = b""
+_pack_header: Final = OUT_HEADER.pack_into
+_pack_entry: Final = ENTRY_OUT.pack
+_pack_attr: Final = ATTR_OUT.pack
+_pack_write_out: Final = WRITE_OUT.pack
 _ENTRY_REPLY: Final = OUT_HEADER.size + ENTRY_OUT.size
 _OPEN_REPLY: Final = OUT_HEADER.size + OPEN_OUT.size
 #: Reply space a request must come with before it is acted on (it creates client state).
@@ -157,10 +164,14 @@ class FuseServer:
             Opcode.SETLK: self._setlk,
             Opcode.SETLKW: self._setlkw,
         }
+        #: What is served before INIT (only INIT; anything else is EIO), then everything.
+        self._before_init: dict[int, Handler] = {Opcode.INIT: self._init}
+        self._table = self._before_init
+        self._missing = errno.EIO
 
     # --- the entry points ------------------------------------------------------------------
 
-    def handle(self, request: SgReader, reply: SgWriter) -> int:
+    def handle(self, request: Segments, reply: Segments) -> int:
         """Serve one FUSE request whose bytes are in ``request`` (in_header + args + data).
 
         Write the reply (out_header + payload) into ``reply`` from offset 0 and return its
@@ -175,32 +186,34 @@ class FuseServer:
             return self.refuse(exc, reply)
         return self.execute(req, reply)
 
-    def execute(self, req: Request, reply: SgWriter) -> int:
+    def execute(self, req: Request, reply: Segments) -> int:
         """Serve a decoded request (see :meth:`handle`); its outcome is left in ``req.error``
         and ``req.moved``. Never raises."""
         opcode = req.opcode
         try:
-            if not self.session.initialized and opcode != _INIT:
-                raise OSError(errno.EIO, "request before INIT")
-            handler = self._handlers.get(opcode)
+            handler = self._table.get(opcode)
             if handler is None:
-                raise OSError(errno.ENOSYS, "not implemented")
-            if reply.capacity < _MIN_REPLY.get(opcode, 0):
+                raise OSError(self._missing, "not implemented" if self._missing == errno.ENOSYS
+                              else "request before INIT")  # fmt: skip
+            if opcode in _MIN_REPLY and capacity(reply) < _MIN_REPLY[opcode]:
                 # Checked before acting: an open handle or a lookup count whose reply cannot
                 # be written would never be released by the client.
-                raise ProtocolError(f"{reply.capacity} bytes of reply space are too few")
-            size = handler(req, reply)
-            if size < 0:
-                return size
-            reply.pack_at(OUT_HEADER, 0, _HDR + size, 0, req.unique)
-            return _HDR + size
+                raise ProtocolError(f"{capacity(reply)} bytes of reply space are too few")
+            result = handler(req, reply)
+            if isinstance(result, int):
+                if result < 0:
+                    return result  # NO_REPLY, DEFERRED
+                # READ: the payload is in place already.
+                _pack_header(reply[0], 0, _HDR + result, 0, req.unique)
+                return _HDR + result
+            return write_reply(reply, req.unique, 0, result)
         except Exception as exc:
             req.error = error = self._errno(exc, opcode, req.nodeid)
         if opcode in _NO_REPLY_OPS:
             return NO_REPLY
         return self.error_reply(reply, error, req.unique)
 
-    def refuse(self, exc: MalformedRequest | BufferTooShort, reply: SgWriter) -> int:
+    def refuse(self, exc: MalformedRequest | BufferTooShort, reply: Segments) -> int:
         """Answer a request that could not be decoded (see :func:`fsd.fuse.requests.decode`)."""
         if not isinstance(exc, MalformedRequest):
             log.warning("dropping a request shorter than fuse_in_header")
@@ -210,14 +223,13 @@ class FuseServer:
             return NO_REPLY
         return self.error_reply(reply, error, exc.unique)
 
-    def error_reply(self, reply: SgWriter, error: int, unique: int) -> int:
+    def error_reply(self, reply: Segments, error: int, unique: int) -> int:
         """Write an ``-error`` reply to ``unique``; its length (NO_REPLY if it cannot fit)."""
         try:
-            reply.pack_at(OUT_HEADER, 0, _HDR, -error, unique)
+            return write_reply(reply, unique, error)
         except BufferTooShort:
             log.warning("no room for a reply to unique %d", unique)
             return NO_REPLY
-        return _HDR
 
     @staticmethod
     def _errno(exc: Exception, opcode: int, nodeid: int) -> int:
@@ -239,20 +251,18 @@ class FuseServer:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _entry(self, reply: SgWriter, offset: int, nodeid: int, st: os.stat_result) -> int:
+    def _entry(self, nodeid: int, st: os.stat_result) -> bytes:
         e_s, e_ns = self._entry_valid
         a_s, a_ns = self._attr_valid
-        reply.pack_at(ENTRY_OUT, offset, nodeid, 0, e_s, a_s, e_ns, a_ns, *self._attr_values(st))
-        return ENTRY_OUT.size
+        return _pack_entry(nodeid, 0, e_s, a_s, e_ns, a_ns, *self._attr_values(st))
 
-    def _attr(self, reply: SgWriter, st: os.stat_result) -> int:
+    def _attr(self, st: os.stat_result) -> bytes:
         a_s, a_ns = self._attr_valid
-        reply.pack_at(ATTR_OUT, _HDR, a_s, a_ns, 0, *self._attr_values(st))
-        return ATTR_OUT.size
+        return _pack_attr(a_s, a_ns, 0, *self._attr_values(st))
 
     # --- session ---------------------------------------------------------------------------
 
-    def _init(self, req: Request, reply: SgWriter) -> int:
+    def _init(self, req: Request, _reply: Segments) -> Payload:
         major, minor, readahead, flags = req.args
         if major < abi.KERNEL_VERSION:
             raise OSError(errno.EPROTO, f"unsupported FUSE major version {major}")
@@ -260,11 +270,8 @@ class FuseServer:
             # A guest rebooted without unmounting: start from a clean table.
             self.fs.destroy()
         values = self.session.negotiate(major, minor, readahead, flags)
-        size = self.session.init_out_size() if self.session.initialized else INIT_OUT.size
-        if size == INIT_OUT.size:
-            reply.pack_at(INIT_OUT, _HDR, *values)
-        else:
-            reply.write_at(_HDR, INIT_OUT.pack(*values)[:size])
+        if self.session.initialized:
+            self._table, self._missing = self._handlers, errno.ENOSYS
         log.info(
             "FUSE session: kernel %d.%d, replied %d.%d, flags %#x",
             major,
@@ -273,45 +280,46 @@ class FuseServer:
             values[1],
             values[3] | (values[10] << 32),
         )
-        return size
+        size = self.session.init_out_size() if self.session.initialized else INIT_OUT.size
+        return INIT_OUT.pack(*values)[:size]
 
-    def _destroy(self, _req: Request, _reply: SgWriter) -> int:
+    def _destroy(self, _req: Request, _reply: Segments) -> Payload:
         self.fs.destroy()
         self.session.reset()
-        return NO_REPLY if self.transport == "vhost-user" else 0
+        self._table, self._missing = self._before_init, errno.EIO
+        return NO_REPLY if self.transport == "vhost-user" else _EMPTY
 
-    def _interrupt(self, req: Request, _reply: SgWriter) -> int:
+    def _interrupt(self, req: Request, _reply: Segments) -> Payload:
         # Only a waiting SETLKW can be interrupted; every other request ran to completion.
         self.fs.interrupt(req, req.args[0])
         return NO_REPLY
 
     # --- inodes ----------------------------------------------------------------------------
 
-    def _lookup(self, req: Request, reply: SgWriter) -> int:
+    def _lookup(self, req: Request, _reply: Segments) -> Payload:
         try:
             nodeid, st = self.fs.lookup(req, req.nodeid, req.args[0])
         except FileNotFoundError as exc:
             if isinstance(exc, HiddenByAllowlist) or not any(self._negative_valid):
                 raise
             n_s, n_ns = self._negative_valid
-            reply.pack_at(ENTRY_OUT, _HDR, 0, 0, n_s, 0, n_ns, 0, *(0,) * 16)
-            return ENTRY_OUT.size
-        return self._entry(reply, _HDR, nodeid, st)
+            return _pack_entry(0, 0, n_s, 0, n_ns, 0, *(0,) * 16)
+        return self._entry(nodeid, st)
 
-    def _forget(self, req: Request, _reply: SgWriter) -> int:
+    def _forget(self, req: Request, _reply: Segments) -> Payload:
         self.fs.forget(req, req.nodeid, req.args[0])
         return NO_REPLY
 
-    def _batch_forget(self, req: Request, _reply: SgWriter) -> int:
+    def _batch_forget(self, req: Request, _reply: Segments) -> Payload:
         forget = self.fs.forget
         for nodeid, nlookup in req.args[0]:
             forget(req, nodeid, nlookup)
         return NO_REPLY
 
-    def _getattr(self, req: Request, reply: SgWriter) -> int:
-        return self._attr(reply, self.fs.getattr(req, req.nodeid))
+    def _getattr(self, req: Request, _reply: Segments) -> Payload:
+        return self._attr(self.fs.getattr(req, req.nodeid))
 
-    def _statx(self, req: Request, reply: SgWriter) -> int:
+    def _statx(self, req: Request, _reply: Segments) -> Payload:
         """GETATTR plus the birth time, which is all Linux asks STATX for (it sends it only when
         a caller wants btime); every basic field is always filled, so the kernel caches them."""
         st, btime = self.fs.statx(req, req.nodeid)
@@ -320,36 +328,31 @@ class FuseServer:
         mask = STATX_BASIC_STATS if btime is None else STATX_BASIC_STATS | STATX_BTIME
         b_s, b_ns = btime or (0, 0)
         v_s, v_ns = self._attr_valid
-        reply.pack_at(
-            STATX_OUT, _HDR, v_s, v_ns, 0,
+        return STATX_OUT.pack(
+            v_s, v_ns, 0,
             mask, blksize, 0, nlink, uid, gid, mode & 0xFFFF, ino, size, blocks, 0,
             a_s, a_ns, b_s, b_ns, c_s, c_ns, m_s, m_ns,
             os.major(st.st_rdev), os.minor(st.st_rdev), 0, 0,
         )  # fmt: skip
-        return STATX_OUT.size
 
-    def _setattr(self, req: Request, reply: SgWriter) -> int:
+    def _setattr(self, req: Request, _reply: Segments) -> Payload:
         attrs = cast(SetattrArgs, req.args)  # what fuse.requests decodes SETATTR into
         st = self.fs.setattr(req, req.nodeid, attrs)
         if attrs.valid & FATTR_KILL_SUIDGID:
             self.fs.kill_suidgid(req, req.nodeid, None)
             st = self.fs.getattr(req, req.nodeid)
-        return self._attr(reply, st)
+        return self._attr(st)
 
-    def _readlink(self, req: Request, reply: SgWriter) -> int:
-        target = self.fs.readlink(req, req.nodeid)
-        reply.write_at(_HDR, target)
-        return len(target)
+    def _readlink(self, req: Request, _reply: Segments) -> Payload:
+        return self.fs.readlink(req, req.nodeid)
 
-    def _access(self, req: Request, _reply: SgWriter) -> int:
+    def _access(self, req: Request, _reply: Segments) -> Payload:
         self.fs.access(req, req.nodeid, req.args[0])
-        return 0
+        return _EMPTY
 
-    def _statfs(self, req: Request, reply: SgWriter) -> int:
+    def _statfs(self, req: Request, _reply: Segments) -> Payload:
         sv = self.fs.statfs(req, req.nodeid)
-        reply.pack_at(
-            STATFS_OUT,
-            _HDR,
+        return STATFS_OUT.pack(
             sv.f_blocks,
             sv.f_bfree,
             sv.f_bavail,
@@ -360,44 +363,39 @@ class FuseServer:
             sv.f_frsize,
             0,
         )
-        return STATFS_OUT.size
 
     # --- names -----------------------------------------------------------------------------
 
-    def _mkdir(self, req: Request, reply: SgWriter) -> int:
+    def _mkdir(self, req: Request, _reply: Segments) -> Payload:
         mode, _umask, name = req.args
-        nodeid, st = self.fs.mkdir(req, req.nodeid, name, mode)
-        return self._entry(reply, _HDR, nodeid, st)
+        return self._entry(*self.fs.mkdir(req, req.nodeid, name, mode))
 
-    def _mknod(self, req: Request, reply: SgWriter) -> int:
+    def _mknod(self, req: Request, _reply: Segments) -> Payload:
         mode, rdev, _umask, _, name = req.args
-        nodeid, st = self.fs.mknod(req, req.nodeid, name, mode, rdev)
-        return self._entry(reply, _HDR, nodeid, st)
+        return self._entry(*self.fs.mknod(req, req.nodeid, name, mode, rdev))
 
-    def _symlink(self, req: Request, reply: SgWriter) -> int:
+    def _symlink(self, req: Request, _reply: Segments) -> Payload:
         name, target = req.args
-        nodeid, st = self.fs.symlink(req, req.nodeid, name, target)
-        return self._entry(reply, _HDR, nodeid, st)
+        return self._entry(*self.fs.symlink(req, req.nodeid, name, target))
 
-    def _link(self, req: Request, reply: SgWriter) -> int:
+    def _link(self, req: Request, _reply: Segments) -> Payload:
         oldnodeid, newname = req.args
-        nodeid, st = self.fs.link(req, oldnodeid, req.nodeid, newname)
-        return self._entry(reply, _HDR, nodeid, st)
+        return self._entry(*self.fs.link(req, oldnodeid, req.nodeid, newname))
 
-    def _unlink(self, req: Request, _reply: SgWriter) -> int:
+    def _unlink(self, req: Request, _reply: Segments) -> Payload:
         self.fs.unlink(req, req.nodeid, req.args[0])
-        return 0
+        return _EMPTY
 
-    def _rmdir(self, req: Request, _reply: SgWriter) -> int:
+    def _rmdir(self, req: Request, _reply: Segments) -> Payload:
         self.fs.rmdir(req, req.nodeid, req.args[0])
-        return 0
+        return _EMPTY
 
-    def _rename(self, req: Request, _reply: SgWriter) -> int:
+    def _rename(self, req: Request, _reply: Segments) -> Payload:
         newdir, old, new = req.args
         self.fs.rename(req, req.nodeid, old, newdir, new, 0)
-        return 0
+        return _EMPTY
 
-    def _rename2(self, req: Request, _reply: SgWriter) -> int:
+    def _rename2(self, req: Request, _reply: Segments) -> Payload:
         newdir, flags, _, old, new = req.args
         if flags & ~_RENAME_FLAGS:
             raise OSError(errno.EINVAL, f"unknown rename flags {flags:#x}")
@@ -405,98 +403,88 @@ class FuseServer:
             # A whiteout is a 0/0 character device: device nodes are never made in the share.
             raise OSError(errno.EINVAL, "RENAME_WHITEOUT is not supported")
         self.fs.rename(req, req.nodeid, old, newdir, new, flags)
-        return 0
+        return _EMPTY
 
     # --- files -----------------------------------------------------------------------------
 
-    def _open(self, req: Request, reply: SgWriter) -> int:
+    def _open(self, req: Request, _reply: Segments) -> Payload:
         flags, kill = req.args
         fh, open_flags = self.fs.open(req, req.nodeid, flags)
         if kill & OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
             self.fs.kill_suidgid(req, req.nodeid, fh)
-        reply.pack_at(OPEN_OUT, _HDR, fh, open_flags, 0)
-        return OPEN_OUT.size
+        return OPEN_OUT.pack(fh, open_flags, 0)
 
-    def _create(self, req: Request, reply: SgWriter) -> int:
+    def _create(self, req: Request, _reply: Segments) -> Payload:
         flags, mode, _umask, kill, name = req.args
         (nodeid, st), (fh, open_flags) = self.fs.create(req, req.nodeid, name, flags, mode)
         if kill & OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
             self.fs.kill_suidgid(req, nodeid, fh)
             st = self.fs.getattr(req, nodeid)
-        self._entry(reply, _HDR, nodeid, st)
-        reply.pack_at(OPEN_OUT, _HDR + ENTRY_OUT.size, fh, open_flags, 0)
-        return ENTRY_OUT.size + OPEN_OUT.size
+        return self._entry(nodeid, st) + OPEN_OUT.pack(fh, open_flags, 0)
 
-    def _tmpfile(self, req: Request, reply: SgWriter) -> int:
+    def _tmpfile(self, req: Request, _reply: Segments) -> Payload:
         flags, mode, _umask, _ = req.args
         (nodeid, st), (fh, open_flags) = self.fs.tmpfile(req, req.nodeid, flags, mode)
-        self._entry(reply, _HDR, nodeid, st)
-        reply.pack_at(OPEN_OUT, _HDR + ENTRY_OUT.size, fh, open_flags, 0)
-        return ENTRY_OUT.size + OPEN_OUT.size
+        return self._entry(nodeid, st) + OPEN_OUT.pack(fh, open_flags, 0)
 
-    def _read(self, req: Request, reply: SgWriter) -> int:
-        fh, offset, size = req.args[:3]
-        size = min(size, reply.capacity - _HDR, abi.MAX_WRITE)
-        views = reply.views(_HDR, size)
-        req.moved = n = self.fs.read(req, req.nodeid, fh, offset, views) if views else 0
+    def _read(self, req: Request, reply: Segments) -> Payload:
+        fh, offset, size, _, _, _, _ = req.args
+        into = _payload_views(reply, min(size, abi.MAX_WRITE))
+        req.moved = n = self.fs.read(req, req.nodeid, fh, offset, into) if into else 0
         return n
 
-    def _write(self, req: Request, reply: SgWriter) -> int:
+    def _write(self, req: Request, _reply: Segments) -> Payload:
         fh, offset, _size, write_flags, _, _, data = req.args
         req.moved = written = self.fs.write(req, req.nodeid, fh, offset, data) if data else 0
         if write_flags & WRITE_KILL_SUIDGID:
             self.fs.kill_suidgid(req, req.nodeid, fh)
-        reply.pack_at(WRITE_OUT, _HDR, written, 0)
-        return WRITE_OUT.size
+        return _pack_write_out(written, 0)
 
-    def _flush(self, req: Request, _reply: SgWriter) -> int:
+    def _flush(self, req: Request, _reply: Segments) -> Payload:
         fh, _, _, lock_owner = req.args
         self.fs.flush(req, req.nodeid, fh, lock_owner)
-        return 0
+        return _EMPTY
 
-    def _release(self, req: Request, _reply: SgWriter) -> int:
+    def _release(self, req: Request, _reply: Segments) -> Payload:
         self.fs.release(req, req.nodeid, req.args[0])
-        return 0
+        return _EMPTY
 
     # --- locks -----------------------------------------------------------------------------
 
-    def _getlk(self, req: Request, reply: SgWriter) -> int:
+    def _getlk(self, req: Request, _reply: Segments) -> Payload:
         fh, owner, start, end, kind, _pid, _flags, _ = req.args
-        conflict = self.fs.getlk(req, req.nodeid, fh, owner, start, end, kind)
-        reply.pack_at(LK_OUT, _HDR, *conflict)
-        return LK_OUT.size
+        return LK_OUT.pack(*self.fs.getlk(req, req.nodeid, fh, owner, start, end, kind))
 
-    def _setlk(self, req: Request, _reply: SgWriter) -> int:
+    def _setlk(self, req: Request, _reply: Segments) -> Payload:
         fh, owner, start, end, kind, pid, flags, _ = req.args
         flock = bool(flags & LK_FLOCK)
         self.fs.setlk(req, req.nodeid, fh, owner, start, end, kind, pid, flock, None)
-        return 0
+        return _EMPTY
 
-    def _setlkw(self, req: Request, reply: SgWriter) -> int:
+    def _setlkw(self, req: Request, reply: Segments) -> Payload:
         fh, owner, start, end, kind, pid, flags, _ = req.args
         wait = Deferred(req.unique, reply)
         flock = bool(flags & LK_FLOCK)
         if self.fs.setlk(req, req.nodeid, fh, owner, start, end, kind, pid, flock, wait):
-            return 0
+            return _EMPTY
         defer(wait)
         return DEFERRED
 
-    def _fsync(self, req: Request, _reply: SgWriter) -> int:
+    def _fsync(self, req: Request, _reply: Segments) -> Payload:
         fh, flags, _ = req.args
         self.fs.fsync(req, req.nodeid, fh, bool(flags & FSYNC_FDATASYNC))
-        return 0
+        return _EMPTY
 
-    def _fallocate(self, req: Request, _reply: SgWriter) -> int:
+    def _fallocate(self, req: Request, _reply: Segments) -> Payload:
         fh, offset, length, mode, _ = req.args
         self.fs.fallocate(req, req.nodeid, fh, mode, offset, length)
-        return 0
+        return _EMPTY
 
-    def _lseek(self, req: Request, reply: SgWriter) -> int:
+    def _lseek(self, req: Request, _reply: Segments) -> Payload:
         fh, offset, whence, _ = req.args
-        reply.pack_at(LSEEK_OUT, _HDR, self.fs.lseek(req, req.nodeid, fh, offset, whence))
-        return LSEEK_OUT.size
+        return LSEEK_OUT.pack(self.fs.lseek(req, req.nodeid, fh, offset, whence))
 
-    def _copy_file_range(self, req: Request, reply: SgWriter) -> int:
+    def _copy_file_range(self, req: Request, _reply: Segments) -> Payload:
         fh_in, off_in, nodeid_out, fh_out, off_out, length, flags = req.args
         if flags:
             raise OSError(errno.EINVAL, "copy_file_range flags must be 0")
@@ -504,70 +492,67 @@ class FuseServer:
         req.moved = copied = self.fs.copy_file_range(
             req, req.nodeid, fh_in, off_in, nodeid_out, fh_out, off_out, min(length, 1 << 30)
         )
-        reply.pack_at(WRITE_OUT, _HDR, copied, 0)
-        return WRITE_OUT.size
+        return _pack_write_out(copied, 0)
 
     # --- extended attributes ---------------------------------------------------------------
 
-    def _sized(self, reply: SgWriter, data: bytes, size: int) -> int:
+    @staticmethod
+    def _sized(reply: Segments, data: bytes, size: int) -> Payload:
         """The xattr size probe: ``size`` 0 asks for the length only; too small is ERANGE."""
         if size == 0:
-            reply.pack_at(GETXATTR_OUT, _HDR, len(data), 0)
-            return GETXATTR_OUT.size
+            return GETXATTR_OUT.pack(len(data), 0)
         if len(data) > size:
             raise OSError(errno.ERANGE, f"{len(data)} bytes do not fit in {size}")
-        if len(data) > reply.capacity - _HDR:
+        if len(data) > capacity(reply) - _HDR:
             raise OSError(errno.E2BIG, "xattr larger than the reply buffer")
-        reply.write_at(_HDR, data)
-        return len(data)
+        return data
 
-    def _getxattr(self, req: Request, reply: SgWriter) -> int:
+    def _getxattr(self, req: Request, reply: Segments) -> Payload:
         size, name = req.args
         return self._sized(reply, self.fs.getxattr(req, req.nodeid, name), size)
 
-    def _listxattr(self, req: Request, reply: SgWriter) -> int:
+    def _listxattr(self, req: Request, reply: Segments) -> Payload:
         names = b"".join(n + b"\0" for n in self.fs.listxattr(req, req.nodeid))
         if len(names) > XATTR_LIST_MAX:
             raise OSError(errno.E2BIG, "xattr list too long")
         return self._sized(reply, names, req.args[0])
 
-    def _setxattr(self, req: Request, _reply: SgWriter) -> int:
+    def _setxattr(self, req: Request, _reply: Segments) -> Payload:
         name, value, flags = req.args
         self.fs.setxattr(req, req.nodeid, name, value, flags)
-        return 0
+        return _EMPTY
 
-    def _removexattr(self, req: Request, _reply: SgWriter) -> int:
+    def _removexattr(self, req: Request, _reply: Segments) -> Payload:
         self.fs.removexattr(req, req.nodeid, req.args[0])
-        return 0
+        return _EMPTY
 
-    def _ioctl(self, _req: Request, _reply: SgWriter) -> int:
+    def _ioctl(self, _req: Request, _reply: Segments) -> Payload:
         # No ioctl is passed through to host files (crosvm's are ChromeOS-specific).
         raise OSError(errno.ENOTTY, "no ioctls are supported")
 
-    def _syncfs(self, req: Request, _reply: SgWriter) -> int:
+    def _syncfs(self, req: Request, _reply: Segments) -> Payload:
         self.fs.syncfs(req, req.nodeid)
-        return 0
+        return _EMPTY
 
     # --- directories -----------------------------------------------------------------------
 
-    def _opendir(self, req: Request, reply: SgWriter) -> int:
+    def _opendir(self, req: Request, _reply: Segments) -> Payload:
         fh, open_flags = self.fs.opendir(req, req.nodeid)
-        reply.pack_at(OPEN_OUT, _HDR, fh, open_flags, 0)
-        return OPEN_OUT.size
+        return OPEN_OUT.pack(fh, open_flags, 0)
 
-    def _releasedir(self, req: Request, _reply: SgWriter) -> int:
+    def _releasedir(self, req: Request, _reply: Segments) -> Payload:
         self.fs.releasedir(req, req.nodeid, req.args[0])
-        return 0
+        return _EMPTY
 
-    def _fsyncdir(self, req: Request, _reply: SgWriter) -> int:
+    def _fsyncdir(self, req: Request, _reply: Segments) -> Payload:
         fh, flags, _ = req.args
         self.fs.fsyncdir(req, req.nodeid, fh, bool(flags & FSYNC_FDATASYNC))
-        return 0
+        return _EMPTY
 
-    def _readdir(self, req: Request, reply: SgWriter) -> int:
+    def _readdir(self, req: Request, reply: Segments) -> Payload:
         fh, offset, size = req.args[:3]
         entries = self.fs.readdir(req, req.nodeid, fh, offset)
-        budget = min(size, reply.capacity - _HDR)
+        budget = min(size, capacity(reply) - _HDR)
         out = bytearray()
         for index in range(offset, len(entries)):
             entry = entries[index]
@@ -581,17 +566,15 @@ class FuseServer:
             out += DIRENT.pack(ino, index + 1, len(name), dtype)
             out += name
             out += bytes(start + rec - len(out))
-        reply.write_at(_HDR, out)
-        return len(out)
+        return out
 
-    def _readdirplus(self, req: Request, reply: SgWriter) -> int:
+    def _readdirplus(self, req: Request, reply: Segments) -> Payload:
         fh, offset, size = req.args[:3]
         parent = req.nodeid
         fs = self.fs
         entries = fs.readdir(req, parent, fh, offset)
-        budget = max(0, min(size, reply.capacity - _HDR))
-        # Built in a zeroed local buffer (padding and the dot entries' entry_out stay zero),
-        # then copied into the reply once.
+        budget = max(0, min(size, capacity(reply) - _HDR))
+        # Built in a zeroed local buffer (padding and the dot entries' entry_out stay zero).
         buf = bytearray(budget)
         e_s, e_ns = self._entry_valid
         a_s, a_ns = self._attr_valid
@@ -629,5 +612,16 @@ class FuseServer:
             dpos += _DIRENT_SIZE
             buf[dpos : dpos + namelen] = name
             used += rec
-        reply.write_at(_HDR, memoryview(buf)[:used])
-        return used
+        return memoryview(buf)[:used]
+
+
+def _payload_views(reply: Segments, size: int) -> list[memoryview]:
+    """Views of the reply's first ``size`` payload bytes (after the header), at most its
+    capacity: READ reads the host file straight into them."""
+    first = reply[0]
+    if len(first) == _HDR:  # Linux's virtio_fs: the data pages are segments of their own
+        rest = reply[1:]
+        if sum(map(len, rest)) <= size:
+            return list(rest)
+        return views(rest, 0, size)
+    return views(reply, _HDR, min(size, capacity(reply) - _HDR))

@@ -18,7 +18,7 @@ from fsd.fuse import abi
 from fsd.fuse.abi import Opcode
 from fsd.fuse.deferred import take_deferred
 from fsd.fuse.replies import DEFERRED
-from fsd.sgbuf import SgReader, SgWriter
+from fsd.sgbuf import Segments
 
 __all__ = [
     "DEFAULT_INIT_FLAGS",
@@ -266,8 +266,10 @@ def rename2(
     return request(Opcode.RENAME2, unique, parent, body)
 
 
-def _rw(op: int, unique: int, nodeid: int, fh: int, offset: int, size: int) -> bytes:
-    return request(op, unique, nodeid, abi.READ_IN.pack(fh, offset, size, 0, 0, 0, 0))
+def _rw(
+    op: int, unique: int, nodeid: int, fh: int, offset: int, size: int, data: bytes = b""
+) -> bytes:
+    return request(op, unique, nodeid, abi.READ_IN.pack(fh, offset, size, 0, 0, 0, 0) + data)
 
 
 def read(unique: int, nodeid: int, fh: int, offset: int, size: int) -> bytes:
@@ -276,8 +278,9 @@ def read(unique: int, nodeid: int, fh: int, offset: int, size: int) -> bytes:
 
 
 def write(unique: int, nodeid: int, fh: int, offset: int, data: bytes) -> bytes:
-    """WRITE ``data`` at ``offset`` (``write_in`` followed by the data)."""
-    return _rw(Opcode.WRITE, unique, nodeid, fh, offset, len(data)) + data
+    """WRITE ``data`` at ``offset`` (``write_in`` followed by the data; in_header.len counts
+    both, as the kernel's does)."""
+    return _rw(Opcode.WRITE, unique, nodeid, fh, offset, len(data), data)
 
 
 def readdir(unique: int, nodeid: int, fh: int, offset: int = 0, size: int = 4096) -> bytes:
@@ -594,7 +597,7 @@ class Submitted:
 class _Server(Protocol):
     """The part of :class:`~fsd.fuse.FuseServer` the client needs."""
 
-    def handle(self, request: SgReader, reply: SgWriter) -> int: ...
+    def handle(self, request: Segments, reply: Segments) -> int: ...
 
 
 class FuseClient:
@@ -622,7 +625,7 @@ class FuseClient:
         else:
             segments = [memoryview(data)]
         space = bytearray(capacity if capacity is not None else self.reply_capacity)
-        n = self.server.handle(SgReader(segments), SgWriter([memoryview(space)]))
+        n = self.server.handle(segments, [memoryview(space)])
         assert n != DEFERRED, "call() of a request the server deferred: use submit()"
         return bytes(space[: max(n, 0)])  # NO_REPLY: no bytes
 
@@ -630,7 +633,7 @@ class FuseClient:
         """Send one request that the server may defer (returns DEFERRED) and answer later."""
         space = bytearray(self.reply_capacity)
         sub = Submitted(space)
-        n = self.server.handle(SgReader([memoryview(data)]), SgWriter([memoryview(space)]))
+        n = self.server.handle([memoryview(data)], [memoryview(space)])
         if n != DEFERRED:
             sub._done(max(n, 0))
             return sub

@@ -27,6 +27,13 @@ MAX_INDIRECT_BYTES: Final = 16 * 65536
 """An indirect table holds at most 2**16 descriptors (next is a u16), as rust-vmm checks."""
 
 _fence_lock = threading.Lock()
+_unpack_desc: Final = DESC.unpack_from
+_iter_desc: Final = DESC.iter_unpack
+_pack_used: Final = USED_ELEM.pack_into
+_pack_u16: Final = struct.Struct("<H").pack_into
+#: Indirect tables up to this size are walked inline (Linux's hold a request's descriptors:
+#: in_header, arguments, data pages and the reply's).
+_MAX_INLINE: Final = 16 * 1024
 
 
 def fence() -> None:
@@ -54,6 +61,7 @@ class SplitQueue:
     """One split virtqueue as the device sees it."""
 
     __slots__ = (
+        "_avail_event_offset",
         "_avail_ring",
         "_desc",
         "_signalled_used",
@@ -90,6 +98,7 @@ class SplitQueue:
         self.next_avail = next_avail & 0xFFFF
         self.next_used: int = self._used_idx_view[1]
         self._signalled_used = self.next_used
+        self._avail_event_offset = 4 + 8 * size
 
     # -- driver → device ----------------------------------------------------------------
 
@@ -97,17 +106,49 @@ class SplitQueue:
         return bool(self._avail_ring[1] != self.next_avail)
 
     def pop(self) -> tuple[int, list[memoryview], list[memoryview]] | None:
-        """Take the next available chain: (head, readable views, writable views), or None."""
-        avail_idx = self._avail_ring[1]
+        """Take the next available chain: (head, readable views, writable views), or None.
+
+        Linux puts every request in one indirect table whose entries follow each other; that
+        table is walked here inline, each buffer a slice of the single memory region. Every
+        other shape takes :meth:`_walk`.
+        """
+        avail = self._avail_ring
+        avail_idx = avail[1]
         next_avail = self.next_avail
         if avail_idx == next_avail:
             return None
-        if (avail_idx - next_avail) & 0xFFFF > self.size:
-            raise QueueBroken(
-                f"avail index {avail_idx} is more than {self.size} ahead of {next_avail}"
-            )
-        head: int = self._avail_ring[2 + next_avail % self.size]
+        size = self.size
+        if (avail_idx - next_avail) & 0xFFFF > size:
+            raise QueueBroken(f"avail index {avail_idx} is more than {size} ahead of {next_avail}")
+        head: int = avail[2 + next_avail % size]
         self.next_avail = (next_avail + 1) & 0xFFFF
+        if head < size:
+            addr, length, flags, _ = _unpack_desc(self._desc, head << 4)
+            only = self.memory.only_region
+            if flags == DESC_F_INDIRECT and only is not None and 0 < length <= _MAX_INLINE:
+                base = only.gpa
+                region = only.view
+                end = len(region)
+                off = addr - base
+                if not length & 15 and off >= 0 and off + length <= end:
+                    table = region[off : off + length]
+                    readable: list[memoryview] = []
+                    writable: list[memoryview] = []
+                    for index, (addr, length, flags, nxt) in enumerate(_iter_desc(table), 1):
+                        if length:
+                            off = addr - base
+                            if off < 0 or off + length > end or flags & DESC_F_INDIRECT:
+                                break  # the general walk says what is wrong
+                            if flags & DESC_F_WRITE:
+                                writable.append(region[off : off + length])
+                            elif writable:
+                                break
+                            else:
+                                readable.append(region[off : off + length])
+                        if not flags & DESC_F_NEXT:
+                            return head, readable, writable
+                        if nxt != index:
+                            break  # not in table order: follow the next fields instead
         readable, writable = self._walk(head)
         return head, readable, writable
 
@@ -128,7 +169,6 @@ class SplitQueue:
                         raise InvalidChain(head, "indirect descriptor with NEXT set")
                     if length == 0 or length % 16 or length > MAX_INDIRECT_BYTES:
                         raise InvalidChain(head, f"indirect table of {length} bytes")
-                    # Linux puts every request in one indirect table: unpack it in one call.
                     descriptors = list(DESC.iter_unpack(self.memory.view(addr, length)))
                     self._follow(head, descriptors, readable, writable)
                     return readable, writable
@@ -152,29 +192,15 @@ class SplitQueue:
         readable: list[memoryview],
         writable: list[memoryview],
     ) -> None:
-        """Walk an indirect table from its first entry (the hot path for large requests)."""
+        """Walk an indirect table from its first entry, following the next fields."""
         limit = len(descriptors)
-        memory = self.memory
-        # One region (the common case): slice it directly, bounds checked here.
-        only = memory.only_region
-        base, region, size = (only.gpa, only.view, len(only.view)) if only else (0, None, -1)
         index = 0
         for _ in range(limit):
             addr, length, flags, nxt = descriptors[index]
             if flags & DESC_F_INDIRECT:
                 raise InvalidChain(head, "nested indirect table")
             if length:
-                off = addr - base
-                if region is not None and off >= 0 and off + length <= size:
-                    buffer = [region[off : off + length]]
-                else:
-                    buffer = memory.views(addr, length)
-                if flags & DESC_F_WRITE:
-                    writable += buffer
-                elif writable:
-                    raise InvalidChain(head, "readable descriptor after a writable one")
-                else:
-                    readable += buffer
+                self._add_buffer(head, addr, length, flags, readable, writable)
             if not flags & DESC_F_NEXT:
                 return
             index = nxt
@@ -204,29 +230,32 @@ class SplitQueue:
     def push(self, head: int, written: int) -> None:
         """Return chain ``head`` to the driver with ``written`` bytes of reply."""
         used_idx = self.next_used
-        USED_ELEM.pack_into(self._used, 4 + 8 * (used_idx % self.size), head, written)
+        _pack_used(self._used, 4 + 8 * (used_idx % self.size), head, written)
         used_idx = (used_idx + 1) & 0xFFFF
         self.next_used = used_idx
         # x86 keeps stores in order: the element is visible before the index that publishes it.
         self._used_idx_view[1] = used_idx
 
-    def enable_kicks(self) -> bool:
-        """Ask for a kick when the driver adds past what we consumed; True if chains are
-        already waiting (the caller must drain again, or that kick is lost)."""
-        if self.event_idx:
-            struct.pack_into("<H", self._used, 4 + 8 * self.size, self.next_avail)
-            fence()
-        return self.has_available()
+    def settle(self, rearm: bool = True) -> bool | None:
+        """After serving: ask for a kick for the next chain (``rearm``, EVENT_IDX's
+        ``avail_event``) and decide whether the driver wants an interrupt for the chains
+        pushed since the last time. ``None``: chains arrived meanwhile (serve them first, or a
+        kick is lost); else whether to interrupt.
 
-    def needs_interrupt(self) -> bool:
-        """Whether the driver wants an interrupt for the chains pushed since the last check."""
+        One fence serves both checks: every store (used entries and index, avail_event)
+        comes before it, every load of what the driver wrote (avail index, used_event or
+        its flags) after it, and store→load is the one reordering x86 does.
+        """
+        if rearm and self.event_idx:
+            _pack_u16(self._used, self._avail_event_offset, self.next_avail)
+        fence()
+        if rearm and self._avail_ring[1] != self.next_avail:
+            return None
         new = self.next_used
         old = self._signalled_used
-        self._signalled_used = new
         if new == old:
             return False
-        # The driver's flag or used_event must be read after used->idx is published.
-        fence()
+        self._signalled_used = new
         if self.event_idx:
             used_event = self._avail_ring[2 + self.size]
             return ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)

@@ -8,7 +8,7 @@ import threading
 import trio
 
 from fsd.daemon.queues import BATCH, QueueRunner
-from fsd.sgbuf import SgReader, SgWriter
+from fsd.sgbuf import Segments
 from fsd.testing.driver import DriverQueue, GuestAllocator
 from fsd.virtio.memory import GuestMemory, GuestRegion
 from fsd.virtio.splitq import SplitQueue
@@ -32,7 +32,7 @@ async def test_stop_is_prompt_while_the_guest_keeps_the_ring_full() -> None:
     served = 0
     busy = threading.Event()
 
-    def busy_guest(request: SgReader, reply: SgWriter) -> int:
+    def busy_guest(request: Segments, reply: Segments) -> int:
         # Every request served makes the guest post another one: the ring never empties.
         nonlocal served
         served += 1

@@ -22,7 +22,6 @@ from fsd.fuse.errors import HiddenByAllowlist
 from fsd.fuse.filesystem import Context, Entry, Filesystem, FilesystemConfig
 from fsd.fuse.replies import NO_REPLY
 from fsd.fuse.requests import OPS, Request, decode
-from fsd.sgbuf import SgReader, SgWriter
 from fsd.testing import fuse_requests as fr
 from fsd.testing.fuse_requests import FuseClient
 
@@ -144,17 +143,17 @@ def test_data_moves_and_the_outcome_is_recorded_on_the_request(fake: FakeFs) -> 
     server = FuseServer(fake)
     FuseClient(server).init()
     space = bytearray(4096)
-    req = decode(SgReader([memoryview(fr.read(8, 2, 5, 2, 100))]))
-    n = server.execute(req, SgWriter([memoryview(space)]))
+    req = decode([memoryview(fr.read(8, 2, 5, 2, 100))])
+    n = server.execute(req, [memoryview(space)])
     assert fr.parse_reply(bytes(space[:n])).payload == b"cdefgh"
     assert (req.error, req.moved) == (0, 6)
-    req = decode(SgReader([memoryview(fr.write(10, 2, 5, 0, b"xyz"))]))
-    n = server.execute(req, SgWriter([memoryview(space)]))
+    req = decode([memoryview(fr.write(10, 2, 5, 0, b"xyz"))])
+    n = server.execute(req, [memoryview(space)])
     assert fr.parse_write(fr.parse_reply(bytes(space[:n])).payload) == 2
     assert (req.error, req.moved) == (0, 2)
     assert fake.calls[-1][2] == (2, 5, 0, b"xyz")
-    req = decode(SgReader([memoryview(fr.readlink(12, 2))]))
-    server.execute(req, SgWriter([memoryview(space)]))
+    req = decode([memoryview(fr.readlink(12, 2))])
+    server.execute(req, [memoryview(space)])
     assert (req.error, req.moved) == (errno.ENOSYS, 0)
 
 
@@ -173,22 +172,20 @@ def test_no_reply_and_destroy_by_transport(fake: FakeFs) -> None:
         FuseClient(server).init()
         space = bytearray(64)
         for data in (fr.forget(2, 2, 1), fr.batch_forget(4, [(2, 1)]), fr.interrupt(6, 2)):
-            assert server.handle(SgReader([memoryview(data)]), SgWriter([memoryview(space)])) == (
-                NO_REPLY
-            )
-        destroy = SgReader([memoryview(fr.destroy(8))])
-        assert server.handle(destroy, SgWriter([memoryview(space)])) == destroy_reply
+            assert server.handle([memoryview(data)], [memoryview(space)]) == (NO_REPLY)
+        destroy = [memoryview(fr.destroy(8))]
+        assert server.handle(destroy, [memoryview(space)]) == destroy_reply
 
 
 def test_the_server_keeps_no_per_request_state(fake: FakeFs) -> None:
     """Two requests decoded first and served in the other order get their own answers."""
     server = FuseServer(fake)
     FuseClient(server).init()
-    first = decode(SgReader([memoryview(fr.request(Opcode.GETATTR, 20, 1, uid=5, gid=6))]))
-    second = decode(SgReader([memoryview(fr.request(Opcode.GETATTR, 22, 1, uid=7, gid=8))]))
+    first = decode([memoryview(fr.request(Opcode.GETATTR, 20, 1, uid=5, gid=6))])
+    second = decode([memoryview(fr.request(Opcode.GETATTR, 22, 1, uid=7, gid=8))])
     for req in (second, first):
         space = bytearray(256)
-        n = server.execute(req, SgWriter([memoryview(space)]))
+        n = server.execute(req, [memoryview(space)])
         assert fr.parse_reply(bytes(space[:n])).unique == req.unique
     assert [call[1] for call in fake.calls[-2:]] == [(7, 8, 0, 22), (5, 6, 0, 20)]
 
@@ -201,7 +198,7 @@ def test_every_decoded_opcode_has_a_handler_and_named_fields() -> None:
 
 
 def test_a_request_is_its_context() -> None:
-    req = decode(SgReader([memoryview(fr.request(Opcode.GETATTR, 30, 9, uid=3, gid=4))]))
+    req = decode([memoryview(fr.request(Opcode.GETATTR, 30, 9, uid=3, gid=4))])
     assert isinstance(req, Request) and isinstance(req, Context)
     assert (req.opcode, req.unique, req.nodeid, req.uid, req.gid, req.args) == (
         Opcode.GETATTR, 30, 9, 3, 4, (),

@@ -13,7 +13,6 @@ from fsd.fs import PassthroughFs
 from fsd.fuse import FuseServer
 from fsd.fuse.abi import IN_HEADER, ROOT_ID, Opcode
 from fsd.fuse.replies import NO_REPLY
-from fsd.sgbuf import SgReader, SgWriter
 from fsd.testing import fuse_requests as fr
 from fsd.testing.fuse_requests import FuseClient
 
@@ -106,7 +105,7 @@ def test_random_requests_never_raise(
     logger = logging.getLogger("fsd.fuse")
     logger.addHandler(handler)
     try:
-        n = server.handle(SgReader([memoryview(bytes(data))]), SgWriter([memoryview(space)]))
+        n = server.handle([memoryview(bytes(data))], [memoryview(space)])
     finally:
         logger.removeHandler(handler)
     assert n == NO_REPLY or 0 < n <= len(space)
@@ -128,7 +127,7 @@ def test_random_bytes_before_and_after_init(
         server = FuseServer(fs)
         space = bytearray(1024)
         for _ in range(2):
-            n = server.handle(SgReader([memoryview(data)]), SgWriter([memoryview(space)]))
+            n = server.handle([memoryview(data)], [memoryview(space)])
             assert n == NO_REPLY or 0 < n <= len(space)
             FuseClient(server).init()
     finally:

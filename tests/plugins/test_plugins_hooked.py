@@ -19,7 +19,6 @@ from fsd.hookinfo import FuseRequestInfo, describe
 from fsd.hooks_fuse import HookedHandler, make_request_handler
 from fsd.hookspecs import hookimpl
 from fsd.plugins import Plugins
-from fsd.sgbuf import SgReader
 from fsd.testing import fuse_requests as fr
 from fsd.testing.fuse_requests import FuseClient
 from fsd.testing.plugins import Recorder, hooked_client, plugin_manager
@@ -251,7 +250,7 @@ def test_no_room_for_a_denial_reply(share: Path) -> None:
 
 def test_describe_reads_the_decoded_request() -> None:
     """Plugins see the request the server decoded: describe() parses nothing itself."""
-    req = decode(SgReader([memoryview(fr.lookup(7, 1, "name"))]))
+    req = decode([memoryview(fr.lookup(7, 1, "name"))])
     info = describe(req, lambda nodeid: "/" if nodeid == 1 else None, "dev-fuse")
     assert (info.op, info.unique, info.entry_path, info.transport) == (
         "LOOKUP",
@@ -259,9 +258,7 @@ def test_describe_reads_the_decoded_request() -> None:
         "/name",
         "dev-fuse",
     )
-    unknown = describe(
-        decode(SgReader([memoryview(fr.request(99, 3, 1))])), lambda n: "/", "vhost-user"
-    )
+    unknown = describe(decode([memoryview(fr.request(99, 3, 1))]), lambda n: "/", "vhost-user")
     assert (unknown.op, unknown.op_class) == ("OPCODE_99", "session")
 
 

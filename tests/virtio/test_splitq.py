@@ -118,17 +118,30 @@ def test_event_idx_suppresses_and_requests_interrupts() -> None:
     driver.set_used_event(1)  # the driver wants an interrupt once used passes index 1
     while (chain := device.pop()) is not None:
         device.push(chain[0], 0)
-    assert device.needs_interrupt()
-    assert not device.needs_interrupt(), "nothing new since the last check"
+    assert device.settle() is True
+    assert device.settle() is False, "nothing new since the last check"
     driver.take_used()
     driver.set_used_event(10)
     driver.add_request(b"y", 1)
     chain = device.pop()
     assert chain is not None
     device.push(chain[0], 0)
-    assert not device.needs_interrupt()
-    assert not device.enable_kicks()
+    assert device.settle() is False
     assert driver.avail_event == device.next_avail == 4
+
+
+def test_settle_reports_chains_that_arrived_meanwhile() -> None:
+    """Re-arming and then finding new chains must not lose their kick (nor decide the
+    interrupt before they are served)."""
+    driver, device, _ = make()
+    driver.add_request(b"x", 1)
+    chain = device.pop()
+    assert chain is not None
+    device.push(chain[0], 0)
+    driver.add_request(b"y", 1)  # after the device looked, before it re-armed
+    assert device.settle() is None
+    assert device.settle(rearm=False) is True  # not re-arming: the interrupt is decided
+    assert driver.avail_event == device.next_avail == 1
 
 
 def test_without_event_idx_no_interrupt_flag_is_honoured() -> None:
@@ -137,13 +150,13 @@ def test_without_event_idx_no_interrupt_flag_is_honoured() -> None:
     chain = device.pop()
     assert chain is not None
     device.push(chain[0], 1)
-    assert device.needs_interrupt()
+    assert device.settle() is True
     struct.pack_into("<H", mem, driver.avail_gpa, 1)  # VRING_AVAIL_F_NO_INTERRUPT
     driver.add_request(b"x", 1)
     chain = device.pop()
     assert chain is not None
     device.push(chain[0], 1)
-    assert not device.needs_interrupt()
+    assert device.settle() is False
 
 
 @settings(max_examples=200, deadline=None)
