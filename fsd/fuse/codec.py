@@ -11,13 +11,16 @@ import os
 from collections.abc import Callable
 from typing import Final
 
+from fsd.fuse.abi import ATTR
 from fsd.fuse.errors import ProtocolError
 
 __all__ = [
     "NAME_MAX",
     "attr_values",
     "check_name",
+    "fuse_attr",
     "mapped_attr_values",
+    "mapped_fuse_attr",
     "parse_name",
     "parse_symlink",
     "parse_two_names",
@@ -28,6 +31,7 @@ __all__ = [
 #: Longest name the kernel sends (``FUSE_NAME_MAX``, 1024) ; hosts allow 255, checked there.
 NAME_MAX: Final = 1024
 _NSEC: Final = 1_000_000_000
+_pack_attr: Final = ATTR.pack
 
 
 def check_name(name: bytes, *, allow_dots: bool = False) -> bytes:
@@ -122,6 +126,36 @@ def mapped_attr_values(
         return (*fields[:11], uid_to_guest(st.st_uid), gid_to_guest(st.st_gid), *fields[13:])
 
     return values
+
+
+def fuse_attr(st: os.stat_result) -> bytes:
+    """``struct fuse_attr`` for a host stat result, packed: what every attribute reply holds.
+
+    The hot path of GETATTR, LOOKUP and READDIRPLUS, so it reads the stat result's tuple
+    fields (``st[7]`` is the whole seconds of ``st_atime``) and packs in one call; it is
+    :func:`attr_values` packed, which the tests check.
+    """
+    return _pack_attr(
+        st[1], st[6], st.st_blocks, st[7], st[8], st[9],
+        st.st_atime_ns % _NSEC, st.st_mtime_ns % _NSEC, st.st_ctime_ns % _NSEC,
+        st[0], st[3] & 0xFFFFFFFF, st[4], st[5], st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0,
+    )  # fmt: skip
+
+
+def mapped_fuse_attr(
+    uid_to_guest: Callable[[int], int], gid_to_guest: Callable[[int], int]
+) -> Callable[[os.stat_result], bytes]:
+    """:func:`fuse_attr` with the owner translated to the guest's ids (``--uid-map``)."""
+
+    def attr(st: os.stat_result) -> bytes:
+        return _pack_attr(
+            st[1], st[6], st.st_blocks, st[7], st[8], st[9],
+            st.st_atime_ns % _NSEC, st.st_mtime_ns % _NSEC, st.st_ctime_ns % _NSEC,
+            st[0], st[3] & 0xFFFFFFFF, uid_to_guest(st[4]), gid_to_guest(st[5]),
+            st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0,
+        )  # fmt: skip
+
+    return attr
 
 
 def split_timeout(seconds: float) -> tuple[int, int]:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import struct
 from collections.abc import Callable
 from typing import Final, Literal, cast
 
 from fsd.fuse import abi
 from fsd.fuse.abi import (
-    ATTR_OUT,
     DIRENT,
     ENTRY_OUT,
     FATTR_KILL_SUIDGID,
@@ -49,7 +49,13 @@ from fsd.fuse.abi import (
     Opcode,
     op_name,
 )
-from fsd.fuse.codec import attr_values, mapped_attr_values, split_timeout
+from fsd.fuse.codec import (
+    attr_values,
+    fuse_attr,
+    mapped_attr_values,
+    mapped_fuse_attr,
+    split_timeout,
+)
 from fsd.fuse.deferred import Deferred, defer
 from fsd.fuse.errors import HiddenByAllowlist, ProtocolError
 from fsd.fuse.filesystem import Filesystem, SetattrArgs
@@ -77,7 +83,9 @@ _NO_REPLY_OPS: Final = frozenset(
 _EMPTY: Final = b""
 _pack_header: Final = OUT_HEADER.pack_into
 _pack_entry: Final = ENTRY_OUT.pack
-_pack_attr: Final = ATTR_OUT.pack
+_ENTRY_HEAD: Final = struct.Struct("<QQQQII")  # nodeid, generation, entry and attr valid
+_pack_entry_head: Final = _ENTRY_HEAD.pack
+_ATTR_OUT_HEAD: Final = struct.Struct("<QII")  # attr valid, its nanoseconds, padding
 _pack_write_out: Final = WRITE_OUT.pack
 _ENTRY_REPLY: Final = OUT_HEADER.size + ENTRY_OUT.size
 _OPEN_REPLY: Final = OUT_HEADER.size + OPEN_OUT.size
@@ -117,6 +125,10 @@ class FuseServer:
         # Owners in replies: host ids as they are, or through --uid-map/--gid-map.
         owners = config.owner_to_client
         self._attr_values = attr_values if owners is None else mapped_attr_values(*owners)
+        self._fuse_attr = fuse_attr if owners is None else mapped_fuse_attr(*owners)
+        # fuse_attr_out and fuse_entry_out are these heads before a fuse_attr.
+        a_s, a_ns = self._attr_valid
+        self._attr_out_head = _ATTR_OUT_HEAD.pack(a_s, a_ns, 0)
         self._handlers: dict[int, Handler] = {
             Opcode.INIT: self._init,
             Opcode.DESTROY: self._destroy,
@@ -254,11 +266,10 @@ class FuseServer:
     def _entry(self, nodeid: int, st: os.stat_result) -> bytes:
         e_s, e_ns = self._entry_valid
         a_s, a_ns = self._attr_valid
-        return _pack_entry(nodeid, 0, e_s, a_s, e_ns, a_ns, *self._attr_values(st))
+        return _pack_entry_head(nodeid, 0, e_s, a_s, e_ns, a_ns) + self._fuse_attr(st)
 
     def _attr(self, st: os.stat_result) -> bytes:
-        a_s, a_ns = self._attr_valid
-        return _pack_attr(a_s, a_ns, 0, *self._attr_values(st))
+        return self._attr_out_head + self._fuse_attr(st)
 
     # --- session ---------------------------------------------------------------------------
 
@@ -576,11 +587,8 @@ class FuseServer:
         budget = max(0, min(size, capacity(reply) - _HDR))
         # Built in a zeroed local buffer (padding and the dot entries' entry_out stay zero).
         buf = bytearray(budget)
-        e_s, e_ns = self._entry_valid
-        a_s, a_ns = self._attr_valid
-        pack_entry = ENTRY_OUT.pack_into
+        entry_out = self._entry
         pack_dirent = DIRENT.pack_into
-        attr_values = self._attr_values
         lookup = fs.lookup
         used = 0
         for index in range(offset, len(entries)):
@@ -606,7 +614,7 @@ class FuseServer:
                     raise
                 else:
                     ino = st.st_ino
-                    pack_entry(buf, used, nodeid, 0, e_s, a_s, e_ns, a_ns, *attr_values(st))
+                    buf[used : used + _ENTRY_SIZE] = entry_out(nodeid, st)
             dpos = used + _ENTRY_SIZE
             pack_dirent(buf, dpos, ino, index + 1, namelen, dtype)
             dpos += _DIRENT_SIZE

@@ -64,11 +64,12 @@ class SplitQueue:
         "_avail_event_offset",
         "_avail_ring",
         "_desc",
+        "_memory",
+        "_region",
         "_signalled_used",
         "_used",
         "_used_idx_view",
         "event_idx",
-        "memory",
         "next_avail",
         "next_used",
         "size",
@@ -85,7 +86,6 @@ class SplitQueue:
         next_avail: int = 0,
         event_idx: bool = False,
     ) -> None:
-        #: Where descriptor buffers are looked up; replaced when the memory table grows.
         self.memory = memory
         self.size: Final = size
         self.event_idx: Final = event_idx
@@ -99,6 +99,18 @@ class SplitQueue:
         self.next_used: int = self._used_idx_view[1]
         self._signalled_used = self.next_used
         self._avail_event_offset = 4 + 8 * size
+
+    @property
+    def memory(self) -> GuestMemory:
+        """Where descriptor buffers are looked up; replaced when the memory table changes."""
+        return self._memory
+
+    @memory.setter
+    def memory(self, memory: GuestMemory) -> None:
+        only = memory.only_region
+        # One store, so the worker sees the old region or the new one, never half of each.
+        self._region = None if only is None else (only.gpa, only.view, len(only.view))
+        self._memory = memory
 
     # -- driver → device ----------------------------------------------------------------
 
@@ -124,11 +136,9 @@ class SplitQueue:
         self.next_avail = (next_avail + 1) & 0xFFFF
         if head < size:
             addr, length, flags, _ = _unpack_desc(self._desc, head << 4)
-            only = self.memory.only_region
-            if flags == DESC_F_INDIRECT and only is not None and 0 < length <= _MAX_INLINE:
-                base = only.gpa
-                region = only.view
-                end = len(region)
+            flat = self._region
+            if flags == DESC_F_INDIRECT and flat is not None and 0 < length <= _MAX_INLINE:
+                base, region, end = flat
                 off = addr - base
                 if not length & 15 and off >= 0 and off + length <= end:
                     table = region[off : off + length]

@@ -6,7 +6,10 @@ import errno
 import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from fsd.fuse import abi, codec
 from fsd.fuse.codec import (
     attr_values,
     parse_name,
@@ -80,3 +83,26 @@ def test_split_timeout() -> None:
     assert split_timeout(0) == (0, 0)
     assert split_timeout(5) == (5, 0)
     assert split_timeout(1.25) == (1, 250_000_000)
+
+
+@given(
+    st.lists(st.integers(0, 2**63 - 1), min_size=7, max_size=7),
+    st.lists(st.integers(-(2**62), 2**62), min_size=3, max_size=3),
+)
+def test_packed_attr_is_attr_values_packed(ints: list[int], times_ns: list[int]) -> None:
+    """fuse_attr (the hot path) and attr_values (the readable one) agree, negative times too."""
+    mode, ino, dev, nlink, uid, gid, size = ints
+    mode, nlink, uid, gid = (
+        mode & 0xFFFFFFFF,
+        nlink & 0xFFFFFFFF,
+        uid & 0xFFFFFFFF,
+        gid & 0xFFFFFFFF,
+    )
+    seconds = [t // 1_000_000_000 for t in times_ns]
+    extra = {"st_atime_ns": times_ns[0], "st_mtime_ns": times_ns[1], "st_ctime_ns": times_ns[2],
+             "st_blocks": size // 512, "st_blksize": 4096, "st_rdev": dev}  # fmt: skip
+    stat = os.stat_result((mode, ino, dev, nlink, uid, gid, size, *seconds), extra)
+    assert codec.fuse_attr(stat) == abi.ATTR.pack(*codec.attr_values(stat))
+    mapped = codec.mapped_fuse_attr(lambda u: u ^ 1, lambda g: g ^ 2)(stat)
+    values = codec.mapped_attr_values(lambda u: u ^ 1, lambda g: g ^ 2)(stat)
+    assert mapped == abi.ATTR.pack(*values)
