@@ -33,7 +33,6 @@ import pstats
 import struct
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,7 +78,7 @@ class Bench:
         )
         self.fs = PassthroughFs(share, FsOptions())
         server = FuseServer(self.fs)
-        handler = make_request_handler(server, None, lock=threading.Lock())
+        handler = make_request_handler(server, None)
         self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.runner = QueueRunner(1, queue, self.kick, self.call, handler)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -95,28 +94,13 @@ class HookedHandler:
         return size
 
 
-def make_request_handler(
-    server: FuseServer, plugins: Plugins | None, *, lock: threading.Lock | None = None
-) -> RequestHandler:
+def make_request_handler(server: FuseServer, plugins: Plugins | None) -> RequestHandler:
     """The transport's per-request callable: ``server.handle`` itself when no plugin
-    implements a FUSE hook (the transport serialises it as it likes), else
-    :class:`HookedHandler` around ``server.execute``, under ``lock`` if one is given (the
-    daemon's, shared by all queue threads): the hooks then run outside it, so a slow or stuck
-    plugin holds up only its own queue.
+    implements a FUSE hook, else :class:`HookedHandler` around it (the hooks run outside the
+    server's lock, so a slow or stuck plugin holds up only its own queue or thread).
 
     Call it after every plugin is registered: the choice is made once, here.
     """
     if plugins is None or not plugins.has_fuse_hooks:
         return server.handle
-    execute = server.execute if lock is None else _locked(server.execute, lock)
-    return HookedHandler(server, plugins, execute=execute).handle
-
-
-def _locked(execute: Executor, lock: threading.Lock) -> Executor:
-    """``execute`` under ``lock``: calls from several threads never overlap."""
-
-    def locked(req: Request, reply: Segments) -> int:
-        with lock:
-            return execute(req, reply)
-
-    return locked
+    return HookedHandler(server, plugins).handle

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import trio
 
 from fsd.daemon.pending import PendingReplies
+from fsd.daemon.pool import WorkerPool
 from fsd.fuse.replies import DEFERRED
 from fsd.sgbuf import Segments
 from fsd.virtio.splitq import InvalidChain, QueueBroken, SplitQueue
@@ -55,15 +56,17 @@ class QueueRunner:
         call_fd: int | None,
         handler: ChainHandler,
         *,
-        serve_lock: threading.Lock | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.index = index
         self.queue = queue
         self.kick_fd = kick_fd
         self.handler = handler
-        #: Held while a batch is served: the queues share one FUSE server (None: the handler
-        #: takes it itself, around less than the whole request, e.g. not around plugin hooks).
-        self._serve_lock = serve_lock
+        #: Where requests are served (--thread-pool-size); None: inline, one at a time.
+        self._pool = pool
+        # Requests handed to the pool and not answered yet: a stop waits for them.
+        self._in_flight = 0
+        self._idle = threading.Condition()
         self.chains = 0
         self.interrupts = 0
         self._call_fd = call_fd
@@ -100,57 +103,75 @@ class QueueRunner:
 
         At most ``BATCH`` chains per call, so that a guest keeping the ring full still gets its
         interrupts and a stop request is seen; returns True when chains are left (the kick
-        was not re-armed: the caller must look again without sleeping). The whole batch runs
-        under the server lock, if this queue was given one.
+        was not re-armed: the caller must look again without sleeping). With a pool the
+        chains are handed to it and answered from its threads (:meth:`_serve_pooled`).
         """
         queue = self.queue
         pop = queue.pop
         push = queue.push
         handler = self.handler
+        pool = self._pool
         waiting = self._pending.waiting
         budget = BATCH
-        lock = self._serve_lock
-        if lock is not None:
-            lock.acquire()
-        try:
-            while True:
-                while budget and not self._stopping:
-                    budget -= 1
-                    try:
-                        chain = pop()
-                    except InvalidChain as exc:
-                        log.error("queue %d: %s; returned empty", self.index, exc)
-                        self._push(exc.head, 0)
-                        continue
-                    if chain is None:
-                        break
-                    head, readable, writable = chain
-                    size = handler(readable, writable)
-                    self.chains += 1
-                    if size < 0:
-                        if size == DEFERRED:
-                            # The chain stays ours (its reply space valid) until it is answered.
-                            self._pending.adopt(functools.partial(self._complete, head))
-                            continue
-                        size = 0  # NO_REPLY: the chain goes back with nothing written
-                    if waiting:
-                        self._push(head, size)
-                    else:
-                        push(head, size)
-                left = not budget or self._stopping
-                if waiting:
-                    with self._ring_lock:
-                        wanted = queue.settle(rearm=not left)
-                else:
-                    wanted = queue.settle(rearm=not left)
-                if wanted is not None:
+        while True:
+            while budget and not self._stopping:
+                budget -= 1
+                try:
+                    chain = pop()
+                except InvalidChain as exc:
+                    log.error("queue %d: %s; returned empty", self.index, exc)
+                    self._push(exc.head, 0)
+                    continue
+                if chain is None:
                     break
-        finally:
-            if lock is not None:
-                lock.release()
+                self.chains += 1
+                head, readable, writable = chain
+                if pool is not None:
+                    with self._idle:
+                        self._in_flight += 1
+                    pool.submit(self._serve_pooled, head, readable, writable)
+                    continue
+                size = handler(readable, writable)
+                if size < 0:
+                    if size == DEFERRED:
+                        # The chain stays ours (its reply space valid) until it is answered.
+                        self._pending.adopt(functools.partial(self._complete, head))
+                        continue
+                    size = 0  # NO_REPLY: the chain goes back with nothing written
+                if waiting:
+                    self._push(head, size)
+                else:
+                    push(head, size)
+            left = not budget or self._stopping
+            if waiting or pool is not None:
+                with self._ring_lock:
+                    wanted = queue.settle(rearm=not left)
+            else:
+                wanted = queue.settle(rearm=not left)
+            if wanted is not None:
+                break
         if wanted:
             self.interrupt()
         return left
+
+    def _serve_pooled(self, head: int, readable: Segments, writable: Segments) -> None:
+        """A pool thread: serve one chain and answer it (pushed under the ring lock)."""
+        try:
+            size = self.handler(readable, writable)
+            if size == DEFERRED:
+                self._pending.adopt(functools.partial(self._complete, head))
+            else:
+                self._complete(head, max(size, 0))
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.notify_all()
+
+    def _wait_idle(self) -> None:
+        """Block until the pool answered every chain this queue handed it."""
+        with self._idle:
+            self._idle.wait_for(lambda: not self._in_flight)
 
     def _push(self, head: int, size: int) -> None:
         """Push while deferred replies may be pushed from other threads."""
@@ -199,6 +220,11 @@ class QueueRunner:
                 )
                 nursery.cancel_scope.cancel()
         finally:
+            if self._pool is not None:
+                # The pool may still be answering what this queue took: those land in the
+                # ring too, so they finish first.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._wait_idle)
             # After this no deferred reply touches the ring: the connection may reset it.
             # A stopped queue may be started again (VM pause/resume): answer waiting requests
             # (SETLKW) with EINTR rather than leave the guest waiting for them forever.

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import struct
-import threading
 
 import attrs
 import trio
@@ -43,6 +42,8 @@ class ServeConfig:
     tag: str | None = None
     allowlist_socket_path: str | None = None
     fs_options: FsOptions = attrs.field(factory=FsOptions)
+    #: ``--thread-pool-size``: threads serving the requests (0: each queue's own thread).
+    thread_pool_size: int = 0
 
 
 def open_vhost_user_listener(
@@ -114,12 +115,8 @@ async def serve(
     allowlist = Allowlist() if config.allowlist_socket_path is not None else None
     fs = PassthroughFs(config.shared_dir, config.fs_options, allowlist=allowlist)
     server = FuseServer(fs, transport="vhost-user")
-    # The queues' threads share one server: one request at a time. server.handle itself
-    # unless a plugin implements a FUSE hook (no cost without plugins), and then the queue
-    # holds the lock around each batch; hooks run outside it, around the locked execute.
-    lock = threading.Lock()
-    handler = make_request_handler(server, plugins, lock=lock)
-    serve_lock = None if plugins.has_fuse_hooks else lock
+    # server.handle itself unless a plugin implements a FUSE hook: no cost without plugins.
+    handler = make_request_handler(server, plugins)
     plugin_check, plugin_after = plugins.allowlist_callbacks()
     device = virtio_fs_device(config.tag)
     listener, identity = open_vhost_user_listener(config)
@@ -157,7 +154,10 @@ async def serve(
                 await plugins.vmm_connected(vmm)
                 try:
                     await serve_vhost_user_connection(
-                        sock, device, [handler] * NUM_QUEUES, serve_lock=serve_lock
+                        sock,
+                        device,
+                        [handler] * NUM_QUEUES,
+                        thread_pool_size=config.thread_pool_size,
                     )
                 finally:
                     await plugins.vmm_disconnected(vmm)

@@ -8,12 +8,12 @@ import logging
 import os
 import select
 import socket
-import threading
 from collections.abc import Sequence
 
 import trio
 
 from fsd.daemon.guest_memory import map_region
+from fsd.daemon.pool import WorkerPool
 from fsd.daemon.queues import ChainHandler, QueueRunner
 from fsd.vhost_user.backend import (
     BackendState,
@@ -98,13 +98,13 @@ class VhostUserConnection:
         device: DeviceSpec,
         handlers: Sequence[ChainHandler],
         nursery: trio.Nursery,
-        serve_lock: threading.Lock | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.sock = sock
         self.state = BackendState(device)
         self.handlers = handlers
-        #: Held by each queue around a batch of requests (see QueueRunner).
-        self.serve_lock = serve_lock
+        #: Where the queues' requests are served (--thread-pool-size); None: inline.
+        self.pool = pool
         self.nursery = nursery
         self.memory = GuestMemory()
         self.runners: dict[int, QueueRunner] = {}
@@ -217,7 +217,7 @@ class VhostUserConnection:
             config.kick_fd,
             self.call_fds.get(index),
             self.handlers[index],
-            serve_lock=self.serve_lock,
+            pool=self.pool,
         )
         self.runners[index] = runner
         self.nursery.start_soon(runner.run, name=f"fsd-queue-{index}")
@@ -268,11 +268,15 @@ async def serve_vhost_user_connection(
     device: DeviceSpec,
     handlers: Sequence[ChainHandler],
     *,
-    serve_lock: threading.Lock | None = None,
+    thread_pool_size: int = 0,
 ) -> None:
-    """Serve one front-end until it disconnects; queue tasks live in a child nursery.
-    ``serve_lock``: held by each queue around a batch of requests."""
+    """Serve one front-end until it disconnects; queue tasks (and the request thread pool,
+    if ``thread_pool_size``) live in a child nursery."""
     async with trio.open_nursery() as nursery:
-        conn = VhostUserConnection(sock, device, handlers, nursery, serve_lock)
+        pool = None
+        if thread_pool_size:
+            pool = WorkerPool(thread_pool_size)
+            await nursery.start(pool.run)
+        conn = VhostUserConnection(sock, device, handlers, nursery, pool)
         await conn.run()
         nursery.cancel_scope.cancel()

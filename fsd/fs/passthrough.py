@@ -456,18 +456,30 @@ class PassthroughFs:
         self, ctx: Context, nodeid: int, fh: int, offset: int, into: Sequence[memoryview]
     ) -> int:
         """Read straight into the reply's memory (guest RAM on virtio): no copy in Python."""
-        return os.preadv(self.handles.of(fh, nodeid).fd, into, offset)
+        handle = self.handles.use(fh, nodeid)
+        try:
+            return os.preadv(handle.fd, into, offset)
+        finally:
+            self.handles.done(handle)
 
     def write(
         self, ctx: Context, nodeid: int, fh: int, offset: int, data: Sequence[memoryview]
     ) -> int:
         """Write straight from the request's memory; returns the bytes written."""
-        return os.pwritev(self.handles.of(fh, nodeid).fd, data, offset)
+        handle = self.handles.use(fh, nodeid)
+        try:
+            return os.pwritev(handle.fd, data, offset)
+        finally:
+            self.handles.done(handle)
 
     def kill_suidgid(self, ctx: Context, nodeid: int, fh: int | None) -> None:
         """HANDLE_KILLPRIV_V2: drop set-id bits the guest says a write/truncate must drop."""
         if fh is not None:
-            xattrs.kill_suidgid(self._fd(nodeid, fh))
+            handle = self.handles.use(fh, nodeid)
+            try:
+                xattrs.kill_suidgid(handle.fd)
+            finally:
+                self.handles.done(handle)
             return
         inode = self.inodes.get(nodeid)
         if inode.kind == stat.S_IFREG:
@@ -493,25 +505,35 @@ class PassthroughFs:
 
     def fsync(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
         """Flush file data (and metadata unless ``datasync``) to the host disk."""
-        fd = self._fd(nodeid, fh)
-        if datasync:
-            os.fdatasync(fd)
-        else:
-            os.fsync(fd)
+        handle = self.handles.use(fh, nodeid)
+        try:
+            if datasync:
+                os.fdatasync(handle.fd)
+            else:
+                os.fsync(handle.fd)
+        finally:
+            self.handles.done(handle)
 
     def fallocate(
         self, ctx: Context, nodeid: int, fh: int, mode: int, offset: int, length: int
     ) -> None:
         """Reserve or punch space (``fallocate(2)``)."""
-        fd = self._fd(nodeid, fh)
-        if mode == 0:
-            os.posix_fallocate(fd, offset, length)
-        else:
-            linux.fallocate(fd, mode, offset, length)
+        handle = self.handles.use(fh, nodeid)
+        try:
+            if mode == 0:
+                os.posix_fallocate(handle.fd, offset, length)
+            else:
+                linux.fallocate(handle.fd, mode, offset, length)
+        finally:
+            self.handles.done(handle)
 
     def lseek(self, ctx: Context, nodeid: int, fh: int, offset: int, whence: int) -> int:
         """SEEK_DATA/SEEK_HOLE (the kernel answers SEEK_SET/CUR/END itself)."""
-        return os.lseek(self._fd(nodeid, fh), offset, whence)
+        handle = self.handles.use(fh, nodeid)
+        try:
+            return os.lseek(handle.fd, offset, whence)
+        finally:
+            self.handles.done(handle)
 
     def copy_file_range(
         self,
@@ -525,9 +547,15 @@ class PassthroughFs:
         length: int,
     ) -> int:
         """Copy between two open files on the host without moving data through the guest."""
-        src = self._fd(nodeid_in, fh_in)
-        dst = self._fd(nodeid_out, fh_out)
-        return os.copy_file_range(src, dst, length, off_in, off_out)
+        src = self.handles.use(fh_in, nodeid_in)
+        try:
+            dst = self.handles.use(fh_out, nodeid_out)
+            try:
+                return os.copy_file_range(src.fd, dst.fd, length, off_in, off_out)
+            finally:
+                self.handles.done(dst)
+        finally:
+            self.handles.done(src)
 
     def syncfs(self, ctx: Context, nodeid: int) -> None:
         """A guest ``sync``: flush the host filesystem that holds the share."""

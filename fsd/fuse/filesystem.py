@@ -98,9 +98,14 @@ class Filesystem(Protocol):
 
     A lookup-returning operation (LOOKUP, MKDIR, MKNOD, SYMLINK, LINK, CREATE, TMPFILE)
     counts one lookup of the returned nodeid, which the client later drops with FORGET.
-    Handles are checked against the nodeid they were opened on. Operations run one at a
-    time (the transports serialise them), except that :meth:`setlk` may finish ``wait``
-    later from another thread.
+    Handles are checked against the nodeid they were opened on.
+
+    Threads: the server runs operations one at a time, except :meth:`read`, :meth:`write`,
+    :meth:`kill_suidgid` with a handle, :meth:`fsync`, :meth:`fallocate`, :meth:`lseek` and
+    :meth:`copy_file_range` (``fsd.fuse.server.CONCURRENT``), which may run on several
+    threads at once, beside any other operation: they must keep the handles they use open
+    (a RELEASE meanwhile closes it after them). :meth:`setlk` may finish ``wait`` later
+    from another thread.
     """
 
     config: FilesystemConfig = FilesystemConfig()

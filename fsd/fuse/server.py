@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import struct
+import threading
 from collections.abc import Callable
 from typing import Final, Literal, cast
 
@@ -64,7 +65,7 @@ from fsd.fuse.requests import MalformedRequest, Request, decode
 from fsd.fuse.session import FuseSession
 from fsd.sgbuf import BufferTooShort, Segments, capacity, views
 
-__all__ = ["FuseServer", "Transport"]
+__all__ = ["CONCURRENT", "FuseServer", "Transport"]
 
 log = logging.getLogger("fsd.fuse")
 
@@ -80,6 +81,13 @@ _HDR: Final = OUT_HEADER.size
 _NO_REPLY_OPS: Final = frozenset(
     {Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY}
 )
+#: Requests on an open file that run outside the server lock, concurrently with any other
+#: request: the filesystem pins the handle for their duration (fuse.filesystem says which of
+#: its operations must be thread-safe). Their syscalls are the ones that wait on the disk.
+CONCURRENT: Final = frozenset(
+    {Opcode.READ, Opcode.WRITE, Opcode.FSYNC, Opcode.FALLOCATE, Opcode.LSEEK,
+     Opcode.COPY_FILE_RANGE}
+)  # fmt: skip
 _EMPTY: Final = b""
 _pack_header: Final = OUT_HEADER.pack_into
 _pack_entry: Final = ENTRY_OUT.pack
@@ -178,6 +186,8 @@ class FuseServer:
         }
         #: What is served before INIT (only INIT; anything else is EIO), then everything.
         self._before_init: dict[int, Handler] = {Opcode.INIT: self._init}
+        #: Held around every request but the CONCURRENT ones: the tables see one at a time.
+        self._lock = threading.Lock()
         self._table = self._before_init
         self._missing = errno.EIO
 
@@ -200,8 +210,16 @@ class FuseServer:
 
     def execute(self, req: Request, reply: Segments) -> int:
         """Serve a decoded request (see :meth:`handle`); its outcome is left in ``req.error``
-        and ``req.moved``. Never raises."""
+        and ``req.moved``. Never raises.
+
+        Safe to call from several threads: requests run one at a time under the server's
+        lock, except the data operations on open files (:data:`CONCURRENT`), which the
+        filesystem serves concurrently (a slow store then holds up only its own request).
+        """
         opcode = req.opcode
+        lock = None if opcode in CONCURRENT else self._lock
+        if lock is not None:
+            lock.acquire()
         try:
             handler = self._table.get(opcode)
             if handler is None:
@@ -221,6 +239,9 @@ class FuseServer:
             return write_reply(reply, req.unique, 0, result)
         except Exception as exc:
             req.error = error = self._errno(exc, opcode, req.nodeid)
+        finally:
+            if lock is not None:
+                lock.release()
         if opcode in _NO_REPLY_OPS:
             return NO_REPLY
         return self.error_reply(reply, error, req.unique)
