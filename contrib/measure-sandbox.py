@@ -94,9 +94,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help="add to the lists in fsd/sandbox/")
     parser.add_argument("--replace", action="store_true", help="with --write: drop old entries")
+    parser.add_argument("--keep", metavar="DIR", help="leave each daemon's records in DIR")
     parser.add_argument("--verify", action="store_true", help="check the list in log mode")
     args, pytest_args = parser.parse_known_args()
-    with tempfile.TemporaryDirectory(prefix="fsd-measure-") as out_dir:
+    with tempfile.TemporaryDirectory(prefix="fsd-measure-") as scratch:
+        out_dir = args.keep or scratch
+        os.makedirs(out_dir, exist_ok=True)
         if args.verify:
             since = len(
                 subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()

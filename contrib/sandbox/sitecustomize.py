@@ -86,6 +86,8 @@ def _install() -> None:
     def run(*args: object, **kwargs: object) -> object:
         with open(f"{out_dir}/command.{os.getpid()}", "w") as f:
             f.write(command)
+        with open(f"{out_dir}/argv.{os.getpid()}", "w") as f:
+            f.write(" ".join(getattr(sys, "orig_argv", sys.argv)))
         if mode == "strace":
             _attach_strace(out_dir)
         else:

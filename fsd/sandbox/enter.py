@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import os
 import signal
@@ -48,6 +49,10 @@ class SandboxConfig:
     code_paths: Sequence[str] | None = None
     #: The seccomp allowlist (system call names).
     syscalls: frozenset[str] = field(default=ALLOWED)
+    #: Capabilities the namespace mode's supervisor keeps for ``cleanup`` (none by default;
+    #: ``fsd mount`` would keep SYS_ADMIN to unmount the FUSE mount it made in the host's
+    #: mount namespace).
+    supervisor_capabilities: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,13 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
         keep = capabilities.parse_modcaps(config.modcaps)
     except capabilities.CapabilityError as exc:
         raise SandboxError(str(exc)) from None
+    unknown = config.supervisor_capabilities - set(capabilities.CAPABILITIES)
+    if unknown:
+        raise SandboxError(f"sandbox: unknown capabilities {', '.join(sorted(unknown))}")
     for extra in config.extra_paths:
-        if os.path.realpath(shared_dir).startswith(os.path.realpath(extra.path).rstrip("/") + "/"):
+        if not os.path.exists(extra.path):
+            raise SandboxError(f"sandbox: {extra.path}, to be kept inside, does not exist")
+        if shared_dir.startswith(os.path.realpath(extra.path).rstrip("/") + "/"):
             raise SandboxError(f"sandbox: {extra.path} holds the shared directory: not kept")
     code = list(code_paths() if config.code_paths is None else config.code_paths)
     preload_late_imports()
@@ -189,7 +199,7 @@ def _enter_namespaces(
             f"sandbox: cannot create namespaces ({exc}); inside a container that forbids "
             "them use --sandbox chroot (as root) or --sandbox none"
         ) from None
-    fork_supervised(cleanup, _drop_all_privileges)
+    fork_supervised(cleanup, functools.partial(_drop_privileges, config.supervisor_capabilities))
     # The server, pid 1 of the new pid namespace.
     host_pid = _host_pid()
     if os.getpid() == 1 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -245,6 +255,6 @@ def _enter_chroot(shared_dir: str) -> int:
     return proc_self_fd
 
 
-def _drop_all_privileges() -> None:
-    capabilities.drop_capabilities(frozenset())
+def _drop_privileges(keep: frozenset[str]) -> None:
+    capabilities.drop_capabilities(keep)
     capabilities.set_no_new_privs()

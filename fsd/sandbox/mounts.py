@@ -19,6 +19,7 @@ with the old root on top of the new one, then detached) with the tmpfs as the ne
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 import sys
@@ -41,6 +42,8 @@ from fsd.sandbox._linux import (
 )
 
 __all__ = ["HostPath", "build_root", "code_paths"]
+
+log = logging.getLogger("fsd.sandbox")
 
 _ROOT_OPTIONS: Final = "mode=0755,size=1m,nr_inodes=4096"
 _STATVFS_TO_MS: Final = {
@@ -133,6 +136,7 @@ def build_root(shared_dir: str, extra: Sequence[HostPath], code: Iterable[str]) 
                 continue  # already there, through an earlier bind at least as permissive
             _mount_bind(root, bind)
             done.append(bind)
+            log.debug("sandbox: %s %s", "rw" if bind.writable else "ro", bind.target)
         os.chdir(root)
         _linux.pivot_root(".", ".")
         _linux.umount2(".", MNT_DETACH)  # the old root, stacked on top of the new one

@@ -97,11 +97,11 @@ SERVE: Final = frozenset(
         "socketpair",
         "symlinkat",
         "syncfs",
+        "tgkill",
         "umask",
         "unlink",
         "unlinkat",
         "utimensat",
-        "wait4",
         "write",
         # END SERVE
     )

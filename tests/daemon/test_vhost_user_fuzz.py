@@ -40,6 +40,8 @@ from fsd.unix_sockets import is_listening
 from fsd.vhost_user.backend import BackendState, Reply, StopQueue
 from fsd.vhost_user.messages import (
     HEADER,
+    MAX_FDS,
+    MAX_PAYLOAD,
     MEMORY_REGION,
     MEMORY_TABLE_HEAD,
     U64,
@@ -276,14 +278,39 @@ class DaemonSequences(RuleBasedStateMachine):
         self.kick()
 
     @precondition(lambda self: not self.hung_up)
-    @rule(flags=st.sampled_from([0, 2, 1 | HeaderFlags.REPLY, 1 | 0x100]), go=st.integers(0, 7))
-    def bad_header(self, flags: int, go: int) -> None:
-        """A header the daemon cannot frame: it says so and hangs up. (Only one draw in
+    @rule(
+        how=st.sampled_from(["version 0", "version 2", "reply flag", "reserved flag", "too big",
+                             "too many fds"]),
+        go=st.integers(0, 7),
+    )  # fmt: skip
+    def unframeable(self, how: str, go: int) -> None:
+        """A message the daemon cannot frame: it says so and hangs up. (Only one draw in
         eight goes ahead: the run has little left to do after.)"""
         if go:
             return
-        size = 0
-        self.sock.sendall(HEADER.pack(R.GET_FEATURES, flags, size))
+        flags, size, fds = 1, 0, 0
+        match how:
+            case "version 0":
+                flags = 0
+            case "version 2":
+                flags = 2
+            case "reply flag":
+                flags = 1 | HeaderFlags.REPLY
+            case "reserved flag":
+                flags = 1 | 0x100
+            case "too big":
+                size = MAX_PAYLOAD + 1
+            case "too many fds":
+                fds = MAX_FDS + 8
+        events = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(fds)]
+        try:
+            ancillary = (
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", events))] if events else []
+            )
+            self.sock.sendmsg([HEADER.pack(R.GET_FEATURES, flags, size)], ancillary)
+        finally:
+            for fd in events:
+                os.close(fd)
         assert self.sock.recv(1) == b"", "the daemon should hang up"
         self.hung_up = True
 

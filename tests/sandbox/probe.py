@@ -11,12 +11,20 @@ mode) writes ``cleanup ran`` on stderr.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import sys
 
-from fsd.sandbox import SandboxConfig, SandboxError, SandboxMode, SeccompAction, enter_sandbox
+from fsd.sandbox import (
+    HostPath,
+    SandboxConfig,
+    SandboxError,
+    SandboxMode,
+    SeccompAction,
+    enter_sandbox,
+)
 
 FORBIDDEN_SYSCALL = "getpriority"
 
@@ -29,8 +37,6 @@ def _look(path: str) -> object:
         with open(path, "rb"):
             return "file"
     except OSError as exc:
-        import errno
-
         return errno.errorcode.get(exc.errno or 0, str(exc))
 
 
@@ -40,6 +46,8 @@ def main() -> int:
     parser.add_argument("seccomp", choices=[a.value for a in SeccompAction])
     parser.add_argument("share")
     parser.add_argument("--modcaps")
+    parser.add_argument("--keep", action="append", default=[], help="PATH or PATH:rw")
+    parser.add_argument("--supervisor-keeps", action="append", default=[])
     parser.add_argument("--then", default="exit", choices=["wait", "forbidden", "exit"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -51,6 +59,11 @@ def main() -> int:
                 SandboxMode(args.mode),
                 SeccompAction(args.seccomp),
                 modcaps=args.modcaps,
+                extra_paths=[
+                    HostPath(path.removesuffix(":rw"), writable=path.endswith(":rw"))
+                    for path in args.keep
+                ],
+                supervisor_capabilities=frozenset(args.supervisor_keeps),
             ),
             cleanup=lambda: print("cleanup ran", file=sys.stderr, flush=True),
         )
@@ -78,6 +91,15 @@ def main() -> int:
     else:
         reopened = os.open(str(marker), os.O_RDONLY, dir_fd=sandbox.proc_self_fd)
     report["reopened"] = os.fstat(reopened).st_ino == os.fstat(marker).st_ino
+    report["kept"] = {}
+    for path in (p.removesuffix(":rw") for p in args.keep):
+        target = os.path.join(path, "written") if os.path.isdir(path) else path
+        try:
+            with open(target, "a") as f:
+                f.write("from the sandbox\n")
+            report["kept"][path] = "written"
+        except OSError as exc:
+            report["kept"][path] = errno.errorcode.get(exc.errno or 0, str(exc))
     print(json.dumps(report), flush=True)
     if args.then == "wait":
         sys.stdin.read()

@@ -62,10 +62,16 @@ class Probe:
         then: str = "wait",
         modcaps: str | None = None,
         user: int | None = None,
+        keep: tuple[str, ...] = (),
+        supervisor_keeps: tuple[str, ...] = (),
     ) -> None:
         argv = ["-m", "tests.sandbox.probe", mode, seccomp, str(share), "--then", then]
         if modcaps is not None:
             argv += ["--modcaps", modcaps]
+        for path in keep:
+            argv += ["--keep", path]
+        for name in supervisor_keeps:
+            argv += ["--supervisor-keeps", name]
         python = sys.executable if user is None else system_python()
         self.proc = subprocess.Popen(
             [python, *argv],
@@ -187,6 +193,56 @@ def test_modcaps_adjust_the_kept_capabilities(share: Path) -> None:
         assert _mask(probe.status(), "CapEff") == capability_mask(expected)
     finally:
         probe.finish()
+
+
+@root_only
+def test_extra_paths_are_kept_at_their_host_path(share: Path, tmp_path: Path) -> None:
+    """What a plugin may need later: a read-only file, a writable directory."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text("rules\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    probe = Probe("namespace", "kill", share, keep=(str(policy), f"{logs}:rw"))
+    try:
+        kept = probe.report["kept"]
+        assert kept == {str(policy): "EROFS", str(logs): "written"}
+        assert probe.mounts()[str(policy)][1].startswith("ro,")
+    finally:
+        status, _, err = probe.finish()
+    assert status == 0, err
+    assert (logs / "written").read_text() == "from the sandbox\n"
+    assert policy.read_text() == "rules\n"
+
+
+def test_a_missing_extra_path_is_refused_before_anything(share: Path, tmp_path: Path) -> None:
+    probe = Probe("namespace", "kill", share, keep=(str(tmp_path / "nope"),))
+    status, _, err = probe.finish()
+    assert status == 1
+    assert "does not exist" in err
+
+
+@root_only
+@pytest.mark.parametrize("keeps", [(), ("SYS_ADMIN",)])
+def test_supervisor_holds_nothing(share: Path, keeps: tuple[str, ...]) -> None:
+    """No fd but stdio and its liveness pipe (a listening socket left open in it would let a
+    second VMM connect to nobody), no capability but what its cleanup needs (fsd mount's
+    unmount), no_new_privs."""
+    probe = Probe("namespace", "kill", share, supervisor_keeps=keeps)
+    try:
+        supervisor = probe.proc.pid
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{supervisor}/fd"))
+        assert fds[:3] == [0, 1, 2] and len(fds) == 4, fds
+        assert os.readlink(f"/proc/{supervisor}/fd/{fds[3]}").startswith("pipe:")
+        status = dict(
+            line.split(":\t", 1)
+            for line in Path(f"/proc/{supervisor}/status").read_text().splitlines()
+            if ":\t" in line
+        )
+        assert _mask(status, "CapEff") == _mask(status, "CapPrm") == capability_mask(keeps)
+        assert status["NoNewPrivs"].strip() == "1"
+    finally:
+        status_code, _, err = probe.finish()
+    assert status_code == 0, err
 
 
 @root_only
