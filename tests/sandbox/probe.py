@@ -91,15 +91,16 @@ def main() -> int:
     else:
         reopened = os.open(str(marker), os.O_RDONLY, dir_fd=sandbox.proc_self_fd)
     report["reopened"] = os.fstat(reopened).st_ino == os.fstat(marker).st_ino
-    report["kept"] = {}
+    kept: dict[str, str] = {}
     for path in (p.removesuffix(":rw") for p in args.keep):
         target = os.path.join(path, "written") if os.path.isdir(path) else path
         try:
             with open(target, "a") as f:
                 f.write("from the sandbox\n")
-            report["kept"][path] = "written"
+            kept[path] = "written"
         except OSError as exc:
-            report["kept"][path] = errno.errorcode.get(exc.errno or 0, str(exc))
+            kept[path] = errno.errorcode.get(exc.errno or 0, str(exc))
+    report["kept"] = kept
     print(json.dumps(report), flush=True)
     if args.then == "wait":
         sys.stdin.read()
