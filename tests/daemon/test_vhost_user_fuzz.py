@@ -381,7 +381,9 @@ def test_region_larger_than_its_memfd_is_refused_not_fatal() -> None:
         table = MEMORY_TABLE_HEAD.pack(1, 0) + MEMORY_REGION.pack(0, 4 << 20, VA, 0)
         machine.send(MessageSpec(R.SET_MEM_TABLE, 1, table, (FdSpec("memfd", 1 << 20),)))
         machine.ping()
-        assert "not started: its rings are not in mapped guest memory" in machine.tail()
+        log = machine.tail()
+        assert "needs 4194304 bytes of its fd, which has 1048576" in log
+        assert "not started: its rings are not in mapped guest memory" in log
     finally:
         machine.teardown()
 
