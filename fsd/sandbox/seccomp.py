@@ -11,8 +11,10 @@ it); the binding is five plain C calls with integer and string arguments.
 Actions, as virtiofsd's ``--seccomp``:
 
 - ``kill``: the whole process dies with SIGSYS (SECCOMP_RET_KILL_PROCESS).
-- ``trap``: SIGSYS to the calling thread; fsd first writes every thread's Python traceback to
-  stderr (so the line that made the call is known), then dies with SIGSYS.
+- ``trap``: SIGSYS to the calling thread, which writes every thread's Python traceback to
+  stderr (so the line that made the call is known); the main thread then exits with status
+  159 (128 + SIGSYS). For debugging: the call did not run, and until the exit its caller may
+  go on with a meaningless result.
 - ``log``: the call is allowed and the kernel logs it (audit type 1326, ``dmesg``: the
   number is in ``syscall=``): for finding what a new workload needs.
 - ``none``: no filter.
@@ -134,7 +136,8 @@ def install_filter(action: SeccompAction, syscalls: Iterable[str]) -> SeccompFil
             _check(lib.seccomp_rule_add(ctx, SCMP_ACT_ALLOW, number, 0), f"allow {name}")
             allowed.add(name)
         if action is SeccompAction.TRAP:
-            # Before the filter: registering the handler makes system calls of its own.
+            # Before the filter: registering handlers makes system calls of its own.
+            signal.signal(signal.SIGSYS, _exit_after_trap)
             faulthandler.register(signal.SIGSYS, all_threads=True, chain=True)
         _check(lib.seccomp_load(ctx), "seccomp_load")
     finally:
@@ -142,6 +145,14 @@ def install_filter(action: SeccompAction, syscalls: Iterable[str]) -> SeccompFil
     if unknown:
         log.debug("seccomp: not system calls on this architecture: %s", ", ".join(sorted(unknown)))
     return SeccompFilter(action, frozenset(allowed), frozenset(unknown))
+
+
+def _exit_after_trap(signum: int, frame: object) -> None:
+    """``trap``: faulthandler has written the tracebacks; end the process from the main
+    thread. Not by re-raising SIGSYS: as pid 1 of a pid namespace the process would ignore
+    it."""
+    os.write(2, b"fsd: a system call outside the seccomp allowlist (see above); exiting\n")
+    os._exit(128 + signum)
 
 
 def _check(result: int, what: str) -> None:
