@@ -12,6 +12,7 @@ gets exactly one.
 from __future__ import annotations
 
 import itertools
+import os
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -121,4 +122,8 @@ class BackendSequences(RuleBasedStateMachine):
 
 
 TestBackendSequences = BackendSequences.TestCase
-TestBackendSequences.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+TestBackendSequences.settings = settings(
+    max_examples=int(os.environ.get("FSD_FUZZ_EXAMPLES", "300")),
+    stateful_step_count=40,
+    deadline=None,
+)
