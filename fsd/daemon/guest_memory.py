@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 
 from fsd.vhost_user.messages import MemoryRegion
 from fsd.virtio.memory import GuestRegion
@@ -16,8 +17,17 @@ MAP_NORESERVE = 0x4000  # not in Python 3.11's mmap module
 def map_region(region: MemoryRegion, fd: int) -> GuestRegion:
     """mmap ``fd`` as ``region`` (shared, read-write) and close ``fd``.
 
-    Python's mmap keeps its own dup of the fd; the mapping lives as long as a view of it."""
+    Python's mmap keeps its own dup of the fd; the mapping lives as long as a view of it.
+    A region that reaches past the end of its file is refused (ValueError): touching the
+    missing part would kill the daemon with SIGBUS."""
     try:
+        info = os.fstat(fd)
+        end = region.mmap_offset + region.size
+        if stat.S_ISREG(info.st_mode) and info.st_size < end:
+            raise ValueError(
+                f"memory region at gpa {region.guest_phys_addr:#x} needs {end} bytes of its "
+                f"fd, which has {info.st_size}"
+            )
         if region.mmap_offset % mmap.ALLOCATIONGRANULARITY == 0:
             mapping = mmap.mmap(
                 fd,

@@ -8,6 +8,7 @@ import logging
 import os
 import select
 import socket
+import stat
 from collections.abc import Sequence
 
 import trio
@@ -190,7 +191,11 @@ class VhostUserConnection:
 
     def start_queue(self, index: int) -> None:
         config = self.state.queue_config(index)
-        assert config.kick_fd is not None
+        if config is None:
+            # Scheduled by a memory table whose region then failed to map (logged above).
+            log.error("queue %d: not started: its rings are not in mapped guest memory", index)
+            self.state.queue_failed(index)
+            return
         try:
             queue = SplitQueue(
                 self.memory,
@@ -206,9 +211,9 @@ class VhostUserConnection:
             self.state.queue_failed(index)
             return
         try:
-            _check_pollable(config.kick_fd)
-        except OSError as exc:
-            log.error("queue %d: the kick fd cannot be waited on: %s", index, exc)
+            prepare_kick_fd(config.kick_fd)
+        except (OSError, ValueError) as exc:
+            log.error("queue %d: not started: unusable kick fd: %s", index, exc)
             self.state.queue_failed(index)
             return
         runner = QueueRunner(
@@ -226,7 +231,7 @@ class VhostUserConnection:
     async def stop_queue(self, index: int) -> int:
         runner = self.runners.get(index)
         if runner is None:
-            return self.state.vrings[index].base
+            return self.state.vring_base(index)
         await runner.stop()  # shielded: the worker is gone before anything is closed
         del self.runners[index]
         next_avail = runner.queue.next_avail
@@ -249,8 +254,24 @@ class VhostUserConnection:
         self.memory = GuestMemory()
 
 
-def _check_pollable(fd: int) -> None:
-    """Raise OSError unless epoll can wait on ``fd`` (an eventfd can; a regular file cannot)."""
+def prepare_kick_fd(fd: int) -> None:
+    """Check that ``fd`` is an eventfd (ValueError) and make it non-blocking.
+
+    The queue worker waits for it in epoll and then reads its 8-byte count. Another kind of
+    fd breaks that loop: a regular file cannot be polled, a pipe whose writer is gone is
+    readable forever but a read returns no count, an epoll or signalfd refuses 8-byte reads.
+    Non-blocking because the VMM holds the same eventfd: if it drained the count between the
+    worker's epoll and its read, a blocking read would hang the worker, and with it every
+    later stop of the queue."""
+    if stat.S_IFMT(os.fstat(fd).st_mode) != 0:  # an anonymous inode has no file type
+        raise ValueError(f"fd {fd} is not an eventfd")
+    try:
+        kind = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        kind = None  # no /proc (a chroot sandbox): the file-type check above has to do
+    if kind is not None and kind != "anon_inode:[eventfd]":
+        raise ValueError(f"fd {fd} is {kind}, not an eventfd")
+    os.set_blocking(fd, False)
     with select.epoll(1) as poller:
         poller.register(fd, select.EPOLLIN)
 

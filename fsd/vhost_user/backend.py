@@ -4,17 +4,17 @@
 returns the effects the I/O layer must carry out, in order: replies to send, memory regions to
 map or drop, queues to start or stop, fds to close. It never touches an fd itself; every fd a
 message brings is either kept in the state (and later handed out in an effect) or returned in
-a :class:`CloseFd` effect, so none leaks. Rules follow QEMU's vhost-user spec and what QEMU 7.2
-really sends (the sequence fsd.testing.frontend replays: features, protocol features, owner,
-memory table, then per queue NUM, BASE, ADDR, KICK, ENABLE and CALL, with REPLY_ACK on the
-memory messages).
+a :class:`CloseFd` effect, so none leaks. Rules follow QEMU's vhost-user spec
+(docs/interop/vhost-user.rst) and what QEMU 7.2 really sends (the sequence
+fsd.testing.frontend replays: features, protocol features, owner, memory table, then per queue
+NUM, BASE, ADDR, KICK, ENABLE and CALL, with REPLY_ACK on the memory messages).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from fsd.vhost_user.messages import (
@@ -140,7 +140,7 @@ class QueueConfig:
     used_gpa: int
     next_avail: int
     event_idx: bool
-    kick_fd: int | None
+    kick_fd: int
 
 
 @dataclass
@@ -156,21 +156,19 @@ class _Vring:
     reset: bool = False
 
 
-@dataclass
 class BackendState:
-    """Negotiated features, memory table and vring configuration of one front-end session."""
+    """Negotiated features, memory table and vring configuration of one front-end session.
 
-    device: DeviceSpec
-    acked_features: int = 0
-    acked_protocol_features: int = 0
-    features_set: bool = False
-    owner_set: bool = False
-    regions: list[MemoryRegion] = field(default_factory=list)
-    backend_req_fd: int | None = None
-    vrings: list[_Vring] = field(init=False)
+    The I/O layer changes it only through :meth:`handle` and the ``queue_*``/``region_*``
+    callbacks, and reads it only through the read-only accessors below."""
 
-    def __post_init__(self) -> None:
-        self.vrings = [_Vring() for _ in range(self.device.num_queues)]
+    def __init__(self, device: DeviceSpec) -> None:
+        self.device: Final = device
+        self._acked_features = 0
+        self._acked_protocol_features = 0
+        self._regions: list[MemoryRegion] = []
+        self._backend_req_fd: int | None = None
+        self._vrings = [_Vring() for _ in range(device.num_queues)]
         self._handlers: dict[int, Callable[[Message], list[Effect]]] = {
             FrontendRequest.GET_FEATURES: self._get_features,
             FrontendRequest.SET_FEATURES: self._set_features,
@@ -203,7 +201,7 @@ class BackendState:
     def reply_ack(self) -> bool:
         """REPLY_ACK is in force once both PROTOCOL_FEATURES and REPLY_ACK were acked."""
         return bool(
-            self.acked_protocol_features & ProtocolFeatures.REPLY_ACK
+            self._acked_protocol_features & ProtocolFeatures.REPLY_ACK
             and self.device.features & VirtioFeatures.PROTOCOL_FEATURES
         )
 
@@ -232,11 +230,34 @@ class BackendState:
             effects.append(Reply(msg.request, U64.pack(status)))
         return effects
 
-    def queue_config(self, index: int) -> QueueConfig:
-        """The layout of queue ``index`` now, ring addresses translated to guest-physical."""
-        vring = self.vrings[index]
+    # -- read-only accessors for the I/O layer ---------------------------------------------
+
+    @property
+    def regions(self) -> tuple[MemoryRegion, ...]:
+        """The memory table as the back-end believes it mapped."""
+        return tuple(self._regions)
+
+    def queue_running(self, index: int) -> bool:
+        """Whether queue ``index`` was started (and not stopped or refused since)."""
+        return self._vrings[index].running
+
+    def vring_base(self, index: int) -> int:
+        """Where queue ``index`` resumes: the avail index GET_VRING_BASE reports for a queue
+        that is not running."""
+        return self._vrings[index].base
+
+    def queue_config(self, index: int) -> QueueConfig | None:
+        """The layout of queue ``index`` now, ring addresses translated to guest-physical;
+        None if it cannot run on the memory table as it now stands (a region that the I/O
+        layer failed to map after the queue was scheduled to start)."""
+        vring = self._vrings[index]
         address = vring.address
-        assert address is not None
+        if (
+            not self._ready(vring)
+            or address is None  # for the type checker: _ready() checked it
+            or vring.kick_fd is None
+        ):
+            return None
         return QueueConfig(
             index=index,
             size=vring.size,
@@ -244,14 +265,16 @@ class BackendState:
             avail_gpa=self._va_to_gpa(address.avail),
             used_gpa=self._va_to_gpa(address.used),
             next_avail=vring.base,
-            event_idx=bool(self.acked_features & VirtioFeatures.RING_EVENT_IDX),
+            event_idx=bool(self._acked_features & VirtioFeatures.RING_EVENT_IDX),
             kick_fd=vring.kick_fd,
         )
+
+    # -- callbacks from the I/O layer -------------------------------------------------------
 
     def queue_stopped(self, index: int, next_avail: int) -> None:
         """The I/O layer stopped queue ``index``; a later restart resumes at ``next_avail``
         (unless a reset since asked for a fresh start)."""
-        vring = self.vrings[index]
+        vring = self._vrings[index]
         if vring.reset:
             vring.reset = False
         else:
@@ -260,32 +283,32 @@ class BackendState:
     def queue_failed(self, index: int) -> None:
         """The I/O layer could not start queue ``index`` (logged there); it is not running, and
         a later configuration change may start it."""
-        self.vrings[index].running = False
+        self._vrings[index].running = False
 
     def region_failed(self, region: MemoryRegion) -> None:
         """The I/O layer could not map ``region``: forget it, as if it had been refused."""
-        if region in self.regions:
-            self.regions.remove(region)
+        if region in self._regions:
+            self._regions.remove(region)
 
     def open_fds(self) -> list[int]:
         """Every fd the state still holds (closed by the I/O layer at disconnect)."""
-        held = [self.backend_req_fd]
-        for v in self.vrings:
+        held = [self._backend_req_fd]
+        for v in self._vrings:
             held += [v.kick_fd, v.call_fd, v.err_fd]
         return [fd for fd in held if fd is not None]
 
     # -- helpers -----------------------------------------------------------------------
 
     def _va_to_gpa(self, va: int) -> int:
-        for r in self.regions:
+        for r in self._regions:
             if r.userspace_addr <= va < r.userspace_addr + r.size:
                 return r.guest_phys_addr + (va - r.userspace_addr)
         raise ProtocolError(f"ring address {va:#x} is not in any memory region")
 
     def _vring(self, index: int) -> _Vring:
-        if not 0 <= index < len(self.vrings):
-            raise ProtocolError(f"vring index {index} out of range (have {len(self.vrings)})")
-        return self.vrings[index]
+        if not 0 <= index < len(self._vrings):
+            raise ProtocolError(f"vring index {index} out of range (have {len(self._vrings)})")
+        return self._vrings[index]
 
     def _ready(self, vring: _Vring) -> bool:
         return (
@@ -293,7 +316,7 @@ class BackendState:
             and vring.size > 0
             and vring.address is not None
             and vring.kick_fd is not None
-            and bool(self.regions)
+            and bool(self._regions)
             and self._addresses_mapped(vring.address)
         )
 
@@ -308,7 +331,7 @@ class BackendState:
     def _reconcile(self, restart: frozenset[int] = frozenset()) -> list[Effect]:
         """Start queues that became ready, stop those that no longer are; restart ``restart``."""
         effects: list[Effect] = []
-        for index, vring in enumerate(self.vrings):
+        for index, vring in enumerate(self._vrings):
             ready = self._ready(vring)
             if vring.running and (not ready or index in restart):
                 effects.append(StopQueue(index))
@@ -320,7 +343,7 @@ class BackendState:
 
     def _stop_all(self) -> list[Effect]:
         effects: list[Effect] = []
-        for index, vring in enumerate(self.vrings):
+        for index, vring in enumerate(self._vrings):
             if vring.running:
                 effects.append(StopQueue(index))
                 vring.running = False
@@ -336,11 +359,10 @@ class BackendState:
         unknown = features & ~self.device.features
         if unknown:
             raise ProtocolError(f"front-end acked features never offered: {unknown:#x}")
-        self.acked_features = features
-        self.features_set = True
+        self._acked_features = features
         if not features & VirtioFeatures.PROTOCOL_FEATURES:
             # Without PROTOCOL_FEATURES there is no SET_VRING_ENABLE: rings start enabled.
-            for vring in self.vrings:
+            for vring in self._vrings:
                 vring.enabled = True
         return self._reconcile()
 
@@ -352,29 +374,26 @@ class BackendState:
         unknown = features & ~self.device.protocol_features
         if unknown:
             raise ProtocolError(f"front-end acked protocol features never offered: {unknown:#x}")
-        self.acked_protocol_features = features
+        self._acked_protocol_features = features
         return []
 
     def _set_owner(self, msg: Message) -> list[Effect]:
-        self.owner_set = True
-        return []
+        return []  # one connection, one owner: nothing to record
 
     def _reset_owner(self, msg: Message) -> list[Effect]:
-        self.owner_set = False
         return self._reset_rings()
 
     def _reset_device(self, msg: Message) -> list[Effect]:
         effects = self._reset_rings()
-        self.acked_features = 0
-        self.features_set = False
+        self._acked_features = 0
         return effects
 
     def _reset_rings(self) -> list[Effect]:
         """Stop every ring and forget its kick fd and position: the front-end sets them up
         again before the rings run anew."""
-        was_running = [vring.running for vring in self.vrings]
+        was_running = [vring.running for vring in self._vrings]
         effects = self._stop_all()
-        for vring, stopped in zip(self.vrings, was_running, strict=True):
+        for vring, stopped in zip(self._vrings, was_running, strict=True):
             vring.reset = stopped  # its StopQueue reports a position that no longer counts
             vring.enabled = False
             vring.base = 0
@@ -402,7 +421,7 @@ class BackendState:
         effects = self._stop_all()
         effects.append(UnmapAllRegions())
         effects += [MapRegion(r, fd) for r, fd in zip(regions, msg.fds, strict=True)]
-        self.regions = list(regions)
+        self._regions = list(regions)
         return effects + self._reconcile()
 
     def _add_mem_reg(self, msg: Message) -> list[Effect]:
@@ -410,24 +429,24 @@ class BackendState:
         if len(msg.fds) != 1:
             raise ProtocolError(f"ADD_MEM_REG needs exactly 1 fd, got {len(msg.fds)}")
         _check_region(region)
-        if len(self.regions) >= MAX_MEM_REGIONS:
+        if len(self._regions) >= MAX_MEM_REGIONS:
             raise ProtocolError("no free memory slot")
-        for r in self.regions:
+        for r in self._regions:
             if _overlaps(r, region):
                 raise ProtocolError(f"region at gpa {region.guest_phys_addr:#x} overlaps {r}")
-        self.regions.append(region)
+        self._regions.append(region)
         return [MapRegion(region, msg.fds[0]), *self._reconcile()]
 
     def _rem_mem_reg(self, msg: Message) -> list[Effect]:
         region = decode_single_region(msg.payload)
         effects: list[Effect] = [CloseFd(fd) for fd in msg.fds]
-        for r in self.regions:
+        for r in self._regions:
             if (r.guest_phys_addr, r.size, r.userspace_addr) == (
                 region.guest_phys_addr,
                 region.size,
                 region.userspace_addr,
             ):
-                self.regions.remove(r)
+                self._regions.remove(r)
                 # Queues whose rings lived there stop; the rest keep running on the new table.
                 stops = self._reconcile()
                 return [*effects, *stops, UnmapRegion(r)]
@@ -470,7 +489,7 @@ class BackendState:
         return effects
 
     def _protocol_features_acked(self) -> bool:
-        return bool(self.acked_features & VirtioFeatures.PROTOCOL_FEATURES)
+        return bool(self._acked_features & VirtioFeatures.PROTOCOL_FEATURES)
 
     def _vring_fd(self, msg: Message) -> tuple[_Vring, int, int | None]:
         value = decode_u64(msg.payload, _request_name(msg.request))
@@ -524,9 +543,9 @@ class BackendState:
         if len(msg.fds) != 1:
             raise ProtocolError(f"SET_BACKEND_REQ_FD needs 1 fd, got {len(msg.fds)}")
         effects: list[Effect] = []
-        if self.backend_req_fd is not None:
-            effects.append(CloseFd(self.backend_req_fd))
-        self.backend_req_fd = msg.fds[0]
+        if self._backend_req_fd is not None:
+            effects.append(CloseFd(self._backend_req_fd))
+        self._backend_req_fd = msg.fds[0]
         return effects
 
     def _get_config(self, msg: Message) -> list[Effect]:

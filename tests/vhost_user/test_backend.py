@@ -121,6 +121,7 @@ def test_qemu_sequence_starts_both_queues_after_enable() -> None:
     assert state.handle(msg(R.SET_VRING_ENABLE, VRING_STATE.pack(0, 1))) == [StartQueue(0)]
     assert state.handle(msg(R.SET_VRING_ENABLE, VRING_STATE.pack(1, 1))) == [StartQueue(1)]
     config = state.queue_config(1)
+    assert config is not None
     assert (config.desc_gpa, config.avail_gpa, config.used_gpa) == (0x2000, 0x2800, 0x2940)
     assert config.event_idx and config.kick_fd == 21
     # A new call fd replaces the old one, which is closed.
@@ -142,7 +143,8 @@ def test_without_protocol_features_rings_start_on_kick() -> None:
     effects = state.handle(msg(R.SET_MEM_TABLE, table, (50,)))
     assert UnmapAllRegions() in effects
     assert configure_vring(state, 1, 21)[-1] == StartQueue(1)
-    assert not state.queue_config(1).event_idx
+    config = state.queue_config(1)
+    assert config is not None and not config.event_idx
     with_enable = state.handle(msg(R.SET_VRING_ENABLE, VRING_STATE.pack(1, 1)))
     assert with_enable == []  # rejected: no PROTOCOL_FEATURES, and no ack was asked for
 
@@ -265,8 +267,8 @@ def test_reset_device_forgets_ring_positions() -> None:
     effects = state.handle(msg(R.RESET_DEVICE))
     assert effects == [StopQueue(1), CloseFd(21)]
     state.queue_stopped(1, 77)  # what the stopped worker reports
-    assert state.vrings[1].base == 0
-    assert state.vrings[1].kick_fd is None
+    assert state.vring_base(1) == 0
+    assert 21 not in state.open_fds()
     # An unrelated message does not bring the old ring back.
     assert state.handle(msg(R.SET_VRING_ENABLE, VRING_STATE.pack(0, 0))) == []
 

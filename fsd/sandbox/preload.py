@@ -1,0 +1,30 @@
+"""Modules fsd imports only after start-up, imported before the sandbox is entered.
+
+In chroot mode nothing outside the shared directory exists any more, the Python installation
+included, so a module first imported after that would fail. The list is measured (see
+contrib/measure-sandbox.py): the modules a daemon imported after the point where it enters
+the sandbox, over the test suite and the guest workloads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Final
+
+__all__ = ["LATE_IMPORTS", "preload_late_imports"]
+
+log = logging.getLogger("fsd.sandbox")
+
+LATE_IMPORTS: Final[tuple[str, ...]] = (
+    # BEGIN MEASURED
+    # END MEASURED
+)
+
+
+def preload_late_imports() -> None:
+    for name in LATE_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # an optional module this installation lacks
+            log.debug("sandbox: cannot preload %s: %s", name, exc)

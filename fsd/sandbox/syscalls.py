@@ -1,0 +1,195 @@
+"""The seccomp allowlist: the system calls a sandboxed fsd makes.
+
+Found by measurement, not by reading code: contrib/measure-sandbox.py runs the test suite,
+guest tests included (every ``fsd serve`` and ``fsd mount`` daemon the tests start, with the
+first-party plugins, under real guests and the host kernel's FUSE client), attaches
+``strace -f -c`` to each daemon at the point where the command line enters the sandbox (just
+before ``trio.run``), and writes the union of what they called between the BEGIN/END marks
+below, one list per command (``--write`` adds; it never removes). ``--verify`` then runs the
+suite again with this filter in ``log`` mode and reports any call the kernel logged as
+outside it.
+
+Measured on Debian 12 (glibc 2.36, CPython 3.11, trio 0.35), x86_64. A different C library,
+Python or kernel may make other calls for the same work (``clone3`` or ``clone``, ``statx``
+or ``newfstatat``): measure there with ``--seccomp log`` and add them.
+
+:data:`ADDED` holds the few calls that are needed but that the suite cannot show, each with
+its reason.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["ADDED", "ALLOWED", "MOUNT", "SERVE", "allowed"]
+
+SERVE: Final = frozenset(
+    (
+        # BEGIN SERVE
+        "accept4",
+        "bind",
+        "brk",
+        "chmod",
+        "chown",
+        "clock_nanosleep",
+        "clone3",
+        "close",
+        "connect",
+        "copy_file_range",
+        "epoll_create1",
+        "epoll_ctl",
+        "epoll_wait",
+        "eventfd2",
+        "fallocate",
+        "fchmod",
+        "fchown",
+        "fcntl",
+        "fdatasync",
+        "flock",
+        "fstatfs",
+        "fsync",
+        "ftruncate",
+        "futex",
+        "getdents64",
+        "getegid",
+        "geteuid",
+        "getgroups",
+        "getpeername",
+        "getpid",
+        "getsockname",
+        "getsockopt",
+        "gettid",
+        "getxattr",
+        "ioctl",
+        "linkat",
+        "listen",
+        "listxattr",
+        "lseek",
+        "madvise",
+        "mkdirat",
+        "mknodat",
+        "mmap",
+        "mprotect",
+        "mremap",
+        "munmap",
+        "newfstatat",
+        "openat",
+        "prctl",
+        "preadv2",
+        "prlimit64",
+        "pwritev2",
+        "read",
+        "readlink",
+        "readlinkat",
+        "recvfrom",
+        "recvmsg",
+        "removexattr",
+        "renameat",
+        "renameat2",
+        "rseq",
+        "rt_sigaction",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "sendto",
+        "set_robust_list",
+        "setfsgid",
+        "setfsuid",
+        "setsockopt",
+        "setxattr",
+        "socket",
+        "socketpair",
+        "statx",
+        "symlinkat",
+        "syncfs",
+        "tgkill",
+        "truncate",
+        "umask",
+        "unlink",
+        "unlinkat",
+        "utimensat",
+        "write",
+        # END SERVE
+    )
+)
+"""What ``fsd serve`` called (vhost-user, with the allowlist server and plugins)."""
+
+MOUNT: Final = frozenset(
+    (
+        # BEGIN MOUNT
+        "accept4",
+        "bind",
+        "brk",
+        "chmod",
+        "clock_nanosleep",
+        "clone3",
+        "close",
+        "epoll_create1",
+        "epoll_ctl",
+        "epoll_wait",
+        "fcntl",
+        "futex",
+        "getdents64",
+        "getegid",
+        "geteuid",
+        "getgid",
+        "getpid",
+        "getsockname",
+        "getsockopt",
+        "gettid",
+        "getuid",
+        "getxattr",
+        "ioctl",
+        "listen",
+        "lseek",
+        "mmap",
+        "mount",
+        "mprotect",
+        "mremap",
+        "munmap",
+        "newfstatat",
+        "openat",
+        "prctl",
+        "preadv2",
+        "pwritev2",
+        "read",
+        "readv",
+        "recvfrom",
+        "recvmsg",
+        "renameat",
+        "rseq",
+        "rt_sigaction",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "sendto",
+        "set_robust_list",
+        "setsockopt",
+        "socket",
+        "socketpair",
+        "umask",
+        "umount2",
+        "unlink",
+        "unlinkat",
+        "write",
+        # END MOUNT
+    )
+)
+"""What ``fsd mount`` called (the same server on /dev/fuse)."""
+
+ADDED: Final = frozenset(
+    {
+        "exit",  # a thread ending: trio's worker threads, the queue threads at shutdown
+        "exit_group",  # the process ending
+        "rt_sigreturn",  # returning from any signal handler (SIGTERM, SIGHUP, SIGCHLD)
+        "tgkill",  # --seccomp trap: faulthandler re-raises SIGSYS after the tracebacks
+        "getpid",  # ... and asks for its own pid to do so
+    }
+)
+
+
+def allowed(command: str = "serve") -> frozenset[str]:
+    """The allowlist for ``fsd serve`` or ``fsd mount``: the same file server, so ``mount``
+    gets what ``serve`` was seen to need too (the /dev/fuse tests reach fewer operations)."""
+    return (SERVE | MOUNT if command == "mount" else SERVE) | ADDED
+
+
+ALLOWED: Final = allowed("serve")

@@ -1,0 +1,114 @@
+"""A process that enters the sandbox and reports what it can see, for tests/sandbox/.
+
+    python -m tests.sandbox.probe MODE SECCOMP SHARE [--modcaps M] [--then wait|forbidden|exit]
+
+Prints one JSON line on stdout once inside, then: ``wait`` blocks until stdin closes (so the
+test can look at /proc/<host_pid>), ``forbidden`` makes a system call that is not on the
+allowlist and reports what came back, ``exit`` just exits. The supervisor's cleanup (namespace
+mode) writes ``cleanup ran`` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import sys
+
+from fsd.sandbox import (
+    HostPath,
+    SandboxConfig,
+    SandboxError,
+    SandboxMode,
+    SeccompAction,
+    enter_sandbox,
+)
+
+FORBIDDEN_SYSCALL = "getpriority"
+
+
+def _look(path: str) -> object:
+    """What ``path`` is from inside: a directory listing, 'file', or the errno name."""
+    try:
+        if os.path.isdir(path):
+            return sorted(os.listdir(path))
+        with open(path, "rb"):
+            return "file"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=[m.value for m in SandboxMode])
+    parser.add_argument("seccomp", choices=[a.value for a in SeccompAction])
+    parser.add_argument("share")
+    parser.add_argument("--modcaps")
+    parser.add_argument("--keep", action="append", default=[], help="PATH or PATH:rw")
+    parser.add_argument("--supervisor-keeps", action="append", default=[])
+    parser.add_argument("--then", default="exit", choices=["wait", "forbidden", "exit"])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    marker = os.open(os.path.join(args.share, "marker"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        sandbox = enter_sandbox(
+            SandboxConfig(
+                args.share,
+                SandboxMode(args.mode),
+                SeccompAction(args.seccomp),
+                modcaps=args.modcaps,
+                extra_paths=[
+                    HostPath(path.removesuffix(":rw"), writable=path.endswith(":rw"))
+                    for path in args.keep
+                ],
+                supervisor_capabilities=frozenset(args.supervisor_keeps),
+            ),
+            cleanup=lambda: print("cleanup ran", file=sys.stderr, flush=True),
+        )
+    except SandboxError as exc:
+        print(f"SandboxError: {exc}", file=sys.stderr)
+        return 1
+    share = sandbox.shared_dir
+    names = sorted(os.listdir(share))
+    report = {
+        "host_pid": sandbox.host_pid,
+        "pid": os.getpid(),
+        "shared_dir": share,
+        "capabilities": sorted(sandbox.capabilities),
+        "root": _look("/"),
+        "share": names,
+        "links": {
+            name: _look(os.path.join(share, name)) for name in names if name.startswith("link")
+        },
+        "etc": _look("/etc"),
+        "proc": _look("/proc"),
+    }
+    # fsd's way of reopening an inode: through /proc/self/fd/N (chroot: the fd it was given).
+    if sandbox.proc_self_fd is None:
+        reopened = os.open(f"/proc/self/fd/{marker}", os.O_RDONLY)
+    else:
+        reopened = os.open(str(marker), os.O_RDONLY, dir_fd=sandbox.proc_self_fd)
+    report["reopened"] = os.fstat(reopened).st_ino == os.fstat(marker).st_ino
+    kept: dict[str, str] = {}
+    for path in (p.removesuffix(":rw") for p in args.keep):
+        target = os.path.join(path, "written") if os.path.isdir(path) else path
+        try:
+            with open(target, "a") as f:
+                f.write("from the sandbox\n")
+            kept[path] = "written"
+        except OSError as exc:
+            kept[path] = errno.errorcode.get(exc.errno or 0, str(exc))
+    report["kept"] = kept
+    print(json.dumps(report), flush=True)
+    if args.then == "wait":
+        sys.stdin.read()
+    elif args.then == "forbidden":
+        value = os.getpriority(os.PRIO_PROCESS, 0)
+        print(json.dumps({"forbidden_returned": value}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
