@@ -41,9 +41,20 @@ def answer(fe: VhostUserFrontend, request: bytes) -> bytes:
 
 
 def serve_one_file(fe: VhostUserFrontend, name: bytes) -> int:
-    """What a guest does first: INIT, then LOOKUP a file; returns the file's size."""
+    """What a VMM and its guest do first: start the device, INIT, LOOKUP a file; returns the
+    file's size."""
     fe.start()
+    return init_and_look_up(fe, name)
+
+
+def init(fe: VhostUserFrontend) -> None:
+    """FUSE INIT, as the guest's driver sends it first."""
     answer(fe, fuse(Opcode.INIT, 2, 0, INIT_IN.pack(7, 38, 131072, 0, 0, 0)))
+
+
+def init_and_look_up(fe: VhostUserFrontend, name: bytes) -> int:
+    """INIT, then LOOKUP ``name`` in the root; returns the file's size."""
+    init(fe)
     entry = answer(fe, fuse(Opcode.LOOKUP, 4, 1, name + b"\0"))
     attr = entry[ENTRY_OUT.size - ATTR_OUT.size + 16 :]  # entry_out ends with fuse_attr
     return int(struct.unpack_from("<Q", attr, 8)[0])  # fuse_attr: ino, size, ...
