@@ -21,8 +21,8 @@ import pytest
 from fsd.fuse.abi import ENTRY_OUT, IN_HEADER, OPEN_OUT, Opcode
 from fsd.testing.frontend import VhostUserFrontend
 from fsd.testing.guest import REPO_ROOT
-from tests.systemd.test_serve_activation import answer, fuse, init, init_and_look_up
 from tests.systemd.user_manager import UserManager, running_user_manager, user_manager_unavailable
+from tests.systemd.vmm import answer, fuse, init, init_and_look_up
 
 UNITS = REPO_ROOT / "contrib" / "systemd"
 NAME = "vm1"
