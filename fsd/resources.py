@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DOCS", "TESTBED", "checkout_root", "doc_path", "testbed_dir"]
+__all__ = ["DOCS", "TESTBED", "checkout_root", "doc_path", "guest_image_dir"]
 
 _PACKAGE = Path(__file__).resolve().parent
 DOCS = _PACKAGE / "docs"
@@ -33,7 +33,7 @@ def checkout_root() -> Path | None:
     return None
 
 
-def testbed_dir() -> Path:
+def guest_image_dir() -> Path:
     """Where the guest test bed is built: ``$FSD_TESTBED_DIR``, else the checkout's
     ``build/testbed``, else ``$XDG_CACHE_HOME/fsd/testbed`` (``~/.cache/fsd/testbed``) for an
     installed fsd, whose package directory is no place to build into."""

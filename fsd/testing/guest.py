@@ -32,7 +32,7 @@ from typing import IO
 
 import trio
 
-from fsd.resources import TESTBED, checkout_root, testbed_dir
+from fsd.resources import TESTBED, checkout_root, guest_image_dir
 from fsd.unix_sockets import is_listening
 
 __all__ = [
@@ -88,9 +88,9 @@ class GuestImage:
 
     @classmethod
     def default(cls) -> GuestImage:
-        """The test bed in :func:`fsd.resources.testbed_dir`: ``$FSD_TESTBED_DIR``, the
+        """The test bed in :func:`fsd.resources.guest_image_dir`: ``$FSD_TESTBED_DIR``, the
         checkout's build/testbed, or ~/.cache/fsd/testbed for an installed fsd."""
-        root = testbed_dir()
+        root = guest_image_dir()
         return cls(kernel=root / "vmlinuz", initramfs=root / "initramfs.cpio")
 
     def exists(self) -> bool:
@@ -101,7 +101,7 @@ def build_testbed() -> GuestImage:
     """Run build.sh (fast when already built) and return the result; raises if it fails.
 
     build.sh is told where to build (its own default is right only in a checkout)."""
-    env = {**os.environ, "FSD_TESTBED_DIR": str(testbed_dir())}
+    env = {**os.environ, "FSD_TESTBED_DIR": str(guest_image_dir())}
     subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, env=env)
     image = GuestImage.default()
     if not image.exists():

@@ -10,7 +10,6 @@ import email.parser
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from fsd.testing.guest import REPO_ROOT
+from tests.source_tree import copy_source_tree, source_files
 
 #: Paths the code names that stay in the source tree, and why.
 CHECKOUT_ONLY = {
@@ -35,32 +35,10 @@ SHIPPED_AS = {"docs/": "fsd/docs/", "contrib/testbed/": "fsd/testing/testbed/"}
 REFERENCE = re.compile(r"(?<![\w./-])((?:docs|contrib)/[\w./-]*[\w/])")
 
 
-def tracked(*pathspecs: str) -> list[str]:
-    """The source tree's files (committed or new, not ignored), as a fresh clone would have
-    them once committed."""
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
-         *pathspecs],
-        cwd=REPO_ROOT, capture_output=True, check=True,
-    ).stdout  # fmt: skip
-    return [p for p in out.decode().split("\0") if p and os.path.lexists(REPO_ROOT / p)]
-
-
 @pytest.fixture(scope="module")
 def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the source tree's files, symbolic links kept: the build sees only what a
-    clone has, and writes its build/ and egg-info there, not into the checkout."""
-    dest = tmp_path_factory.mktemp("src")
-    for name in tracked():
-        source, target = REPO_ROOT / name, dest / name
-        if source.is_symlink() and not source.resolve().is_relative_to(REPO_ROOT):
-            continue  # e.g. a build/ linked to another checkout's: nothing a clone has
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_symlink():
-            os.symlink(os.readlink(source), target)
-        else:
-            shutil.copy2(source, target)
-    return dest
+    """The build sees only what a clone has, and writes its build/ and egg-info there."""
+    return copy_source_tree(tmp_path_factory.mktemp("src"))
 
 
 def build_wheel(project: Path, dest: Path) -> Path:
@@ -92,7 +70,7 @@ def metadata(wheel: Path) -> email.message.Message:
 def code_references() -> Iterator[tuple[str, str]]:
     """(file, path) for each docs/... or contrib/... path named in fsd's and the plugins'
     Python files."""
-    for name in tracked("fsd/*.py", "plugins/*.py"):
+    for name in source_files("fsd/*.py", "plugins/*.py"):
         for match in REFERENCE.finditer((REPO_ROOT / name).read_text()):
             yield name, match.group(1).rstrip(".")
 
@@ -123,9 +101,9 @@ def test_every_path_the_code_names_is_shipped_or_checkout_only(names: set[str]) 
 
 
 def test_docs_and_testbed_are_whole(names: set[str]) -> None:
-    for source in tracked("docs", "contrib/testbed"):
+    for source in source_files("docs", "contrib/testbed"):
         assert in_wheel(source, names), f"{source} is not in the wheel"
-    for source in tracked("fsd/*.py"):
+    for source in source_files("fsd/*.py"):
         assert source in names, f"{source} is not in the wheel"
     assert "fsd/py.typed" in names
 
@@ -179,7 +157,7 @@ print(json.dumps({
     "build_script": g.BUILD_SCRIPT.is_file(),
     "rootfs_script": g.ROOTFS_SCRIPT.is_file(),
     "rootfs_init": g.ROOTFS_INIT.is_file(),
-    "testbed_dir": str(r.testbed_dir()),
+    "guest_image_dir": str(r.guest_image_dir()),
     "pythonpath": g.fsd_env().get("PYTHONPATH"),
 }))
 """
@@ -213,7 +191,7 @@ def test_installed_wheel_finds_its_files(wheel: Path, tmp_path: Path) -> None:
     assert found["checkout"] == "None"
     assert found["filesystem_doc"] and found["build_script"]
     assert found["rootfs_script"] and found["rootfs_init"]
-    assert found["testbed_dir"] == str(tmp_path / "home" / ".cache" / "fsd" / "testbed")
+    assert found["guest_image_dir"] == str(tmp_path / "home" / ".cache" / "fsd" / "testbed")
     assert found["pythonpath"] == env["PYTHONPATH"]  # fsd_env adds no checkout
 
     helps = [
