@@ -1,9 +1,10 @@
 """contrib/systemd's fsd@.socket + fsd@.service under a real systemd (a user manager, see
 user_manager.py): the socket unit listens, the VMM's connection starts the service, fsd
-adopts the socket, READY=1 and STATUS= reach systemd, the allowlist socket in the runtime
-directory answers, a file created as guest uid 1000 belongs to host uid 1000 (setfsuid under
-the capability bounding set and the system-call filter), the sandbox is in force, fsd exits
-cleanly when the VMM leaves and the next VMM starts a new fsd."""
+adopts the socket, READY=1 and STATUS= reach systemd, an ExecStartPost= allowlist command
+runs once fsd is ready, the allowlist socket in the runtime directory answers, a file
+created as guest uid 1000 belongs to host uid 1000 (setfsuid under the capability bounding
+set and the system-call filter), the sandbox is in force, fsd exits cleanly when the VMM
+leaves and the next VMM starts a new fsd."""
 
 from __future__ import annotations
 
@@ -56,15 +57,17 @@ def installed(manager: UserManager) -> Iterator[Path]:
     dropin = manager.unit_dir / "fsd@.service.d"
     dropin.mkdir(exist_ok=True)
     log = manager.runtime_dir / "fsd-%i.log"
+    control = manager.runtime_dir / "fsd" / NAME / "allowlist.sock"
     (dropin / "test.conf").write_text(
         f"[Service]\nExecSearchPath={bindir}:/usr/bin:/bin\n"
         f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
+        # As docs/systemd.md suggests: Type=notify runs this once fsd is ready.
+        f"ExecStartPost=fsd allowlist --socket {control} add /hello.txt\n"
     )
     share = manager.runtime_dir / "share"
     share.mkdir()
     os.chmod(share, 0o777)
     (share / "hello.txt").write_bytes(b"hello from the host\n")
-    control = manager.runtime_dir / "fsd" / NAME / "allowlist.sock"
     (manager.config_dir / "fsd").mkdir(exist_ok=True)
     (manager.config_dir / "fsd" / f"{NAME}.conf").write_text(
         f"SHARED_DIR={share}\nFSD_OPTIONS=--allowlist-socket-path {control} --log-level debug\n"
@@ -124,9 +127,9 @@ def test_socket_unit_starts_fsd_on_connection(manager: UserManager, installed: P
         fe.start()  # answered: systemd started fsd, which took the socket
         manager.wait_for(service, "ActiveState", "active")  # Type=notify: after READY=1
         manager.wait_for(service, "StatusText", f"serving the front-end (pid {os.getpid()})")
-        # The allowlist control socket in the service's RuntimeDirectory, from outside.
-        allowlist(manager, "add", "/hello.txt")
-        assert "/hello.txt" in allowlist(manager, "list")
+        # ExecStartPost= added /hello.txt after READY=1, through the allowlist socket in the
+        # service's RuntimeDirectory, which answers from outside too.
+        assert allowlist(manager, "list").strip() == '{"Paths":["/hello.txt"]}'
         assert init_and_look_up(fe, b"hello.txt") == len(b"hello from the host\n")
     finally:
         fe.close()
