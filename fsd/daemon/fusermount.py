@@ -214,7 +214,9 @@ def _receive_fd(sock: socket.socket) -> int | None:
 
 
 def _helper_failure(helper: str, target: str, returncode: int | None, message: str) -> str:
-    text = message.removeprefix(f"{_HELPER}: ") or f"{helper} exited with status {returncode}"
+    for prefix in (f"{helper}: ", f"{_HELPER}: "):  # fusermount3 names itself by its argv[0]
+        message = message.removeprefix(prefix)
+    text = message or f"{helper} exited with status {returncode}"
     hint = ""
     if DEV_FUSE in message and ("Permission denied" in message or "denied" in message):
         hint = f" ({DEV_FUSE} must be readable and writable by you: mode 0666 on most systems)"

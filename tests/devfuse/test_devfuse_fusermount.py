@@ -334,5 +334,7 @@ def test_dev_fuse_closed_to_the_user_says_so(user_site: Path, user_dirs: tuple[P
     assert result.returncode == 1
     message = result.stderr.strip()
     assert message.startswith(f"fsd mount: cannot mount on '{mnt}' through fusermount3:")
-    assert "Permission denied" in message
-    assert "/dev/fuse must be readable and writable by you" in message
+    assert message.endswith(
+        "fusermount3: failed to open /dev/fuse: Permission denied (/dev/fuse must be readable "
+        "and writable by you: mode 0666 on most systems)"
+    ), message
