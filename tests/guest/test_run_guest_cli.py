@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from fsd.testing.guest import GuestImage, fsd_env, fsd_serve_command, running_backend
 
 
+@pytest.mark.guest
 async def test_output_and_status_of_the_workload(
     guest_image: GuestImage, socket_dir: Path, shared_dir: Path, tmp_path: Path
 ) -> None:
