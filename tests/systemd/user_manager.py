@@ -73,6 +73,12 @@ def user_manager_unavailable() -> str | None:
     for tool in ("unshare", "systemctl", "python3"):
         if shutil.which(tool) is None:
             return f"{tool} is missing"
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        return f"no mount namespace for the manager: unshare --mount: {probe.stderr.strip()}"
     dirs = _cgroup_dirs()
     if not dirs:
         return "no name=systemd or unified cgroup hierarchy in /proc/self/cgroup"
