@@ -1,9 +1,12 @@
 #!/bin/bash
 # Host packages fsd's development and tests need beyond the guest test bed (which
 # contrib/testbed/build.sh installs itself). Idempotent; runs as root on Debian 12.
+# fuse3: the setuid fusermount3 helper through which `fsd mount` mounts for an ordinary user.
+# systemd: the service manager, systemctl and systemd-socket-activate that test the units in
+# contrib/systemd (PID 1 need not be systemd).
 set -euo pipefail
 missing=()
-for pkg in python3 python3-venv python3-dev gcc socat; do
+for pkg in python3 python3-venv python3-dev gcc socat fuse3 systemd; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         missing+=("$pkg")
     fi

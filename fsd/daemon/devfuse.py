@@ -22,7 +22,7 @@ import trio
 from fsd.allowlist import Allowlist
 from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_checks
 from fsd.allowlist.server import serve_allowlist
-from fsd.daemon import mount_syscalls
+from fsd.daemon import fusermount, mount_syscalls
 from fsd.daemon.pending import PendingReplies
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fuse import FuseServer
@@ -112,6 +112,7 @@ async def serve_mount(
     allowlist_check: CheckHook | None = None,
     allowlist_after: AfterHook | None = None,
     plugins: Plugins | None = None,
+    allow_other: bool | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount ``shared_dir`` on ``mountpoint`` through /dev/fuse and serve it until cancelled.
@@ -125,10 +126,17 @@ async def serve_mount(
     then be built on that same allowlist. ``plugins`` adds their FUSE hooks to the default
     server and their allowlist hooks to the control server.
 
+    Root mounts with mount(2), an ordinary user through fusermount3 (``fsd.daemon.fusermount``).
+    ``allow_other`` lets users other than the mounting one use the mount; by default it is on
+    for root (every local user sees the share with its host permissions) and off for a user,
+    for whom it needs ``user_allow_other`` in /etc/fuse.conf.
+
     Process-wide set-up is the caller's: :func:`fsd.cli.process.prepare_process` (umask 0
     above all, or created files get the umask twice).
     """
     shared, target = check_mountpoint(shared_dir, mountpoint)
+    if allow_other is None:
+        allow_other = os.geteuid() == 0
     if allowlist_socket_path is not None and allowlist is None:
         allowlist = Allowlist()
     if handler is None:
@@ -138,7 +146,7 @@ async def serve_mount(
         allowlist_check = chain_checks(allowlist_check, plugin_check)
         allowlist_after = chain_afters(allowlist_after, plugin_after)
     if allowlist_socket_path is None:
-        await _mount_and_serve(shared, target, handler, task_status)
+        await _mount_and_serve(shared, target, handler, task_status, allow_other)
         return
     assert allowlist is not None
     async with trio.open_nursery() as nursery:
@@ -151,32 +159,26 @@ async def serve_mount(
                 after=allowlist_after,
             )
         )
-        await _mount_and_serve(shared, target, handler, task_status)
+        await _mount_and_serve(shared, target, handler, task_status, allow_other)
         nursery.cancel_scope.cancel()
 
 
 async def _mount_and_serve(
-    shared: str, target: str, handler: RequestHandler, task_status: trio.TaskStatus[str]
+    shared: str,
+    target: str,
+    handler: RequestHandler,
+    task_status: trio.TaskStatus[str],
+    allow_other: bool,
 ) -> None:
     """Mount, report the mount point, serve until unmounted or cancelled, then detach."""
     try:
-        fd = os.open(DEV_FUSE, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise MountError(f"cannot open {DEV_FUSE}: {e.strerror}") from None
-    mounted = False
+        # mount(2) as root; the setuid fusermount3 helper for an ordinary user.
+        fd = fusermount.open_fuse_mount(shared, target, allow_other=allow_other)
+    except fusermount.FuseMountError as e:
+        raise MountError(str(e)) from None
+    mounted = True
     pending = PendingReplies()
     try:
-        data = (
-            f"fd={fd},rootmode={stat.S_IFDIR:o},user_id={os.getuid()},group_id={os.getgid()},"
-            "allow_other,default_permissions"
-        )
-        try:
-            mount_syscalls.mount(
-                shared, target, FSTYPE, mount_syscalls.MS_NOSUID | mount_syscalls.MS_NODEV, data
-            )
-        except OSError as e:
-            raise MountError(f"cannot mount on {target!r}: {e.strerror}") from None
-        mounted = True
         log.info("serving %s on %s", shared, target)
         task_status.started(target)
         await _serve_requests(fd, handler, pending)
@@ -185,7 +187,7 @@ async def _mount_and_serve(
     finally:
         if mounted:
             try:
-                mount_syscalls.umount(target)
+                fusermount.unmount_fuse(target)
             except OSError as e:
                 log.warning("could not unmount %s: %s", target, e.strerror)
         pending.close()  # before the fd goes: a late lock grant must not write to a reused fd

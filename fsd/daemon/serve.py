@@ -14,6 +14,7 @@ import trio
 
 from fsd.allowlist import Allowlist
 from fsd.allowlist.server import serve_allowlist
+from fsd.daemon import systemd
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fuse import FuseServer
@@ -56,6 +57,10 @@ def open_vhost_user_listener(
     if config.listen_fd is not None:
         return trio.socket.from_stdlib_socket(socket.socket(fileno=config.listen_fd)), None
     assert config.socket_path is not None
+    # Socket activation: the .socket unit's listener at this path is used, not replaced.
+    activated = systemd.adopt_unix_listener(config.socket_path, systemd.listen_fds())
+    if activated is not None:
+        return trio.socket.from_stdlib_socket(activated), None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         identity = bind_private(sock, config.socket_path, group=config.socket_group)
@@ -136,7 +141,9 @@ async def serve(
                     )
                 )
                 log.info("allowlist: control socket %s", config.allowlist_socket_path)
-            log.info("vhost-user: listening on %s", config.socket_path or f"fd {config.listen_fd}")
+            where = config.socket_path or f"fd {config.listen_fd}"
+            log.info("vhost-user: listening on %s", where)
+            systemd.notify_ready(f"listening on {where}")
             task_status.started(config.socket_path)
             await plugins.daemon_started(
                 DaemonInfo(config.shared_dir, "vhost-user", config.socket_path)
@@ -151,6 +158,7 @@ async def serve(
             with sock:
                 vmm = _peer(sock)
                 log.info("vhost-user: front-end connected (pid %d)", vmm.pid)
+                systemd.notify_status(f"serving the front-end (pid {vmm.pid})")
                 await plugins.vmm_connected(vmm)
                 try:
                     await serve_vhost_user_connection(
@@ -163,6 +171,7 @@ async def serve(
                     await plugins.vmm_disconnected(vmm)
             nursery.cancel_scope.cancel()
     finally:
+        systemd.notify_stopping(shutdown.reason)
         await plugins.daemon_stopping(shutdown.reason)
         if config.socket_path is not None and identity is not None:
             unlink_if_ours(config.socket_path, identity)

@@ -1,7 +1,8 @@
 """Boot a Linux guest under QEMU against a vhost-user-fs backend and run a shell workload in it.
 
-The guest is the test bed that contrib/testbed/build.sh builds: a Debian cloud kernel and a
-busybox initramfs whose /init loads the virtio-fs modules, mounts ``-t virtiofs TAG $MNT`` and
+The guest is the test bed that contrib/testbed/build.sh builds (shipped with fsd as
+fsd/testing/testbed/build.sh, see :mod:`fsd.resources`): a Debian cloud kernel and a busybox
+initramfs whose /init loads the virtio-fs modules, mounts ``-t virtiofs TAG $MNT`` and
 runs the workload with ``$MNT`` as its working directory. The workload travels in a small cpio
 archive appended to the prebuilt initramfs (Linux unpacks concatenated archives), so a run
 needs no rebuild. /init reports on the serial console with ``@@FSD`` marker lines, parsed here.
@@ -31,6 +32,7 @@ from typing import IO
 
 import trio
 
+from fsd.resources import TESTBED, checkout_root, guest_image_dir
 from fsd.unix_sockets import is_listening
 
 __all__ = [
@@ -57,9 +59,10 @@ __all__ = [
 
 MARKER = "@@FSD "
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "contrib" / "testbed" / "build.sh"
-ROOTFS_SCRIPT = REPO_ROOT / "contrib" / "testbed" / "rootfs.sh"
-ROOTFS_INIT = REPO_ROOT / "contrib" / "testbed" / "init-rootfs.sh"
+"""The source checkout's root when fsd runs from one (see :func:`fsd.resources.checkout_root`)."""
+BUILD_SCRIPT = TESTBED / "build.sh"
+ROOTFS_SCRIPT = TESTBED / "rootfs.sh"
+ROOTFS_INIT = TESTBED / "init-rootfs.sh"
 
 StepHandler = Callable[[str, list[str]], Awaitable[str | None]]
 """``on_step(name, args)``: the host's part of a ``host_step`` call; returns the reply line."""
@@ -85,8 +88,9 @@ class GuestImage:
 
     @classmethod
     def default(cls) -> GuestImage:
-        """The test bed in ``$FSD_TESTBED_DIR`` or the repository's build/testbed."""
-        root = Path(os.environ.get("FSD_TESTBED_DIR", REPO_ROOT / "build" / "testbed"))
+        """The test bed in :func:`fsd.resources.guest_image_dir`: ``$FSD_TESTBED_DIR``, the
+        checkout's build/testbed, or ~/.cache/fsd/testbed for an installed fsd."""
+        root = guest_image_dir()
         return cls(kernel=root / "vmlinuz", initramfs=root / "initramfs.cpio")
 
     def exists(self) -> bool:
@@ -94,8 +98,11 @@ class GuestImage:
 
 
 def build_testbed() -> GuestImage:
-    """Run build.sh (fast when already built) and return the result; raises if it fails."""
-    subprocess.run(["bash", str(BUILD_SCRIPT)], check=True)
+    """Run build.sh (fast when already built) and return the result; raises if it fails.
+
+    build.sh is told where to build (its own default is right only in a checkout)."""
+    env = {**os.environ, "FSD_TESTBED_DIR": str(guest_image_dir())}
+    subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, env=env)
     image = GuestImage.default()
     if not image.exists():
         raise RuntimeError(f"{BUILD_SCRIPT} succeeded but left no kernel/initramfs")
@@ -193,8 +200,9 @@ def qemu_command(
     accel: str,
     extra_append: str,
 ) -> list[str]:
-    """The QEMU command line of a TCG test guest (q35, memfd memory shared with the back-end,
-    vhost-user-fs-pci, direct kernel boot), with the console on stdout."""
+    """The test bed's QEMU command line: q35, memfd guest memory shared with the back-end
+    (``share=on``), the vhost-user-fs device on ``socket_path``, the console on stdout and
+    a second serial port for host steps."""
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
     append = " ".join(part for part in ("console=ttyS0 panic=-1 quiet", extra_append) if part)
     return [
@@ -621,13 +629,14 @@ def fsd_env() -> dict[str, str]:
     """The environment for ``python -m fsd`` children: ours, with this checkout on PYTHONPATH.
 
     ``-m fsd`` finds the package through the child's cwd or an install; neither is certain
-    when a test or the demo runs from elsewhere, so the checkout is named explicitly.
+    when a test or the demo runs from elsewhere, so the checkout is named explicitly. An
+    installed fsd is found by the interpreter itself: nothing is added then.
     """
+    root = checkout_root()
+    if root is None:
+        return dict(os.environ)
     path = os.environ.get("PYTHONPATH")
-    return {
-        **os.environ,
-        "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT),
-    }
+    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else str(root)}
 
 
 def virtiofsd_command(
