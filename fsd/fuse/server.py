@@ -63,6 +63,7 @@ from fsd.fuse.filesystem import Filesystem, SetattrArgs
 from fsd.fuse.replies import DEFERRED, NO_REPLY, write_reply
 from fsd.fuse.requests import MalformedRequest, Request, decode
 from fsd.fuse.session import FuseSession
+from fsd.fuse.stats import SLOTS, RequestStats
 from fsd.sgbuf import BufferTooShort, Segments, capacity, views
 
 __all__ = ["CONCURRENT", "FuseServer", "Transport"]
@@ -89,6 +90,7 @@ CONCURRENT: Final = frozenset(
      Opcode.COPY_FILE_RANGE}
 )  # fmt: skip
 _EMPTY: Final = b""
+_SLOT_MASK: Final = SLOTS - 1
 _pack_header: Final = OUT_HEADER.pack_into
 _pack_entry: Final = ENTRY_OUT.pack
 _ENTRY_HEAD: Final = struct.Struct("<QQQQII")  # nodeid, generation, entry and attr valid
@@ -188,6 +190,8 @@ class FuseServer:
         self._before_init: dict[int, Handler] = {Opcode.INIT: self._init}
         #: Held around every request but the CONCURRENT ones: the tables see one at a time.
         self._lock = threading.Lock()
+        #: Requests and errors per opcode, for the status view.
+        self.stats = RequestStats()
         self._table = self._before_init
         self._missing = errno.EIO
 
@@ -221,6 +225,7 @@ class FuseServer:
         if lock is not None:
             lock.acquire()
         try:
+            self.stats.requests[opcode & _SLOT_MASK] += 1
             handler = self._table.get(opcode)
             if handler is None:
                 raise OSError(self._missing, "not implemented" if self._missing == errno.ENOSYS
@@ -239,6 +244,7 @@ class FuseServer:
             return write_reply(reply, req.unique, 0, result)
         except Exception as exc:
             req.error = error = self._errno(exc, opcode, req.nodeid)
+            self.stats.errors[opcode & _SLOT_MASK] += 1
         finally:
             if lock is not None:
                 lock.release()
@@ -248,6 +254,7 @@ class FuseServer:
 
     def refuse(self, exc: MalformedRequest | BufferTooShort, reply: Segments) -> int:
         """Answer a request that could not be decoded (see :func:`fsd.fuse.requests.decode`)."""
+        self.stats.malformed += 1
         if not isinstance(exc, MalformedRequest):
             log.warning("dropping a request shorter than fuse_in_header")
             return NO_REPLY

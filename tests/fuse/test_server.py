@@ -203,3 +203,14 @@ def test_a_request_is_its_context() -> None:
     assert (req.opcode, req.unique, req.nodeid, req.uid, req.gid, req.args) == (
         Opcode.GETATTR, 30, 9, 3, 4, (),
     )  # fmt: skip
+
+
+def test_requests_and_errors_are_counted_per_opcode(fake: FakeFs, client: FuseClient) -> None:
+    stats = client.server.stats  # type: ignore[attr-defined]
+    client.ok(fr.getattr(client.next_unique(), 1))
+    client.errno_of(fr.lookup(client.next_unique(), 1, "missing"))
+    client.call(b"\0" * 10)
+    assert stats.by_opcode()["GETATTR"] == (1, 0)
+    assert stats.by_opcode()["LOOKUP"] == (1, 1)
+    assert stats.by_opcode()["INIT"] == (1, 0)
+    assert stats.malformed == 1
