@@ -8,10 +8,13 @@ directory, without booting a VM. The ``fsd mount`` command is :mod:`fsd.cli.moun
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import functools
 import logging
 import os
+import select
 import signal
 import stat
 import struct
@@ -52,6 +55,8 @@ BUFFER_SIZE = 40 + 40 + MAX_WRITE + 4096
 _REQUESTS_PER_CHECKPOINT = 256
 
 _OUT_HEADER = struct.Struct("<IiQ")
+#: _IOR(229, 0, uint32_t): attach a new /dev/fuse fd to an existing session (linux/fuse.h).
+FUSE_DEV_IOC_CLONE = 0x8004E500
 
 
 class MountError(Exception):
@@ -113,6 +118,7 @@ async def serve_mount(
     allowlist_after: AfterHook | None = None,
     plugins: Plugins | None = None,
     allow_other: bool | None = None,
+    threads: int = 1,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount ``shared_dir`` on ``mountpoint`` through /dev/fuse and serve it until cancelled.
@@ -131,9 +137,14 @@ async def serve_mount(
     for root (every local user sees the share with its host permissions) and off for a user,
     for whom it needs ``user_allow_other`` in /etc/fuse.conf.
 
+    ``threads`` worker threads serve the requests (data operations on open files then run
+    concurrently; the rest one at a time, see ``fsd.fuse.server.CONCURRENT``).
+
     Process-wide set-up is the caller's: :func:`fsd.cli.process.prepare_process` (umask 0
     above all, or created files get the umask twice).
     """
+    if threads < 1:
+        raise ValueError(f"fsd mount needs at least one worker thread, not {threads}")
     shared, target = check_mountpoint(shared_dir, mountpoint)
     if allow_other is None:
         allow_other = os.geteuid() == 0
@@ -146,7 +157,7 @@ async def serve_mount(
         allowlist_check = chain_checks(allowlist_check, plugin_check)
         allowlist_after = chain_afters(allowlist_after, plugin_after)
     if allowlist_socket_path is None:
-        await _mount_and_serve(shared, target, handler, task_status, allow_other)
+        await _mount_and_serve(shared, target, handler, task_status, allow_other, threads)
         return
     assert allowlist is not None
     async with trio.open_nursery() as nursery:
@@ -159,7 +170,7 @@ async def serve_mount(
                 after=allowlist_after,
             )
         )
-        await _mount_and_serve(shared, target, handler, task_status, allow_other)
+        await _mount_and_serve(shared, target, handler, task_status, allow_other, threads)
         nursery.cancel_scope.cancel()
 
 
@@ -169,6 +180,7 @@ async def _mount_and_serve(
     handler: RequestHandler,
     task_status: trio.TaskStatus[str],
     allow_other: bool,
+    threads: int,
 ) -> None:
     """Mount, report the mount point, serve until unmounted or cancelled, then detach."""
     try:
@@ -181,7 +193,7 @@ async def _mount_and_serve(
     try:
         log.info("serving %s on %s", shared, target)
         task_status.started(target)
-        await _serve_requests(fd, handler, pending)
+        await _serve_requests(fd, handler, pending, threads)
         mounted = False  # unmounted from outside: nothing left to detach
         log.info("%s was unmounted", target)
     finally:
@@ -195,44 +207,109 @@ async def _mount_and_serve(
         os.close(fd)
 
 
-async def _serve_requests(fd: int, handler: RequestHandler, pending: PendingReplies) -> None:
-    """Read, answer, write, until the kernel says the mount is gone (ENODEV).
+async def _serve_requests(
+    fd: int, handler: RequestHandler, pending: PendingReplies, threads: int
+) -> None:
+    """Serve the mount from ``threads`` worker threads until it is gone (ENODEV) or this task
+    is cancelled; trio stays off the per-request path, as it does for virtqueues.
 
-    A deferred request (SETLKW) keeps its reply buffer until it is answered, from another
-    thread (``os.write`` on the fuse fd is atomic per message); the loop takes a fresh one.
+    Each worker reads its own clone of the session's fd (FUSE_DEV_IOC_CLONE; the first uses
+    ``fd`` itself) and answers on it: the kernel queues a request's reply to the fd it was
+    read from. Where a clone cannot be made (an ordinary user without access to /dev/fuse),
+    the workers share ``fd``, which the kernel also allows.
     """
-    request = bytearray(BUFFER_SIZE)
-    reply = bytearray(BUFFER_SIZE)
-    request_view = memoryview(request)
-    reply_view = memoryview(reply)
-    reply_segments = [reply_view]
-    since_checkpoint = 0
-    while True:
-        try:
-            n = os.readv(fd, [request])
-        except BlockingIOError:
-            since_checkpoint = 0
-            await trio.lowlevel.wait_readable(fd)
-            continue
-        except InterruptedError:
-            continue
-        except OSError as e:
-            if e.errno == errno.ENODEV:
-                return
-            if e.errno == errno.ENOENT:  # the request was interrupted before we read it
-                continue
-            raise
-        size = handler([request_view[:n]], reply_segments)
-        if size == DEFERRED:
-            pending.adopt(functools.partial(_send_deferred, fd, reply_view))
-            reply_view = memoryview(bytearray(BUFFER_SIZE))
-            reply_segments = [reply_view]
-        elif size > 0 and not _write_reply(fd, reply_view[:size]):
-            return
-        since_checkpoint += 1
-        if since_checkpoint >= _REQUESTS_PER_CHECKPOINT:
-            since_checkpoint = 0
-            await trio.lowlevel.checkpoint()
+    stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    fds = [fd] + [_clone(fd) for _ in range(threads - 1)]
+    workers = [_Worker(i, fds[i], handler, pending, stop) for i in range(threads)]
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def run(worker: _Worker) -> None:
+                name = f"fsd-fuse-{worker.index}"
+                await trio.to_thread.run_sync(worker.serve_blocking, thread_name=name)
+                nursery.cancel_scope.cancel()  # the mount is gone (or we are stopping)
+
+            for worker in workers:
+                nursery.start_soon(run, worker)
+            try:
+                await trio.sleep_forever()
+            finally:
+                os.eventfd_write(stop, 1)
+    finally:
+        os.close(stop)
+        for clone in fds[1:]:
+            if clone != fd:
+                os.close(clone)
+
+
+def _clone(fd: int) -> int:
+    """A new /dev/fuse fd attached to ``fd``'s session, or ``fd`` itself if none can be."""
+    try:
+        clone = os.open(DEV_FUSE, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        log.info("workers share one /dev/fuse fd: cannot open %s: %s", DEV_FUSE, e.strerror)
+        return fd
+    try:
+        fcntl.ioctl(clone, FUSE_DEV_IOC_CLONE, struct.pack("I", fd))
+    except OSError as e:
+        os.close(clone)
+        log.info("workers share one /dev/fuse fd: FUSE_DEV_IOC_CLONE: %s", e.strerror)
+        return fd
+    return clone
+
+
+class _Worker:
+    """One thread serving a /dev/fuse fd: read a request, answer it, write the reply."""
+
+    def __init__(
+        self, index: int, fd: int, handler: RequestHandler, pending: PendingReplies, stop: int
+    ) -> None:
+        self.index = index
+        self.fd = fd
+        self.handler = handler
+        self.pending = pending
+        self.stop = stop
+
+    def serve_blocking(self) -> None:
+        """Serve until the mount is gone (then tell the other workers) or ``stop`` is set.
+
+        A deferred request (SETLKW) keeps its reply buffer until it is answered, from
+        another thread (``os.write`` on the fuse fd is atomic per message); the loop takes a
+        fresh one.
+        """
+        fd, handler, stop = self.fd, self.handler, self.stop
+        request = memoryview(bytearray(BUFFER_SIZE))
+        reply = memoryview(bytearray(BUFFER_SIZE))
+        reply_segments = [reply]
+        readv = os.readv
+        buffers = [request]
+        with select.epoll(2) as poller:
+            poller.register(fd, select.EPOLLIN)
+            poller.register(stop, select.EPOLLIN)
+            while True:
+                try:
+                    n = readv(fd, buffers)
+                except BlockingIOError:
+                    if any(ready == stop for ready, _ in poller.poll()):
+                        return
+                    continue
+                except InterruptedError:
+                    continue
+                except OSError as e:
+                    if e.errno == errno.ENOENT:  # interrupted before we read it
+                        continue
+                    if e.errno != errno.ENODEV:
+                        log.error("reading %s failed: %s", DEV_FUSE, e.strerror)
+                    break  # ENODEV: the mount is gone
+                size = handler([request[:n]], reply_segments)
+                if size == DEFERRED:
+                    self.pending.adopt(functools.partial(_send_deferred, fd, reply))
+                    reply = memoryview(bytearray(BUFFER_SIZE))
+                    reply_segments = [reply]
+                elif size > 0 and not _write_reply(fd, reply[:size]):
+                    break
+        with contextlib.suppress(OSError):
+            os.eventfd_write(stop, 1)  # the others stop too
 
 
 def _send_deferred(fd: int, reply: memoryview, size: int) -> None:

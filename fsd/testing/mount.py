@@ -71,9 +71,10 @@ class _ServerThread(threading.Thread):
         mountpoint: Path,
         options: FsOptions | None,
         handler: RequestHandler | None,
+        threads: int = 1,
     ) -> None:
         super().__init__(name=f"fsd mount {mountpoint}", daemon=True)
-        self._args = (shared_dir, mountpoint, options, handler)
+        self._args = (shared_dir, mountpoint, options, handler, threads)
         self.started_event = threading.Event()
         self.error: BaseException | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -90,7 +91,7 @@ class _ServerThread(threading.Thread):
             self.started_event.set()
 
     async def _serve(self) -> None:
-        shared_dir, mountpoint, options, handler = self._args
+        shared_dir, mountpoint, options, handler, threads = self._args
         with trio.CancelScope() as scope:
             self._scope = scope
             self._token = trio.lowlevel.current_trio_token()
@@ -101,6 +102,7 @@ class _ServerThread(threading.Thread):
                         mountpoint,
                         options=options,
                         handler=handler,
+                        threads=threads,
                         task_status=task_status,
                     )
                 )
@@ -122,17 +124,18 @@ def mounted(
     *,
     options: FsOptions | None = None,
     handler: RequestHandler | None = None,
+    threads: int = 1,
     timeout: float = 10.0,
 ) -> Iterator[Mount]:
     """Serve ``shared_dir`` through fsd on ``mountpoint`` (a fresh temporary one by default).
 
     Yields a :class:`Mount`; on exit the server is stopped, the mount detached and the
     process set-up undone, whatever happened. ``handler`` replaces the default passthrough
-    FUSE server's ``handle``.
+    FUSE server's ``handle``; ``threads`` worker threads serve it.
     """
     made_mountpoint = mountpoint is None
     target = Path(tempfile.mkdtemp(prefix="fsd-mnt-") if mountpoint is None else mountpoint)
-    thread = _ServerThread(Path(shared_dir), target, options, handler)
+    thread = _ServerThread(Path(shared_dir), target, options, handler, threads)
     st_dev: int | None = None
     process = prepare_process()
     try:

@@ -113,7 +113,8 @@ def test_hard_link_counts(fsd_mount: Mount) -> None:
 
 
 class _HostPathWatch:
-    """Records every path the server thread names to the OS (audit events) and every fd it holds.
+    """Records every path the server's threads name to the OS (audit events: the mount's trio
+    thread and its worker threads) and every fd it holds.
 
     Relative names are resolved by the server against fds inside the share, so the fds it ends
     up holding are the other half of the evidence.
@@ -126,7 +127,8 @@ class _HostPathWatch:
         sys.addaudithook(self._hook)
 
     def _hook(self, event: str, args: tuple[object, ...]) -> None:
-        if not self.enabled or not threading.current_thread().name.startswith("fsd mount"):
+        name = threading.current_thread().name
+        if not self.enabled or not name.startswith(("fsd mount", "fsd-fuse-")):
             return
         if event == "open" or event.startswith("os."):
             self.events += 1
