@@ -15,8 +15,13 @@ from fsd.vhost_user.messages import ProtocolFeatures, VirtioFeatures
 __all__ = ["HIPRIO_QUEUE", "NUM_QUEUES", "TAG_MAX", "virtio_fs_device"]
 
 HIPRIO_QUEUE: Final = 0
+#: Request queues the device can serve (QEMU's ``num-request-queues`` up to this; each
+#: running queue gets a worker thread).
+MAX_REQUEST_QUEUES: Final = 8
+#: What the config space suggests to front-ends that read it (crosvm): one request queue,
+#: as virtiofsd; a Linux guest sends from the first request queue only before 6.x anyway.
 NUM_REQUEST_QUEUES: Final = 1
-NUM_QUEUES: Final = 1 + NUM_REQUEST_QUEUES
+NUM_QUEUES: Final = 1 + MAX_REQUEST_QUEUES
 TAG_MAX: Final = 36
 _CONFIG: Final = struct.Struct(f"<{TAG_MAX}sI")
 

@@ -199,6 +199,7 @@ def qemu_command(
     memory: str,
     accel: str,
     extra_append: str,
+    fs_device_options: str = "",
 ) -> list[str]:
     """The test bed's QEMU command line: q35, memfd guest memory shared with the back-end
     (``share=on``), the vhost-user-fs device on ``socket_path``, the console on stdout and
@@ -222,7 +223,7 @@ def qemu_command(
         "-chardev",
         f"socket,id=fs0,path={socket_path}",
         "-device",
-        f"vhost-user-fs-pci,chardev=fs0,tag={tag}",
+        ",".join(filter(None, ("vhost-user-fs-pci,chardev=fs0", f"tag={tag}", fs_device_options))),
         "-kernel",
         str(guest_image.kernel),
         "-initrd",
@@ -316,8 +317,12 @@ async def run_guest(
     on_line: Callable[[str], None] | None = None,
     guest_image: GuestImage | None = None,
     accel: str | None = None,
+    fs_device_options: str = "",
 ) -> GuestResult:
     """Boot the guest against the backend listening on ``socket_path`` and run ``workload``.
+
+    ``fs_device_options`` are more properties of QEMU's vhost-user-fs-pci device (for
+    example ``num-request-queues=4,queue-size=1024``).
 
     ``workload`` is a busybox ``sh`` script, sourced in a subshell with cwd ``$MNT`` (the
     virtio-fs mount); ``host_step`` and ``as_user`` are defined for it. ``on_line`` sees every
@@ -334,7 +339,7 @@ async def run_guest(
         _write_initrd(initrd, guest_image.initramfs, workload, tag, mount_options)
         return await _boot(
             guest_image, initrd, Path(socket_path), tag, memory, accel, extra_append,
-            time_limit, on_step, on_line,
+            time_limit, on_step, on_line, fs_device_options,
         )  # fmt: skip
 
 
@@ -425,6 +430,7 @@ async def _boot(
     time_limit: float,
     on_step: StepHandler | None,
     on_line: Callable[[str], None] | None,
+    fs_device_options: str = "",
 ) -> GuestResult:
     """Boot QEMU with ``initrd`` (next to it, in its folder, the host-step channel)."""
     host_channel = initrd.with_name("host.sock")
@@ -441,6 +447,7 @@ async def _boot(
             memory=memory,
             accel=accel,
             extra_append=append,
+            fs_device_options=fs_device_options,
         )
         return await _run_qemu(argv, listener, time_limit, on_step, on_line)
 
