@@ -7,6 +7,7 @@ import threading
 
 import trio
 
+from fsd.daemon.pool import WorkerPool
 from fsd.daemon.queues import BATCH, QueueRunner
 from fsd.sgbuf import Segments
 from fsd.testing.driver import DriverQueue, GuestAllocator
@@ -52,6 +53,61 @@ async def test_stop_is_prompt_while_the_guest_keeps_the_ring_full() -> None:
             with trio.fail_after(5):
                 await runner.stop()
             assert runner.interrupts > 0, "batches end with an interrupt even when never idle"
+    finally:
+        os.close(kick)
+        os.close(call)
+
+
+async def test_a_pool_answers_others_while_one_request_waits() -> None:
+    """With --thread-pool-size, a request blocked on a slow store holds up only itself; a
+    stop waits until the pool has answered everything the queue handed it."""
+    mem = memoryview(bytearray(MEM))
+    driver = DriverQueue(mem, GuestAllocator(0, 1 << 20), GuestAllocator(1 << 20, MEM), 64)
+    queue = SplitQueue(
+        GuestMemory([GuestRegion(0, mem)]),
+        size=64,
+        desc_gpa=driver.desc_gpa,
+        avail_gpa=driver.avail_gpa,
+        used_gpa=driver.used_gpa,
+        event_idx=True,
+    )
+    kick = os.eventfd(0, os.EFD_NONBLOCK)
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    release = threading.Event()
+    served: list[bytes] = []
+
+    def handler(request: Segments, reply: Segments) -> int:
+        tag = bytes(request[0][:4])
+        if tag == b"slow":
+            release.wait(10)
+        served.append(tag)
+        reply[0][:4] = tag
+        return 4
+
+    pool = WorkerPool(4)
+    slow = driver.add_request(b"slow", 16)
+    fast = [driver.add_request(b"f%03d" % i, 16) for i in range(10)]
+    runner = QueueRunner(1, queue, kick, call, handler, pool=pool)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            nursery.start_soon(runner.run)
+            with trio.fail_after(10):
+                while len(served) < len(fast):
+                    await trio.sleep(0.01)
+            assert b"slow" not in served
+            used = dict(driver.take_used())
+            assert set(used) == set(fast)  # answered, the slow one still out
+            nursery.start_soon(runner.stop)
+            await trio.sleep(0.3)
+            assert runner.queue.next_avail == 11
+            assert not driver.take_used(), "a stop must wait for the slow one, not drop it"
+            release.set()
+            with trio.fail_after(10):
+                await runner.stop()
+            assert driver.used_idx == 11  # the slow one answered too
+            assert driver.written(slow, 4) == b"slow"
+            nursery.cancel_scope.cancel()
     finally:
         os.close(kick)
         os.close(call)
