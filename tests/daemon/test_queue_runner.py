@@ -74,6 +74,7 @@ async def test_a_pool_answers_others_while_one_request_waits() -> None:
     kick = os.eventfd(0, os.EFD_NONBLOCK)
     call = os.eventfd(0, os.EFD_NONBLOCK)
     release = threading.Event()
+    fast_done = threading.Event()
     served: list[bytes] = []
 
     def handler(request: Segments, reply: Segments) -> int:
@@ -81,6 +82,8 @@ async def test_a_pool_answers_others_while_one_request_waits() -> None:
         if tag == b"slow":
             release.wait(10)
         served.append(tag)
+        if len(served) == 10:
+            fast_done.set()
         reply[0][:4] = tag
         return 4
 
@@ -93,8 +96,7 @@ async def test_a_pool_answers_others_while_one_request_waits() -> None:
             await nursery.start(pool.run)
             nursery.start_soon(runner.run)
             with trio.fail_after(10):
-                while len(served) < len(fast):
-                    await trio.sleep(0.01)
+                await trio.to_thread.run_sync(fast_done.wait)
             assert b"slow" not in served
             used = dict(driver.take_used())
             assert set(used) == set(fast)  # answered, the slow one still out
