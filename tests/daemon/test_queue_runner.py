@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 
 import trio
 
@@ -97,6 +99,7 @@ async def test_a_pool_answers_others_while_one_request_waits() -> None:
             nursery.start_soon(runner.run)
             with trio.fail_after(10):
                 await trio.to_thread.run_sync(fast_done.wait)
+                await trio.to_thread.run_sync(_wait_for, lambda: driver.used_idx >= len(fast))
             assert b"slow" not in served
             used = dict(driver.take_used())
             assert set(used) == set(fast)  # answered, the slow one still out
@@ -113,3 +116,12 @@ async def test_a_pool_answers_others_while_one_request_waits() -> None:
     finally:
         os.close(kick)
         os.close(call)
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` from a thread (the pool pushes its answers from its own)."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.005)
