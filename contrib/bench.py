@@ -551,10 +551,10 @@ def per_op_table(res: Results) -> str:
         row += [bc.ratio(per_op["fsd"], per_op[k]) for k in res.refs]
         if res.count:
             req = {k: res.requests_per_op(k, test) for k in res.keys}
-            per_req = {
-                k: per_op[k] / req[k] if per_op[k] is not None and req[k] else None
-                for k in res.keys
-            }
+            per_req: dict[str, float | None] = {}
+            for k in res.keys:
+                op_cost, requests = per_op[k], req[k]
+                per_req[k] = op_cost / requests if op_cost is not None and requests else None
             row += [bc.fmt(req[k]) for k in res.keys]
             row += [bc.fmt(per_req[k]) for k in res.keys]
             row += [bc.ratio(per_req["fsd"], per_req[k]) for k in res.refs]
