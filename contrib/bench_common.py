@@ -213,19 +213,18 @@ def vhost_missing(key: str) -> str | None:
 
 def vhost_version(key: str) -> str:
     if key == "fsd":
-        head = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "fsd"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        return f"fsd at {head or '?'}" + (" (+ uncommitted changes in fsd/)" if dirty else "")
+
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=False
+            ).stdout.strip()
+
+        # The last commit that changed fsd/ says which daemon ran; HEAD may only touch contrib/.
+        code = git("log", "-1", "--format=%h", "--", "fsd") or "?"
+        head = git("rev-parse", "--short", "HEAD") or "?"
+        changed = git("status", "--porcelain", "--", "fsd")
+        dirty = " + uncommitted changes in fsd/" if changed else ""
+        return f"fsd/ as of {code} (checkout at {head}{dirty})"
     return version_of([str(RUST_VIRTIOFSD if key == "rust" else C_VIRTIOFSD)])
 
 
