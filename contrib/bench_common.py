@@ -241,7 +241,9 @@ def vhost_argv(
     Every back-end uses cache=auto. ``serial``: requests served on the queue's own thread, as
     fsd does (``--thread-pool-size=0``; the C virtiofsd's default pool has 64 threads, the
     Rust one's has none); otherwise each reference runs with its defaults. ``debug``: the
-    references log one line per request (for counting requests; slower).
+    references log one line per request (for counting requests; slower). The C virtiofsd then
+    runs without its pool: with ``-d`` and the pool it once stopped answering under fio's 16
+    parallel reads (its log ended mid-run; without ``-d`` it never did).
     """
     if key == "fsd":
         argv = [sys.executable, "-m", "fsd", "serve", "--socket-path", str(socket_path),
@@ -259,4 +261,6 @@ def vhost_argv(
             "-o", "cache=auto"]  # fmt: skip
     if serial:
         argv += ["-o", "sandbox=chroot", "--thread-pool-size=0"]
+    elif debug:
+        argv.append("--thread-pool-size=0")
     return [*argv, "-d"] if debug else argv

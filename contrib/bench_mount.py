@@ -15,7 +15,7 @@ the mount) so that the daemon finds them in the host's cache: the rows measure t
 not this machine's disk. The daemon's CPU (user+sys of its process, all threads) is read from
 /proc between phases. Needs root.
 
-    .venv/bin/python contrib/bench_mount.py [--rounds 3] [--quick]
+    .venv/bin/python contrib/bench_mount.py [--rounds 5] [--quick]
 """
 
 from __future__ import annotations
@@ -348,7 +348,7 @@ def report(runs: list[Run], keys: list[str], args: argparse.Namespace) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3, quick 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5, quick 1)")
     parser.add_argument("--files", type=int, default=5000, help="files to create and stat")
     parser.add_argument("--small", type=int, default=2000, help="4 KiB files written and read")
     parser.add_argument("--mb", type=int, default=None, help="sequential file, MiB (256)")
@@ -358,7 +358,7 @@ def main() -> int:
     parser.add_argument("--no-deps", action="store_true", help="do not run bench-deps.sh")
     args = parser.parse_args()
     if args.rounds is None:
-        args.rounds = 1 if args.quick else 3
+        args.rounds = 1 if args.quick else 5
     if args.mb is None:
         args.mb = 64 if args.quick else 256
     if os.geteuid() != 0:
