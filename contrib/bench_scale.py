@@ -31,17 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bench_common as bc
-from bench_transport import PAGE, Session, vhost_session
+from bench_transport import BIG_PAGES, PAGE, Session, vhost_session
 
 from fsd.testing import fuse_requests as fr
 
 BATCH = 100
 """Requests per kick (the queue holds 128 chains)."""
-BIG_PAGES = 124
 
 
 @dataclass
 class Phase:
+    """Client wall seconds, back-end CPU seconds and requests of one kind of work."""
+
     wall: float = 0.0
     cpu: float = 0.0
     count: int = 0
@@ -49,6 +50,8 @@ class Phase:
 
 @dataclass
 class ScaleRun:
+    """What one back-end's session measured."""
+
     key: str
     marks: dict[str, bc.Footprint] = field(default_factory=dict)
     phases: dict[str, Phase] = field(default_factory=dict)
