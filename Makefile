@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: setup venv testbed lint check test demo bench clean
+.PHONY: setup venv testbed lint check test demo bench bench-quick clean
 
 setup: venv testbed
 
@@ -36,6 +36,15 @@ test: setup lint
 
 demo: setup
 	$(PY) contrib/demo.py --allowlist
+
+# The benchmarks beside the references (docs/performance.md): guest (TCG), transport, scale
+# and `fsd mount`; peers fetched and built into build/bench-deps by contrib/bench-deps.sh.
+# About 25 minutes on a 2-core host; bench-quick about 6.
+bench: setup
+	contrib/bench-all.sh
+
+bench-quick: setup
+	contrib/bench-all.sh --quick
 
 clean:
 	rm -rf build $(VENV)
