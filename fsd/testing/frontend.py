@@ -241,6 +241,10 @@ class VhostUserFrontend:
             used += queue.take_used()
             if len(used) >= count:
                 return used
+            if queue.used_idx != queue.last_used:
+                # Pushed before take_used() asked for an interrupt at the next entry: the
+                # device saw the old used_event and did not signal (Linux re-checks too).
+                continue
             if not self.wait_call(index, timeout):
                 used += queue.take_used()
                 if len(used) >= count:
