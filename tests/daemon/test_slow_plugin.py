@@ -14,6 +14,7 @@ from fsd.testing import fuse_requests as fr
 from fsd.testing.frontend import VhostUserFrontend
 from fsd.testing.serve import ServeProcess
 from fsd.vhost_user.messages import FrontendRequest as R
+from fsd.virtio_fs import NUM_QUEUES
 
 
 @pytest.fixture
@@ -63,6 +64,6 @@ def test_slow_allowlist_hook_does_not_hold_up_the_vmm(
         adder.start()
         time.sleep(0.2)  # the change is now inside the plugin's check
         started = time.monotonic()
-        assert slow_frontend.get_u64(R.GET_QUEUE_NUM) == 2
+        assert slow_frontend.get_u64(R.GET_QUEUE_NUM) == NUM_QUEUES
         assert time.monotonic() - started < 1.0, "the VMM waited for the allowlist hook"
         adder.join()

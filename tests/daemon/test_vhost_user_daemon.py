@@ -35,6 +35,7 @@ from fsd.vhost_user.messages import (
     FrontendRequest,
     HeaderFlags,
 )
+from fsd.virtio_fs import NUM_QUEUES
 
 R = FrontendRequest
 INIT_IN = struct.Struct("<IIIIII40x")  # major, minor, max_readahead, flags, flags2, unused
@@ -204,7 +205,7 @@ def test_stale_socket_file_is_replaced(shared_dir: Path, socket_path: Path) -> N
     stale.close()
     serve = ServeProcess(shared_dir, socket_path)
     fe = VhostUserFrontend(str(socket_path))
-    assert fe.get_u64(R.GET_QUEUE_NUM) == 2
+    assert fe.get_u64(R.GET_QUEUE_NUM) == NUM_QUEUES
     fe.close()
     assert serve.stop(None)[0] == 0
 
@@ -225,7 +226,7 @@ def test_unmappable_memory_fd_is_refused_not_fatal(frontend: VhostUserFrontend) 
     frontend.send(R.ADD_MEM_REG, payload, [not_memory], flags=1 | HeaderFlags.NEED_REPLY)
     assert U64.unpack(frontend.receive_reply(R.ADD_MEM_REG))[0] == 1
     os.close(not_memory)
-    assert frontend.get_u64(R.GET_QUEUE_NUM) == 2  # still serving
+    assert frontend.get_u64(R.GET_QUEUE_NUM) == NUM_QUEUES  # still serving
 
 
 def test_kick_fd_that_cannot_be_polled_leaves_the_daemon_up(
@@ -235,7 +236,7 @@ def test_kick_fd_that_cannot_be_polled_leaves_the_daemon_up(
     init(frontend)
     with open(tmp_path / "plain", "w") as plain:
         frontend.set_vring_fd(R.SET_VRING_KICK, 1, plain.fileno())
-    assert frontend.get_u64(R.GET_QUEUE_NUM) == 2
+    assert frontend.get_u64(R.GET_QUEUE_NUM) == NUM_QUEUES
 
 
 def test_sigterm_with_running_queues_exits_zero(
@@ -275,7 +276,7 @@ def test_inherited_fd(shared_dir: Path, socket_path: Path, kind: str) -> None:
             fe = VhostUserFrontend(str(socket_path))
         else:
             fe = VhostUserFrontend(None, sock=ours)
-        assert fe.get_u64(R.GET_QUEUE_NUM) == 2
+        assert fe.get_u64(R.GET_QUEUE_NUM) == NUM_QUEUES
         fe.start()
         init(fe)
         fe.close()
@@ -319,5 +320,5 @@ def test_a_live_socket_is_not_taken_over(daemon: ServeProcess, shared_dir: Path)
     assert daemon.socket_path.exists()
     assert daemon.proc.poll() is None
     fe = VhostUserFrontend(str(daemon.socket_path))
-    assert fe.get_u64(R.GET_QUEUE_NUM) == 2
+    assert fe.get_u64(R.GET_QUEUE_NUM) == NUM_QUEUES
     fe.close()

@@ -51,7 +51,7 @@ from fsd.vhost_user.messages import (
     HeaderFlags,
     Message,
 )
-from fsd.virtio_fs import virtio_fs_device
+from fsd.virtio_fs import NUM_QUEUES, virtio_fs_device
 from tests.vhost_user.sequences import (
     QUEUE_SIZE,
     RING_OFFSETS,
@@ -254,7 +254,7 @@ class DaemonSequences(RuleBasedStateMachine):
     def ping(self) -> None:
         """The daemon still answers (GET_QUEUE_NUM is always answered)."""
         self.sock.sendall(HEADER.pack(R.GET_QUEUE_NUM, 1, 0))
-        assert U64.unpack(self.receive_reply(R.GET_QUEUE_NUM)) == (2,)
+        assert U64.unpack(self.receive_reply(R.GET_QUEUE_NUM)) == (NUM_QUEUES,)
 
     @rule()
     def kick(self) -> None:

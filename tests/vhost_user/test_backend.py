@@ -36,7 +36,7 @@ from fsd.vhost_user.messages import (
     decode_header,
     decode_memory_table,
 )
-from fsd.virtio_fs import virtio_fs_device
+from fsd.virtio_fs import NUM_QUEUES, virtio_fs_device
 
 R = FrontendRequest
 VA = 0x7F00_0000_0000
@@ -163,7 +163,7 @@ def test_need_reply_gets_an_ack_only_with_reply_ack() -> None:
     ("request_", "payload", "fds"),
     [
         (R.SET_VRING_NUM, VRING_STATE.pack(0, 100), ()),  # not a power of two
-        (R.SET_VRING_NUM, VRING_STATE.pack(7, 128), ()),  # no such queue
+        (R.SET_VRING_NUM, VRING_STATE.pack(NUM_QUEUES, 128), ()),  # no such queue
         (R.SET_VRING_NUM, b"\x00", ()),  # short payload
         (R.SET_FEATURES, U64.pack(1 << 60), ()),  # never offered
         (R.SET_VRING_KICK, U64.pack(0), ()),  # fd flag says an fd follows, none did
