@@ -19,7 +19,8 @@ from fsd.virtio.splitq import SplitQueue
 MEM = 8 << 20
 
 
-async def test_stop_is_prompt_while_the_guest_keeps_the_ring_full() -> None:
+def ring() -> tuple[DriverQueue, SplitQueue]:
+    """A 64-entry queue over fresh memory: the driver's side and the device's."""
     mem = memoryview(bytearray(MEM))
     driver = DriverQueue(mem, GuestAllocator(0, 1 << 20), GuestAllocator(1 << 20, MEM), 64)
     queue = SplitQueue(
@@ -30,6 +31,11 @@ async def test_stop_is_prompt_while_the_guest_keeps_the_ring_full() -> None:
         used_gpa=driver.used_gpa,
         event_idx=True,
     )
+    return driver, queue
+
+
+async def test_stop_is_prompt_while_the_guest_keeps_the_ring_full() -> None:
+    driver, queue = ring()
     kick = os.eventfd(0, os.EFD_NONBLOCK)
     call = os.eventfd(0, os.EFD_NONBLOCK)
     served = 0
@@ -63,16 +69,7 @@ async def test_stop_is_prompt_while_the_guest_keeps_the_ring_full() -> None:
 async def test_a_pool_answers_others_while_one_request_waits() -> None:
     """With --thread-pool-size, a request blocked on a slow store holds up only itself; a
     stop waits until the pool has answered everything the queue handed it."""
-    mem = memoryview(bytearray(MEM))
-    driver = DriverQueue(mem, GuestAllocator(0, 1 << 20), GuestAllocator(1 << 20, MEM), 64)
-    queue = SplitQueue(
-        GuestMemory([GuestRegion(0, mem)]),
-        size=64,
-        desc_gpa=driver.desc_gpa,
-        avail_gpa=driver.avail_gpa,
-        used_gpa=driver.used_gpa,
-        event_idx=True,
-    )
+    driver, queue = ring()
     kick = os.eventfd(0, os.EFD_NONBLOCK)
     call = os.eventfd(0, os.EFD_NONBLOCK)
     release = threading.Event()
