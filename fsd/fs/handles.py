@@ -1,17 +1,19 @@
 """Open file and directory handles: the ``fh`` numbers FUSE hands back on OPEN/OPENDIR.
 
 Data operations on open files run on several threads at once, beside the serialised rest
-(see ``fsd.fuse.server.CONCURRENT``), so a handle in use is pinned (:meth:`HandleTable.use`
-/ :meth:`HandleTable.done`): a RELEASE, or DESTROY, that closes it meanwhile leaves the fd
-open until its last user is done. Otherwise the number could be reused by another open
-while a read still goes to it.
+(see ``fsd.fuse.server.CONCURRENT``): a RELEASE, or DESTROY, may take a handle out of the
+table while a read still uses its fd. So a :class:`Handle` owns its fd the way a Python file
+object does: the fd is closed when the handle object goes away, which CPython's reference
+counting makes the moment the table and the last operation holding it have let go of it. An
+fd number is therefore never reused while an operation still reads through it, and the data
+operations pay nothing for that (no lock, no counter).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-import threading
 
 from fsd.fuse.filesystem import DirEntry
 
@@ -26,7 +28,7 @@ class Handle:
     across many READDIR calls even while it changes.
     """
 
-    __slots__ = ("closing", "entries", "fd", "generation", "nodeid", "users")
+    __slots__ = ("entries", "fd", "generation", "nodeid")
 
     def __init__(self, fd: int, nodeid: int) -> None:
         self.fd = fd
@@ -35,30 +37,30 @@ class Handle:
         self.entries: list[DirEntry | None] | None = None
         #: The allowlist generation ``entries`` was last filtered with.
         self.generation = 0
-        #: Data operations running on it now; it was released meanwhile if ``closing``.
-        self.users = 0
-        self.closing = False
+
+    def __del__(self) -> None:
+        # Gone from the table and from every operation that held it (see the module).
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 class HandleTable:
     """fh → :class:`Handle`; numbers are never reused within a session."""
 
-    __slots__ = ("_handles", "_lock", "_next_fh")
+    __slots__ = ("_handles", "_next_fh")
 
     def __init__(self) -> None:
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._handles)
 
     def add(self, fd: int, nodeid: int) -> int:
         """Own ``fd`` and return its new fh."""
-        with self._lock:
-            fh = self._next_fh
-            self._next_fh += 1
-            self._handles[fh] = Handle(fd, nodeid)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = Handle(fd, nodeid)
         return fh
 
     def get(self, fh: int) -> Handle:
@@ -72,56 +74,24 @@ class HandleTable:
         """The handle ``fh`` if it is open on ``nodeid``; EBADF otherwise.
 
         Every fh-based request names its inode too: the allowlist and plugins judge that
-        inode's path, so a handle of another inode must not be acted on instead. For the
-        serialised operations (nothing else closes handles meanwhile); data operations
-        :meth:`use` it.
+        inode's path, so a handle of another inode must not be acted on instead. Hold on to
+        the returned handle while using its fd: it keeps the fd open.
         """
         handle = self._handles.get(fh)
         if handle is None or handle.nodeid != nodeid:
             raise OSError(errno.EBADF, f"file handle {fh} is not open on nodeid {nodeid}")
         return handle
 
-    def use(self, fh: int, nodeid: int) -> Handle:
-        """:meth:`of`, pinned: its fd stays open until :meth:`done`, whatever closes it."""
-        with self._lock:
-            handle = self._handles.get(fh)
-            if handle is None or handle.nodeid != nodeid:
-                raise OSError(errno.EBADF, f"file handle {fh} is not open on nodeid {nodeid}")
-            handle.users += 1
-        return handle
-
-    def done(self, handle: Handle) -> None:
-        """A data operation finished with ``handle``; close it if it was released meanwhile."""
-        with self._lock:
-            handle.users -= 1
-            if handle.users or not handle.closing:
-                return
-        os.close(handle.fd)
-
     def has_nodeid(self, nodeid: int) -> bool:
         """Whether any open handle is on ``nodeid`` (a scan: only when locks are held)."""
         return any(h.nodeid == nodeid for h in list(self._handles.values()))
 
     def close(self, fh: int) -> None:
-        """Release ``fh`` and close its fd (after its data operations); EBADF if unknown."""
-        with self._lock:
-            handle = self._handles.pop(fh, None)
-            if handle is None:
-                raise OSError(errno.EBADF, f"unknown file handle {fh}")
-            if handle.users:
-                handle.closing = True
-                return
-        os.close(handle.fd)
+        """Release ``fh``; its fd closes now, or when the last operation using it returns.
+        EBADF if unknown."""
+        if self._handles.pop(fh, None) is None:
+            raise OSError(errno.EBADF, f"unknown file handle {fh}")
 
     def clear(self) -> None:
-        """Close every handle (DESTROY), those in use once their operations are done."""
-        with self._lock:
-            handles, self._handles = self._handles, {}
-            idle = []
-            for handle in handles.values():
-                if handle.users:
-                    handle.closing = True
-                else:
-                    idle.append(handle.fd)
-        for fd in idle:
-            os.close(fd)
+        """Release every handle (DESTROY)."""
+        self._handles = {}

@@ -456,30 +456,21 @@ class PassthroughFs:
         self, ctx: Context, nodeid: int, fh: int, offset: int, into: Sequence[memoryview]
     ) -> int:
         """Read straight into the reply's memory (guest RAM on virtio): no copy in Python."""
-        handle = self.handles.use(fh, nodeid)
-        try:
-            return os.preadv(handle.fd, into, offset)
-        finally:
-            self.handles.done(handle)
+        handle = self.handles.of(fh, nodeid)  # held: keeps the fd open (fsd.fs.handles)
+        return os.preadv(handle.fd, into, offset)
 
     def write(
         self, ctx: Context, nodeid: int, fh: int, offset: int, data: Sequence[memoryview]
     ) -> int:
         """Write straight from the request's memory; returns the bytes written."""
-        handle = self.handles.use(fh, nodeid)
-        try:
-            return os.pwritev(handle.fd, data, offset)
-        finally:
-            self.handles.done(handle)
+        handle = self.handles.of(fh, nodeid)
+        return os.pwritev(handle.fd, data, offset)
 
     def kill_suidgid(self, ctx: Context, nodeid: int, fh: int | None) -> None:
         """HANDLE_KILLPRIV_V2: drop set-id bits the guest says a write/truncate must drop."""
         if fh is not None:
-            handle = self.handles.use(fh, nodeid)
-            try:
-                xattrs.kill_suidgid(handle.fd)
-            finally:
-                self.handles.done(handle)
+            handle = self.handles.of(fh, nodeid)
+            xattrs.kill_suidgid(handle.fd)
             return
         inode = self.inodes.get(nodeid)
         if inode.kind == stat.S_IFREG:
@@ -505,35 +496,26 @@ class PassthroughFs:
 
     def fsync(self, ctx: Context, nodeid: int, fh: int, datasync: bool) -> None:
         """Flush file data (and metadata unless ``datasync``) to the host disk."""
-        handle = self.handles.use(fh, nodeid)
-        try:
-            if datasync:
-                os.fdatasync(handle.fd)
-            else:
-                os.fsync(handle.fd)
-        finally:
-            self.handles.done(handle)
+        handle = self.handles.of(fh, nodeid)
+        if datasync:
+            os.fdatasync(handle.fd)
+        else:
+            os.fsync(handle.fd)
 
     def fallocate(
         self, ctx: Context, nodeid: int, fh: int, mode: int, offset: int, length: int
     ) -> None:
         """Reserve or punch space (``fallocate(2)``)."""
-        handle = self.handles.use(fh, nodeid)
-        try:
-            if mode == 0:
-                os.posix_fallocate(handle.fd, offset, length)
-            else:
-                linux.fallocate(handle.fd, mode, offset, length)
-        finally:
-            self.handles.done(handle)
+        handle = self.handles.of(fh, nodeid)
+        if mode == 0:
+            os.posix_fallocate(handle.fd, offset, length)
+        else:
+            linux.fallocate(handle.fd, mode, offset, length)
 
     def lseek(self, ctx: Context, nodeid: int, fh: int, offset: int, whence: int) -> int:
         """SEEK_DATA/SEEK_HOLE (the kernel answers SEEK_SET/CUR/END itself)."""
-        handle = self.handles.use(fh, nodeid)
-        try:
-            return os.lseek(handle.fd, offset, whence)
-        finally:
-            self.handles.done(handle)
+        handle = self.handles.of(fh, nodeid)
+        return os.lseek(handle.fd, offset, whence)
 
     def copy_file_range(
         self,
@@ -547,15 +529,9 @@ class PassthroughFs:
         length: int,
     ) -> int:
         """Copy between two open files on the host without moving data through the guest."""
-        src = self.handles.use(fh_in, nodeid_in)
-        try:
-            dst = self.handles.use(fh_out, nodeid_out)
-            try:
-                return os.copy_file_range(src.fd, dst.fd, length, off_in, off_out)
-            finally:
-                self.handles.done(dst)
-        finally:
-            self.handles.done(src)
+        src = self.handles.of(fh_in, nodeid_in)
+        dst = self.handles.of(fh_out, nodeid_out)
+        return os.copy_file_range(src.fd, dst.fd, length, off_in, off_out)
 
     def syncfs(self, ctx: Context, nodeid: int) -> None:
         """A guest ``sync``: flush the host filesystem that holds the share."""

@@ -83,7 +83,7 @@ _NO_REPLY_OPS: Final = frozenset(
     {Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY}
 )
 #: Requests on an open file that run outside the server lock, concurrently with any other
-#: request: the filesystem pins the handle for their duration (fuse.filesystem says which of
+#: request: the filesystem keeps the handle open for their duration (fuse.filesystem says which of
 #: its operations must be thread-safe). Their syscalls are the ones that wait on the disk.
 CONCURRENT: Final = frozenset(
     {Opcode.READ, Opcode.WRITE, Opcode.FSYNC, Opcode.FALLOCATE, Opcode.LSEEK,

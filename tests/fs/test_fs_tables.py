@@ -72,3 +72,29 @@ def test_names_split_across_segments(client: FuseClient, share: Path) -> None:
     )
     assert reply.error == 0
     assert (share / "b").exists()
+
+
+def test_a_released_handle_stays_open_for_an_operation_still_using_it(
+    client: FuseClient, fs: PassthroughFs, share: Path
+) -> None:
+    """A data operation runs outside the server lock (fuse.server.CONCURRENT): a RELEASE, or
+    DESTROY, meanwhile must not close the fd under it (its number could be reused)."""
+    (share / "f").write_bytes(b"data")
+    nodeid = client.lookup(ROOT_ID, "f").nodeid
+    before = _open_fds()
+    for release in (fr.release, None):
+        fh = client.open(nodeid)
+        in_flight = fs.handles.of(fh, nodeid)  # what a concurrent READ holds
+        if release is not None:
+            client.ok(release(client.next_unique(), nodeid, fh))
+        else:
+            client.call(fr.destroy(client.next_unique()))
+            client.init()
+            nodeid = client.lookup(ROOT_ID, "f").nodeid
+        assert len(fs.handles) == 0
+        assert os.pread(in_flight.fd, 4, 0) == b"data"  # still the file, still open
+        fd = in_flight.fd
+        del in_flight  # the operation returns
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(fd)
+    assert _open_fds() <= before + 1
