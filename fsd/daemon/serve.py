@@ -75,6 +75,13 @@ def open_vhost_user_listener(
     return trio.socket.from_stdlib_socket(sock), identity
 
 
+def _socket_name(config: ServeConfig) -> str:
+    """The vhost-user socket as the status view names it: its absolute path, or ``fd N``."""
+    if config.socket_path is None:
+        return f"fd {config.listen_fd}"
+    return os.path.abspath(config.socket_path)
+
+
 class _Shutdown:
     """Why the daemon stops, for the ``fsd_daemon_stopping`` hook."""
 
@@ -136,7 +143,7 @@ async def serve(
         tables=fs,
         allowlist=allowlist,
         plugins=plugins,
-        socket=config.socket_path or f"fd {config.listen_fd}",
+        socket=_socket_name(config),
         thread_pool_size=config.thread_pool_size,
         latency=latency,
     )

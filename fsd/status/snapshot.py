@@ -65,14 +65,10 @@ class Frontend:
 def flag_names(value: int, flags: type[enum.IntFlag]) -> list[str]:
     """The names of the bits set in ``value``, lowest first; ``bit N`` for one ``flags``
     does not name."""
-    names: list[str] = []
-    for bit in range(max(value.bit_length(), 0)):
-        if value >> bit & 1:
-            try:
-                names.append(str(flags(1 << bit).name))
-            except ValueError:
-                names.append(f"bit {bit}")
-    return names
+    known = {member.value: member.name for member in flags}
+    return [
+        known.get(1 << bit) or f"bit {bit}" for bit in range(value.bit_length()) if value >> bit & 1
+    ]
 
 
 def _command_of(pid: int) -> str | None:

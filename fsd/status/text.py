@@ -37,14 +37,22 @@ def _plural(n: int, word: str) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-aligned first column, right-aligned numbers, two spaces apart, indented."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    """Columns two spaces apart, indented; numbers right-aligned, words left-aligned."""
+    columns = list(zip(header, *rows, strict=True))
+    widths = [max(len(cell) for cell in column) for column in columns]
+    numeric = [all(_is_number(cell) for cell in column[1:]) for column in columns]
     lines = []
     for row in [header, *rows]:
-        cells = [row[0].ljust(widths[0])]
-        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        cells = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
+        ]
         lines.append("  " + "  ".join(cells).rstrip())
     return lines
+
+
+def _is_number(cell: str) -> bool:
+    return cell == "-" or cell[:1].isdigit()
 
 
 def _quantile(bounds: Sequence[float], buckets: Sequence[int], q: float) -> str:
