@@ -323,3 +323,34 @@ def test_without_options_there_is_no_status_socket_and_no_allowlist(private_dir:
         assert daemon.document()["latency"] is None  # not asked for: no histograms
     finally:
         daemon.process.stop()
+
+
+def test_plugins_and_queue_restarts_show(private_dir: Path) -> None:
+    """A loaded plugin (with FUSE hooks: the timing wrapper goes around them) is listed, and
+    a queue's counts survive its stop (a VM pause or reboot stops and restarts queues)."""
+    audit = private_dir / "audit.jsonl"
+    daemon = Daemon(
+        private_dir,
+        "--latency-histogram",
+        "--plugin",
+        "audit-log",
+        "--plugin-cfg",
+        f"audit-log:path={audit},classes=all",
+    )
+    frontend = VhostUserFrontend(str(daemon.process.socket_path))
+    try:
+        frontend.start()
+        _ok(frontend, fr.init_request(1))
+        _ok(frontend, fr.getattr(2, ROOT))
+        frontend.stop()  # disables the rings and fetches their bases, as QEMU at pause
+        doc = daemon.document()
+        assert doc["plugins"] == ["audit-log"]
+        assert [(q["running"], q["requests"]) for q in doc["vhost_user"]["queues"]] == [
+            (False, 0),
+            (False, 2),
+        ]
+        assert doc["latency"]["by_opcode"]["GETATTR"]["count"] == 1
+        assert '"op":"GETATTR"' in audit.read_text()  # the plugin saw it too
+    finally:
+        frontend.close()
+        daemon.process.stop()
