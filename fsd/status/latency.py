@@ -3,7 +3,7 @@
 Off by default, and then nothing on the request path changes: the transport calls the same
 handler as without. When asked for, :func:`timed_handler` wraps the transport's handler in
 one more Python call that reads the clock twice and bumps one bucket of the request's
-opcode (measured with contrib/profile_request.py --latency-histogram: docs/status.md).
+opcode: about 5,000 CPU instructions per request (how it was measured: docs/status.md).
 
 What is measured is the daemon's own time for a request, from the moment the transport hands
 it over until the reply is written: decoding, plugin hooks, the filesystem's system calls and

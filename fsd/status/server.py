@@ -63,6 +63,8 @@ def answer(status: DaemonStatus, head: bytes) -> bytes:
         method, path = parse_request_head(head)
         if method != "GET":
             raise HttpError(405, f"{method}: the status socket only answers GET")
+        if path not in ROUTES:
+            raise HttpError(404, f"no such path {path!r}; this socket serves {', '.join(ROUTES)}")
         body, content_type = render(status.snapshot(), path)
     except HttpError as exc:
         extra = {"Allow": "GET"} if exc.status == 405 else None
