@@ -12,7 +12,9 @@ daemon pays, where each request arrives alone).
     .venv/bin/python contrib/profile_request.py [--requests N] [--profile KIND]
 
 ``--profile KIND`` prints a cProfile of that kind instead (GETATTR, LOOKUP, READ4K, ...);
-``--calls KIND`` lists the calls of one request. Timings on a shared 2-core machine move by
+``--calls KIND`` lists the calls of one request. ``--latency-histogram`` serves through the
+status view's timing wrapper (``fsd serve --latency-histogram``), to measure what it adds.
+Timings on a shared 2-core machine move by
 2x between runs; instructions do not. ``--serve KIND`` only serves requests, so that
 callgrind's count over two request counts gives the instructions of one request:
 
@@ -44,6 +46,7 @@ from fsd.daemon.queues import QueueRunner  # noqa: E402
 from fsd.fs import FsOptions, PassthroughFs  # noqa: E402
 from fsd.fuse import FuseServer, abi  # noqa: E402
 from fsd.hooks_fuse import make_request_handler  # noqa: E402
+from fsd.status import RequestLatency, timed_handler  # noqa: E402
 from fsd.testing import fuse_requests as fr  # noqa: E402
 from fsd.testing.driver import DriverQueue, GuestAllocator  # noqa: E402
 from fsd.virtio.memory import GuestMemory, GuestRegion  # noqa: E402
@@ -61,7 +64,7 @@ Shape = tuple[list[bytes], list[int]]
 class Bench:
     """A served share, a driver queue and fsd's queue runner over one guest memory."""
 
-    def __init__(self, share: Path) -> None:
+    def __init__(self, share: Path, *, latency_histogram: bool = False) -> None:
         self.mapping = mmap.mmap(-1, MEMORY)
         memory = memoryview(self.mapping)
         self.driver = DriverQueue(
@@ -79,6 +82,8 @@ class Bench:
         self.fs = PassthroughFs(share, FsOptions())
         server = FuseServer(self.fs)
         handler = make_request_handler(server, None)
+        if latency_histogram:
+            handler = timed_handler(handler, RequestLatency())
         self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.runner = QueueRunner(1, queue, self.kick, self.call, handler)
@@ -167,6 +172,12 @@ def main() -> int:
     parser.add_argument("--profile", metavar="KIND")
     parser.add_argument("--calls", metavar="KIND", help="list the calls one KIND request makes")
     parser.add_argument(
+        "--latency-histogram",
+        action="store_true",
+        help="time each request into the status view's latency histograms, as fsd serve "
+        "--latency-histogram does",
+    )
+    parser.add_argument(
         "--serve",
         metavar="KIND",
         help="only serve --requests KIND requests, one per wake-up (for callgrind: see below)",
@@ -176,7 +187,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fsd-profile-") as tmp:
         share = Path(tmp)
         (share / "data.bin").write_bytes(os.urandom(124 * PAGE))
-        b = Bench(share)
+        b = Bench(share, latency_histogram=args.latency_histogram)
         entry = fr.parse_entry(fr.parse_reply(b.serve(kinds(b, 1, 0)["LOOKUP"]())[0]).payload)
         opened = b.serve(([fr.open_(b.next(), entry.nodeid, os.O_RDWR)], [16, 16]))[0]
         fh = fr.parse_open(fr.parse_reply(opened).payload)[0]

@@ -10,8 +10,15 @@ import attrs
 
 from fsd.fs.idmap import parse_id_maps
 from fsd.fs.options import FsOptions, parse_cfg
+from fsd.status import StatusConfig
 
-__all__ = ["add_filesystem_arguments", "add_plugin_arguments", "filesystem_options"]
+__all__ = [
+    "add_filesystem_arguments",
+    "add_plugin_arguments",
+    "add_status_arguments",
+    "filesystem_options",
+    "status_config",
+]
 
 
 def add_filesystem_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +48,7 @@ def add_filesystem_arguments(parser: argparse.ArgumentParser) -> None:
             "(default: none, ids pass unchanged; see docs/credentials.md)",
         )
     add_plugin_arguments(parser)
+    add_status_arguments(parser)
 
 
 def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,3 +76,24 @@ def filesystem_options(args: argparse.Namespace, extra_cfg: Sequence[str] = ()) 
     options = parse_cfg(text)
     id_maps = parse_id_maps(args.uid_map, args.gid_map)
     return attrs.evolve(options, id_maps=id_maps) if id_maps is not None else options
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--status-socket`` and ``--latency-histogram`` (the status view, docs/status.md)."""
+    parser.add_argument(
+        "--status-socket",
+        metavar="PATH",
+        help="serve a read-only status view on this Unix socket (mode 0600; HTTP: /status "
+        "JSON, /metrics Prometheus, / text), read with `fsd status --socket PATH`",
+    )
+    parser.add_argument(
+        "--latency-histogram",
+        action="store_true",
+        help="also time every request into per-opcode latency histograms for the status view "
+        "(about 5,000 CPU instructions more per request; off by default)",
+    )
+
+
+def status_config(args: argparse.Namespace) -> StatusConfig:
+    """The ``StatusConfig`` the parsed arguments ask for; ValueError naming what is wrong."""
+    return StatusConfig(args.status_socket, args.latency_histogram)

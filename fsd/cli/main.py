@@ -16,6 +16,7 @@ commands:
   mount       serve a host directory through the host kernel's /dev/fuse
   allowlist   add, remove or list paths over an allowlist control socket
   plugins     list installed plugins; with --plugin NAME, their hooks and options
+  status      show what a running fsd serve or fsd mount is doing (its --status-socket)
 
 `fsd <command> --help` describes each command.
 """
@@ -49,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fsd.cli.allowlist import main as allowlist_main
 
         return allowlist_main(rest)
+    if command == "status":
+        from fsd.cli.status import main as status_main
+
+        return status_main(rest)
     sys.stderr.write(f"fsd: unknown command {command!r}\n\n{USAGE}")
     return 2
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import trio
 
-from fsd.cli.arguments import add_filesystem_arguments, filesystem_options
+from fsd.cli.arguments import add_filesystem_arguments, filesystem_options, status_config
 from fsd.cli.process import prepare_process
 from fsd.daemon.devfuse import MountError, check_mountpoint, mount_until_signal
 from fsd.plugins import PluginError, setup_plugins
@@ -42,6 +42,7 @@ def main(argv: Sequence[str]) -> int:
         logging.basicConfig(level=logging.WARNING, format="fsd mount: %(message)s")
     try:
         options = filesystem_options(args)
+        status = status_config(args)
         shared, target = check_mountpoint(args.shared_dir, args.mountpoint)
         plugins = setup_plugins(args.plugin, args.plugin_cfg)
     except (MountError, ValueError, PluginError) as e:
@@ -50,7 +51,9 @@ def main(argv: Sequence[str]) -> int:
     prepare_process()
     failure: Exception | None = None
     try:
-        trio.run(mount_until_signal, shared, target, options, args.allowlist_socket_path, plugins)
+        trio.run(
+            mount_until_signal, shared, target, options, args.allowlist_socket_path, plugins, status
+        )
     except* (MountError, OSError) as group:  # OSError: the allowlist socket was refused
         failure = _first_leaf(group)
     if failure is not None:

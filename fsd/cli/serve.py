@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import trio
 
-from fsd.cli.arguments import add_filesystem_arguments, filesystem_options
+from fsd.cli.arguments import add_filesystem_arguments, filesystem_options, status_config
 from fsd.cli.process import prepare_process
 from fsd.cli.shared_dir import parse_shared_dir
 from fsd.cli.version import version_line
@@ -102,6 +102,7 @@ def main(argv: Sequence[str]) -> int:
             tag=args.tag or shared.tag,
             allowlist_socket_path=args.allowlist_socket_path,
             fs_options=fs_options,
+            status=status_config(args),
         )
         if config.tag is not None:
             virtio_fs_device(config.tag)  # checks the tag's length

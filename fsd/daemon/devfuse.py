@@ -33,6 +33,8 @@ from fsd.fuse.replies import DEFERRED
 from fsd.hookinfo import DaemonInfo
 from fsd.hooks_fuse import RequestHandler, make_request_handler
 from fsd.plugins import Plugins
+from fsd.status import DaemonStatus, RequestLatency, StatusConfig, timed_handler
+from fsd.status.server import serve_status
 
 __all__ = [
     "BUFFER_SIZE",
@@ -337,10 +339,30 @@ async def mount_until_signal(
     options: FsOptions | None,
     allowlist_socket_path: str | None,
     plugins: Plugins,
+    status_config: StatusConfig | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (then detach) or until unmounted from outside; SIGHUP asks
-    plugins to reload their configuration."""
+    plugins to reload their configuration. ``status_config`` adds the status socket."""
     reason = "unmounted"
+    status_config = status_config or StatusConfig()
+    # Built here rather than by serve_mount, so that the status view can read them.
+    allowlist = Allowlist() if allowlist_socket_path is not None else None
+    fs = PassthroughFs(shared, options, allowlist=allowlist)
+    server = FuseServer(fs, transport="dev-fuse")
+    handler = make_request_handler(server, plugins)
+    latency = RequestLatency() if status_config.latency_histogram else None
+    if latency is not None:  # only then: the default request path stays as it is
+        handler = timed_handler(handler, latency)
+    status = DaemonStatus(
+        transport="dev-fuse",
+        shared_dir=shared,
+        server=server,
+        tables=fs,
+        allowlist=allowlist,
+        plugins=plugins,
+        mountpoint=target,
+        latency=latency,
+    )
     signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     try:
         with trio.open_signal_receiver(*signals_wanted) as signals:
@@ -361,14 +383,17 @@ async def mount_until_signal(
                     await serve_mount(
                         shared,
                         target,
-                        options=options,
+                        handler=handler,
                         allowlist_socket_path=allowlist_socket_path,
+                        allowlist=allowlist,
                         plugins=plugins,
                         task_status=task_status,
                     )
                     nursery.cancel_scope.cancel()  # unmounted from outside
 
                 nursery.start_soon(cancel_on_signal)
+                if status_config.socket_path is not None:
+                    await nursery.start(serve_status, status_config.socket_path, status)
                 await nursery.start(serve_then_stop)
                 await plugins.daemon_started(DaemonInfo(shared, "dev-fuse", target))
     finally:

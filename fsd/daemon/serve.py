@@ -21,6 +21,8 @@ from fsd.fuse import FuseServer
 from fsd.hookinfo import DaemonInfo, VmmInfo
 from fsd.hooks_fuse import make_request_handler
 from fsd.plugins import Plugins
+from fsd.status import DaemonStatus, RequestLatency, StatusConfig, timed_handler
+from fsd.status.server import serve_status
 from fsd.unix_sockets import bind_private, unlink_if_ours
 from fsd.virtio_fs import NUM_QUEUES, virtio_fs_device
 
@@ -45,6 +47,8 @@ class ServeConfig:
     fs_options: FsOptions = attrs.field(factory=FsOptions)
     #: ``--thread-pool-size``: threads serving the requests (0: each queue's own thread).
     thread_pool_size: int = 0
+    #: ``--status-socket``, ``--latency-histogram``: the read-only status view.
+    status: StatusConfig = attrs.field(factory=StatusConfig)
 
 
 def open_vhost_user_listener(
@@ -69,6 +73,13 @@ def open_vhost_user_listener(
         sock.close()
         raise
     return trio.socket.from_stdlib_socket(sock), identity
+
+
+def _socket_name(config: ServeConfig) -> str:
+    """The vhost-user socket as the status view names it: its absolute path, or ``fd N``."""
+    if config.socket_path is None:
+        return f"fd {config.listen_fd}"
+    return os.path.abspath(config.socket_path)
 
 
 class _Shutdown:
@@ -122,6 +133,20 @@ async def serve(
     server = FuseServer(fs, transport="vhost-user")
     # server.handle itself unless a plugin implements a FUSE hook: no cost without plugins.
     handler = make_request_handler(server, plugins)
+    latency = RequestLatency() if config.status.latency_histogram else None
+    if latency is not None:  # only then: the default request path stays as it is
+        handler = timed_handler(handler, latency)
+    status = DaemonStatus(
+        transport="vhost-user",
+        shared_dir=config.shared_dir,
+        server=server,
+        tables=fs,
+        allowlist=allowlist,
+        plugins=plugins,
+        socket=_socket_name(config),
+        thread_pool_size=config.thread_pool_size,
+        latency=latency,
+    )
     plugin_check, plugin_after = plugins.allowlist_callbacks()
     device = virtio_fs_device(config.tag)
     listener, identity = open_vhost_user_listener(config)
@@ -141,6 +166,8 @@ async def serve(
                     )
                 )
                 log.info("allowlist: control socket %s", config.allowlist_socket_path)
+            if config.status.socket_path is not None:
+                await nursery.start(serve_status, config.status.socket_path, status)
             where = config.socket_path or f"fd {config.listen_fd}"
             log.info("vhost-user: listening on %s", where)
             systemd.notify_ready(f"listening on {where}")
@@ -159,6 +186,7 @@ async def serve(
                 vmm = _peer(sock)
                 log.info("vhost-user: front-end connected (pid %d)", vmm.pid)
                 systemd.notify_status(f"serving the front-end (pid {vmm.pid})")
+                status.frontend_connected(vmm)
                 await plugins.vmm_connected(vmm)
                 try:
                     await serve_vhost_user_connection(
@@ -166,8 +194,10 @@ async def serve(
                         device,
                         [handler] * NUM_QUEUES,
                         thread_pool_size=config.thread_pool_size,
+                        on_connection=status.connection_opened,
                     )
                 finally:
+                    status.frontend_disconnected()
                     await plugins.vmm_disconnected(vmm)
             nursery.cancel_scope.cancel()
     finally:

@@ -9,7 +9,7 @@ import os
 import select
 import socket
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -109,6 +109,9 @@ class VhostUserConnection:
         self.nursery = nursery
         self.memory = GuestMemory()
         self.runners: dict[int, QueueRunner] = {}
+        #: Requests and interrupts of each queue's earlier runs (a stopped runner is dropped;
+        #: a VM pause, reboot or reset stops and restarts queues), for the status view.
+        self.retired: dict[int, tuple[int, int]] = {}
         self.call_fds: dict[int, int | None] = {}
 
     async def run(self) -> None:
@@ -234,6 +237,8 @@ class VhostUserConnection:
             return self.state.vring_base(index)
         await runner.stop()  # shielded: the worker is gone before anything is closed
         del self.runners[index]
+        chains, interrupts = self.retired.get(index, (0, 0))
+        self.retired[index] = (chains + runner.chains, interrupts + runner.interrupts)
         next_avail = runner.queue.next_avail
         self.state.queue_stopped(index, next_avail)
         log.info(
@@ -290,14 +295,18 @@ async def serve_vhost_user_connection(
     handlers: Sequence[ChainHandler],
     *,
     thread_pool_size: int = 0,
+    on_connection: Callable[[VhostUserConnection], None] | None = None,
 ) -> None:
     """Serve one front-end until it disconnects; queue tasks (and the request thread pool,
-    if ``thread_pool_size``) live in a child nursery."""
+    if ``thread_pool_size``) live in a child nursery. ``on_connection`` gets the connection
+    before its first message (the status view reads its state)."""
     async with trio.open_nursery() as nursery:
         pool = None
         if thread_pool_size:
             pool = WorkerPool(thread_pool_size)
             await nursery.start(pool.run)
         conn = VhostUserConnection(sock, device, handlers, nursery, pool)
+        if on_connection is not None:
+            on_connection(conn)
         await conn.run()
         nursery.cancel_scope.cancel()

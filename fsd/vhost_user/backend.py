@@ -233,6 +233,16 @@ class BackendState:
     # -- read-only accessors for the I/O layer ---------------------------------------------
 
     @property
+    def acked_features(self) -> int:
+        """The virtio feature bits the front-end acked (SET_FEATURES)."""
+        return self._acked_features
+
+    @property
+    def acked_protocol_features(self) -> int:
+        """The vhost-user protocol feature bits the front-end acked (SET_PROTOCOL_FEATURES)."""
+        return self._acked_protocol_features
+
+    @property
     def regions(self) -> tuple[MemoryRegion, ...]:
         """The memory table as the back-end believes it mapped."""
         return tuple(self._regions)
