@@ -90,7 +90,6 @@ CONCURRENT: Final = frozenset(
      Opcode.COPY_FILE_RANGE}
 )  # fmt: skip
 _EMPTY: Final = b""
-_SLOT_MASK: Final = SLOTS - 1
 _pack_header: Final = OUT_HEADER.pack_into
 _pack_entry: Final = ENTRY_OUT.pack
 _ENTRY_HEAD: Final = struct.Struct("<QQQQII")  # nodeid, generation, entry and attr valid
@@ -225,7 +224,7 @@ class FuseServer:
         if lock is not None:
             lock.acquire()
         try:
-            self.stats.requests[opcode & _SLOT_MASK] += 1
+            self.stats.requests[opcode if opcode < SLOTS else 0] += 1
             handler = self._table.get(opcode)
             if handler is None:
                 raise OSError(self._missing, "not implemented" if self._missing == errno.ENOSYS
@@ -244,7 +243,7 @@ class FuseServer:
             return write_reply(reply, req.unique, 0, result)
         except Exception as exc:
             req.error = error = self._errno(exc, opcode, req.nodeid)
-            self.stats.errors[opcode & _SLOT_MASK] += 1
+            self.stats.errors[opcode if opcode < SLOTS else 0] += 1
         finally:
             if lock is not None:
                 lock.release()

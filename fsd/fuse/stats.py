@@ -13,7 +13,8 @@ from fsd.fuse.abi import op_name
 
 __all__ = ["RequestStats"]
 
-#: Opcodes are below 64 (CUSE_INIT, 4096, is never served): one slot each, 0 for the rest.
+#: Opcodes are below 64 (CUSE_INIT, 4096, is never served): one slot each; slot 0 (no opcode
+#: is 0) counts every opcode beyond.
 SLOTS: Final = 64
 
 
@@ -29,9 +30,10 @@ class RequestStats:
         self.malformed = 0
 
     def by_opcode(self) -> dict[str, tuple[int, int]]:
-        """``{opcode name: (requests, errors)}`` for every opcode seen."""
+        """``{opcode name: (requests, errors)}`` for every opcode seen (``"other"``: beyond
+        the known range)."""
         return {
-            op_name(opcode): (count, self.errors[opcode])
+            (op_name(opcode) if opcode else "other"): (count, self.errors[opcode])
             for opcode, count in enumerate(self.requests)
             if count
         }

@@ -174,6 +174,8 @@ class DaemonStatus:
         queues = []
         for index in range(state.device.num_queues):
             runner = conn.runners.get(index)
+            if runner is None and index not in conn.retired:
+                continue  # never started: the front-end does not use it
             chains, interrupts = conn.retired.get(index, (0, 0))
             if runner is not None:
                 chains += runner.chains
