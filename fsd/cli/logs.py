@@ -22,6 +22,7 @@ import json
 import logging
 import logging.handlers
 import os
+import socket
 import sys
 from typing import IO, Final
 
@@ -192,6 +193,8 @@ def configure_logging(
     problem = None
     if syslog:
         try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                probe.connect(SYSLOG_SOCKET)
             handler = _SyslogHandler(program)
         except OSError as exc:
             problem = f"cannot log to syslog ({SYSLOG_SOCKET}: {exc.strerror}); logging to stderr"
