@@ -81,14 +81,17 @@ def add_logging_arguments(parser: argparse.ArgumentParser, *, default_level: str
 
 
 def structured_fields(record: logging.LogRecord) -> dict[str, object]:
-    """The fields the event was logged with (``extra=``), JSON-friendly."""
+    """The fields the event was logged with (``extra=``), JSON-friendly (what JSON cannot
+    hold as it is becomes its ``str``)."""
     fields: dict[str, object] = {}
     for key, value in record.__dict__.items():
         if key in _STANDARD or key.startswith("_"):
             continue
-        fields[key] = (
-            value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-        )
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            value = str(value)
+        fields[key] = value
     return fields
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fsd.allowlist.client import AllowlistClient
 from fsd.cli import logs
 from fsd.testing import fuse_requests as fr
 from fsd.testing.frontend import VhostUserFrontend
@@ -184,8 +185,11 @@ def test_the_daemon_logs_connection_features_and_nothing_per_request(sock_dir: P
     assert counts[0] == counts[1]  # 39 more requests, not one more line
 
 
-def test_json_log_of_a_connection(sock_dir: Path) -> None:
-    daemon = Daemon(sock_dir, "--log-format", "json")
+def test_json_log_of_a_connection_and_an_allowlist_change(sock_dir: Path) -> None:
+    ctl = sock_dir / "ctl.sock"
+    daemon = Daemon(sock_dir, "--log-format", "json", "--allowlist-socket-path", str(ctl))
+    with AllowlistClient(ctl) as client:
+        client.add(["/a", "/b/c"])
     frontend = VhostUserFrontend(str(daemon.socket))
     try:
         frontend.start()
@@ -193,11 +197,13 @@ def test_json_log_of_a_connection(sock_dir: Path) -> None:
     finally:
         frontend.close()
     events = [json.loads(line) for line in daemon.stop()]
+    change = next(e for e in events if e["message"].startswith("allowlist: add"))
+    assert (change["op"], change["paths"]) == ("add", ["/a", "/b/c"])
     connected = next(e for e in events if "front-end connected" in e["message"])
     assert connected["logger"] == "fsd"
     assert connected["level"] == "info"
     assert connected["vmm_pid"] > 0 and "vmm_uid" in connected
-    listening = next(e for e in events if "listening on" in e["message"])
+    listening = next(e for e in events if "vhost-user: listening on" in e["message"])
     assert listening["socket"] == str(daemon.socket)
 
 
