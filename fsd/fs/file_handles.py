@@ -107,11 +107,16 @@ def probe(root_fd: int) -> str | None:
 
 
 def open_fds_budget() -> int:
-    """How many inode fds to keep open: a quarter of the open-files limit, 16 to 4096."""
+    """How many inode fds to keep open: a quarter of the fds the open-files limit still
+    allows, 16 to 4096 (the rest is for the guest's open files, guest memory, sockets)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 4096
-    return max(16, min(4096, soft // 4))
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 0
+    return max(16, min(4096, (soft - in_use) // 4))
 
 
 class HandleInodeTable(InodeTable):

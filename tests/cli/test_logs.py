@@ -145,8 +145,9 @@ class Daemon:
             assert time.monotonic() < deadline, "fsd serve did not listen"
             time.sleep(0.02)
 
-    def stop(self) -> list[str]:
-        if self.proc.poll() is None:
+    def stop(self, *, wait: bool = False) -> list[str]:
+        """Its log, once it exited: by itself (``wait``: the front-end left) or on SIGTERM."""
+        if not wait and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=20)
         return self.log.read_text().splitlines()
@@ -174,7 +175,7 @@ def test_the_daemon_logs_connection_features_and_nothing_per_request(sock_dir: P
             _requests(frontend, requests)
         finally:
             frontend.close()
-        lines = daemon.stop()
+        lines = daemon.stop(wait=True)  # fsd exits when its one front-end leaves
         for line in lines:
             assert re.match(rf"{TIME} fsd\[\d+\] (INFO|WARNING) fsd", line), line
         text = "\n".join(lines)
