@@ -283,7 +283,7 @@ def check_socket_path(option: str, path: str) -> None:
             f"{option} {path}: directory {directory} does not exist; create it or choose "
             "another path"
         )
-    if os.path.lexists(path):
+    if os.path.lexists(path) and not _socket_activated():
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise StartupError(
                 f"{option} {path}: exists and is not a socket; remove it or choose another path"
@@ -298,6 +298,12 @@ def check_socket_path(option: str, path: str) -> None:
             f"{option} {path}: longer than a Unix socket path may be (107 bytes); choose a "
             "shorter path"
         )
+
+
+def _socket_activated() -> bool:
+    """Whether systemd passed this process listening sockets (``LISTEN_PID``/``LISTEN_FDS``,
+    sd_listen_fds(3)): then the socket at the path is ours to adopt, not another server's."""
+    return os.environ.get("LISTEN_PID") == str(os.getpid()) and bool(os.environ.get("LISTEN_FDS"))
 
 
 def check_file_handles(options: FsOptions, shared_dir: str) -> None:

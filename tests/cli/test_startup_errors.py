@@ -234,3 +234,20 @@ def test_mandatory_file_handles_without_the_capability(open_dir: Path) -> None:
     line = one_line(result)
     assert "--inode-file-handles mandatory: Operation not permitted" in line
     assert "run as root" in line
+
+
+def test_a_socket_systemd_passed_is_not_another_server(tmp_path: Path) -> None:
+    """Socket activation: the unit's listener sits at the path; the pre-check lets it be
+    (the daemon adopts it). Here fd 3 is that listener, as systemd passes it."""
+    code = (
+        "import os, socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)\n"
+        "os.environ['LISTEN_PID'] = str(os.getpid()); os.environ['LISTEN_FDS'] = '1'\n"
+        "from fsd.cli.arguments import check_socket_path\n"
+        "check_socket_path('--socket-path', sys.argv[1]); print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "s.sock")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.stdout == "ok\n", done.stderr

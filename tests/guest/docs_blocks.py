@@ -1,5 +1,7 @@
 """The blocks of docs/vmms.md that tests run: each follows a ``<!-- fsd-test: NAME -->``
-comment. Paths in them are the documentation's; :func:`localize` swaps in a test's."""
+comment (and, for a shell block, a ``<!-- doc-test: skip (...) -->`` that keeps the plain
+docs runner from running it with the documentation's paths). Paths in them are the
+documentation's; :func:`localize` swaps in a test's."""
 
 from __future__ import annotations
 
@@ -11,7 +13,10 @@ from pathlib import Path
 __all__ = ["DOC", "block", "blocks", "command", "localize"]
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "vmms.md"
-_MARKED = re.compile(r"<!-- fsd-test: (\S+)[^>]*-->\n```(\w+)\n(.*?)```", re.S)
+#: The marker, then (for shell blocks) the docs runner's skip directive, then the block.
+_MARKED = re.compile(
+    r"<!-- fsd-test: (\S+)[^>]*-->\n(?:<!-- doc-test: [^>]*-->\n)?```(\w+)\n(.*?)```", re.S
+)
 
 
 def blocks() -> dict[str, tuple[str, str]]:

@@ -6,7 +6,8 @@ No systemd here: ``libvirtd`` runs in the foreground with its own config
 The driver's state lives in fixed places (/etc/libvirt, /run/libvirt, /var/lib/libvirt,
 /var/log/libvirt, /var/cache/libvirt): in the private mount namespace each is a directory of
 ours bound over them, and so is /usr/share/qemu/vhost-user (the vhost-user descriptions
-libvirt reads); on the host, at most their empty directories appear (as mount points). Two more things need the namespace:
+libvirt reads); on the host, at most their empty directories appear (as mount points).
+Two more things need the namespace:
 
 * libvirt's QEMU driver looks up the ``libvirt-qemu`` user at start-up even when qemu.conf
   says to run QEMU as root; Debian's libvirt-daemon-system creates that user (with systemd
