@@ -47,7 +47,10 @@ def _check_dev_fuse() -> None:
     if not os.path.exists(DEV_FUSE):
         raise StartupError(f"{DEV_FUSE} does not exist; load the fuse module (modprobe fuse)")
     if not os.access(DEV_FUSE, os.R_OK | os.W_OK):
-        raise StartupError(f"cannot open {DEV_FUSE}: permission denied{_privilege_hint()}")
+        raise StartupError(
+            f"cannot open {DEV_FUSE}: permission denied; give your user read and write access "
+            "to it (mode 0666 on most systems) or run fsd mount as root"
+        )
 
 
 def main(argv: Sequence[str]) -> int:

@@ -219,7 +219,7 @@ def test_mount_as_a_user_without_dev_fuse_access(open_dir: Path) -> None:
     assert result.returncode == 2, result.stderr
     line = one_line(result, "fsd mount")
     assert "cannot open /dev/fuse: permission denied" in line
-    assert "run it as root" in line
+    assert "mode 0666" in line and "run fsd mount as root" in line
 
 
 @needs_root_and_system_python
