@@ -6,7 +6,11 @@
 # contrib/systemd (PID 1 need not be systemd).
 set -euo pipefail
 missing=()
-for pkg in python3 python3-venv python3-dev gcc socat fuse3 systemd; do
+# libvirt: tests/guest/test_libvirt.py runs Debian's libvirt 9.0 against fsd-vhost-user. Not
+# libvirt-daemon-system: it pulls in systemd-sysv (replacing the init) for its units; the test
+# starts libvirtd itself in a private mount namespace.
+for pkg in python3 python3-venv python3-dev gcc socat fuse3 systemd \
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         missing+=("$pkg")
     fi

@@ -60,7 +60,11 @@ def bind_private(
     sock.bind(path)
     try:
         if group is not None:
-            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise LookupError(f"socket group {group!r}: no such group") from None
+            os.chown(path, -1, gid)
             mode |= 0o060
         os.chmod(path, mode)
         info = os.lstat(path)

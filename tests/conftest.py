@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,3 +51,17 @@ def client(server: FuseServer) -> FuseClient:
     c = FuseClient(server)
     c.init()
     return c
+
+
+@pytest.fixture
+def fsd_logging() -> Iterator[None]:
+    """Put the ``fsd`` logger back as it was, for tests that run a command's ``main``
+    in-process (it configures logging for the process)."""
+    logger = logging.getLogger("fsd")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    for handler in list(logger.handlers):
+        if handler not in handlers:
+            logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate

@@ -155,7 +155,13 @@ def _apply(allowlist: Allowlist, change: AllowlistChange, check: CheckHook | Non
             )
             return Err(f"{_FAILED[change.op]}: the policy check failed")
         if reason is not None:
-            logger.warning("allowlist: refused %s %s: %s", change.op, change.path_strings(), reason)
+            logger.warning(
+                "allowlist: refused %s %s: %s",
+                change.op,
+                change.path_strings(),
+                reason,
+                extra={"op": change.op, "paths": list(change.path_strings()), "reason": reason},
+            )
             return Err(reason or f"{_FAILED[change.op]}: refused by policy")
     try:
         if change.op == "add":
@@ -165,7 +171,12 @@ def _apply(allowlist: Allowlist, change: AllowlistChange, check: CheckHook | Non
     except UpdateError as exc:
         logger.warning("allowlist: %s %s failed: %s", change.op, change.path_strings(), exc)
         return Err(f"{_FAILED[change.op]}: {exc}")
-    logger.info("allowlist: %s %s", change.op, change.path_strings())
+    logger.info(
+        "allowlist: %s %s",
+        change.op,
+        change.path_strings(),
+        extra={"op": change.op, "paths": list(change.path_strings())},
+    )
     return Ok()
 
 

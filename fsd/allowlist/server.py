@@ -53,7 +53,7 @@ async def serve_allowlist(
     listener, identity = await _listen(path, mode)
     try:
         async with trio.open_nursery() as nursery:
-            logger.info("allowlist: control socket listening on %s", path)
+            logger.info("allowlist: control socket listening on %s", path, extra={"socket": path})
             task_status.started(path)
             serialize = trio.Lock()  # batches apply in order, one at a time
             while True:

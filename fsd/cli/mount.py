@@ -3,19 +3,29 @@ through /dev/fuse (:mod:`fsd.daemon.devfuse`) until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
+import errno
+import os
 from collections.abc import Sequence
 
 import trio
 
-from fsd.cli.arguments import add_filesystem_arguments, filesystem_options, status_config
+from fsd.cli.arguments import (
+    OneLineParser,
+    add_filesystem_arguments,
+    check_file_handles,
+    check_socket_path,
+    filesystem_options,
+    status_config,
+)
+from fsd.cli.errors import StartupError, report
+from fsd.cli.logs import configure_logging
 from fsd.cli.process import prepare_process
-from fsd.daemon.devfuse import MountError, check_mountpoint, mount_until_signal
+from fsd.daemon.devfuse import DEV_FUSE, MountError, check_mountpoint, mount_until_signal
 from fsd.plugins import PluginError, setup_plugins
 
 __all__ = ["main"]
+
+PROG = "fsd mount"
 
 
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
@@ -26,29 +36,50 @@ def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     return first
 
 
+def _privilege_hint() -> str:
+    """What to do when /dev/fuse or mount(2) is refused to a user who is not root."""
+    if os.geteuid() == 0:
+        return ""
+    return "; fsd mount mounts with mount(2) itself: run it as root"
+
+
+def _check_dev_fuse() -> None:
+    """StartupError, with what to do, if this process cannot open /dev/fuse."""
+    if not os.path.exists(DEV_FUSE):
+        raise StartupError(f"{DEV_FUSE} does not exist; load the fuse module (modprobe fuse)")
+    if not os.access(DEV_FUSE, os.R_OK | os.W_OK):
+        raise StartupError(
+            f"cannot open {DEV_FUSE}: permission denied; give your user read and write access "
+            "to it (mode 0666 on most systems) or run fsd mount as root"
+        )
+
+
 def main(argv: Sequence[str]) -> int:
     """Exit 0 after a clean unmount, 2 when the arguments or paths are unusable, 1 when the
     mount or the allowlist socket fails; ``argv`` excludes the command."""
-    parser = argparse.ArgumentParser(
-        prog="fsd mount",
+    parser = OneLineParser(
+        prog=PROG,
         description="Serve SHARED_DIR on MOUNTPOINT through the host kernel's FUSE (/dev/fuse) "
         "until SIGINT or SIGTERM.",
     )
     parser.add_argument("shared_dir", metavar="SHARED_DIR")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
-    add_filesystem_arguments(parser)
+    add_filesystem_arguments(parser, default_log_level="info")
     args = parser.parse_args(list(argv))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="fsd mount: %(message)s")
+    configure_logging(level=args.log_level, log_format=args.log_format, syslog=args.syslog)
     try:
         options = filesystem_options(args)
         status = status_config(args)
         shared, target = check_mountpoint(args.shared_dir, args.mountpoint)
+        check_file_handles(options, shared)
+        if args.allowlist_socket_path is not None:
+            check_socket_path("--allowlist-socket-path", args.allowlist_socket_path)
+        _check_dev_fuse()
         plugins = setup_plugins(args.plugin, args.plugin_cfg)
-    except (MountError, ValueError, PluginError) as e:
-        print(f"fsd mount: {e}", file=sys.stderr)
+        prepare_process(rlimit_nofile=args.rlimit_nofile)
+    except (MountError, StartupError, PluginError) as e:
+        report(PROG, str(e))
         return 2
-    prepare_process()
     failure: Exception | None = None
     try:
         trio.run(
@@ -57,6 +88,11 @@ def main(argv: Sequence[str]) -> int:
     except* (MountError, OSError) as group:  # OSError: the allowlist socket was refused
         failure = _first_leaf(group)
     if failure is not None:
-        print(f"fsd mount: {failure}", file=sys.stderr)
+        message = str(failure)
+        if (isinstance(failure, OSError) and failure.errno in (errno.EPERM, errno.EACCES)) or (
+            isinstance(failure, MountError) and "not permitted" in message
+        ):
+            message += _privilege_hint()
+        report(PROG, message)
         return 1
     return 0

@@ -14,9 +14,10 @@ import resource
 
 import attrs
 
+from fsd.cli.errors import StartupError
 from fsd.fs.credentials import drop_supplementary_groups
 
-__all__ = ["ProcessState", "prepare_process", "raise_open_files_limit"]
+__all__ = ["ProcessState", "prepare_process", "raise_open_files_limit", "set_open_files_limit"]
 
 log = logging.getLogger("fsd")
 
@@ -36,7 +37,7 @@ class ProcessState:
             os.setgroups(self.groups)
 
 
-def prepare_process() -> ProcessState:
+def prepare_process(*, rlimit_nofile: int | None = None) -> ProcessState:
     """Make this process a file server's; return what it was, for :meth:`ProcessState.restore`.
 
     * umask 0: the client (the guest kernel, or the host kernel under ``fsd mount``) has
@@ -45,12 +46,44 @@ def prepare_process() -> ProcessState:
     * no supplementary groups when running as root: the filesystem switches only fsuid/fsgid
       to the caller's, so the daemon's own groups would grant the guest their access
       (CVE-2022-0358 in virtiofsd);
-    * the soft open-files limit raised to the hard one (:func:`raise_open_files_limit`).
+    * the soft open-files limit raised to the hard one (:func:`raise_open_files_limit`), or
+      with ``rlimit_nofile`` (``--rlimit-nofile``) set to it as virtiofsd does: both limits
+      N, or left alone for 0.
+
+    Raises StartupError for a limit the system will not give.
     """
+    if rlimit_nofile is not None:
+        set_open_files_limit(rlimit_nofile)
     state = ProcessState(os.umask(0), tuple(os.getgroups()))
     drop_supplementary_groups()
-    raise_open_files_limit()
+    if rlimit_nofile is None:
+        raise_open_files_limit()
     return state
+
+
+def set_open_files_limit(limit: int) -> None:
+    """``--rlimit-nofile N``: soft and hard RLIMIT_NOFILE to N (virtiofsd's meaning); 0 leaves
+    them as they are. StartupError naming the option if the kernel refuses."""
+    if limit == 0:
+        return
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = None
+    if ceiling is not None and limit > ceiling:
+        raise StartupError(
+            f"--rlimit-nofile {limit}: above the system's ceiling /proc/sys/fs/nr_open "
+            f"({ceiling}); ask for less"
+        )
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    except (OSError, ValueError) as exc:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        raise StartupError(
+            f"--rlimit-nofile {limit}: cannot set it ({exc}); without root at most the hard "
+            f"limit {hard}"
+        ) from None
 
 
 def raise_open_files_limit() -> int:

@@ -1,26 +1,60 @@
 """``fsd serve`` and ``fsd-vhost-user``: a host directory to a VMM as a vhost-user virtio-fs
-device (crosvm ``device fs`` and virtiofsd vocabulary)."""
+device, in crosvm's ``device fs`` vocabulary and virtiofsd 1.13's (docs/virtiofsd.md).
+
+``fsd-vhost-user`` is the binary VMM managers launch (libvirt's ``<binary path=...>``,
+Kata's ``virtio_fs_daemon``): the same command, starting from virtiofsd's defaults
+(:data:`fsd.cli.virtiofsd.VIRTIOFSD_DEFAULTS`) so that a manager written for virtiofsd gets
+what it expects. ``fsd serve`` keeps fsd's own defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
+import grp
 import logging
 import os
 import socket
+import stat
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from fsd.cli.arguments import add_filesystem_arguments, filesystem_options, status_config
+from fsd.cli.arguments import (
+    OneLineParser,
+    add_filesystem_arguments,
+    check_file_handles,
+    check_socket_path,
+    count,
+    filesystem_options,
+    status_config,
+)
+from fsd.cli.errors import StartupError, report
+from fsd.cli.logs import configure_logging
 from fsd.cli.process import prepare_process
 from fsd.cli.shared_dir import parse_shared_dir
 from fsd.cli.version import version_line
+from fsd.cli.virtiofsd import (
+    NO_SANDBOX,
+    REFUSED,
+    VIRTIOFSD_DEFAULTS,
+    CompatOptions,
+    capabilities_json,
+    parse_compat_options,
+)
 from fsd.plugins import PluginError, setup_plugins
 
+if TYPE_CHECKING:
+    from fsd.daemon.serve import ServeConfig
+    from fsd.fs.options import FsOptions
+
 __all__ = ["main", "vhost_user_main"]
+
+log = logging.getLogger("fsd")
+
+Profile = Literal["fsd", "virtiofsd"]
 
 
 def _socket_fd(text: str) -> int:
@@ -36,14 +70,23 @@ def _socket_fd(text: str) -> int:
     return fd
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fsd serve",
-        description="Serve SHARED_DIR to a VMM (QEMU, crosvm) as a vhost-user virtio-fs device.",
+def _parser(prog: str, profile: Profile) -> argparse.ArgumentParser:
+    defaults = (
+        "virtiofsd's defaults: no xattrs, no KILLPRIV_V2, submounts announced, file handles "
+        "preferred, 1 s cache lifetime"
+        if profile == "virtiofsd"
+        else "fsd's defaults: xattrs served, KILLPRIV_V2 granted, O_PATH fds, 5 s cache lifetime"
+    )
+    p = OneLineParser(
+        prog=prog,
+        description="Serve SHARED_DIR to a VMM (QEMU, crosvm, cloud-hypervisor) as a vhost-user "
+        f"virtio-fs device. Takes crosvm's and virtiofsd's options; starts from {defaults}. "
+        "See docs/virtiofsd.md.",
     )
     p.add_argument("-V", "--version", action="version", version=version_line())
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--socket-path", help="vhost-user Unix socket to listen on")
+    where.add_argument("--socket", dest="socket_path", help="old name of --socket-path")
     where.add_argument(
         "--fd",
         type=_socket_fd,
@@ -56,72 +99,220 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shared-dir",
-        required=True,
         help="host directory to share; also crosvm's SRC:TAG:type=fs:key=value:... form",
     )
+    p.add_argument(
+        "-o",
+        dest="compat",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT...]",
+        help="virtiofsd's legacy option list (libvirt emits it): source=DIR, cache=auto|always|"
+        "none|metadata, xattr, no_xattr, xattrmap=, announce_submounts, [no_]killpriv_v2, "
+        "[no_]writeback, [no_]allow_direct_io, flock, posix_lock, loglevel=...",
+    )
     p.add_argument("--tag", help="tag in the device config space (for crosvm front-ends)")
-    add_filesystem_arguments(p)
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--thread-pool-size",
+        type=count,
+        default=0,
+        metavar="N",
+        help="threads serving the requests, so one waiting on a slow disk holds up only "
+        "itself (default 0: each queue's own thread serves its requests, cheaper per request)",
+    )
+    p.add_argument(
+        "--sandbox",
+        choices=["namespace", "chroot", "none"],
+        help="only none for now: " + NO_SANDBOX,
+    )
+    p.add_argument(
+        "--seccomp",
+        choices=["none", "kill", "log", "trap"],
+        help="only none for now: " + NO_SANDBOX,
+    )
+    p.add_argument("--modcaps", metavar="CAPS", help=f"refused: {REFUSED['modcaps']}")
+    for flag in ("--migration-mode", "--migration-on-error"):
+        p.add_argument(flag, metavar="MODE", help=f"refused: {REFUSED['migration']}")
+    for flag in ("--migration-verify-handles", "--migration-confirm-paths"):
+        p.add_argument(flag, action="store_true", help=f"refused: {REFUSED['migration']}")
+    p.add_argument(
+        "--print-capabilities",
+        action="store_true",
+        help="print the vhost-user back-end capabilities (JSON) and exit",
+    )
+    p.add_argument("-d", dest="debug", action="store_true", help="same as --log-level debug")
+    p.add_argument("-f", dest="foreground", action="store_true", help="no effect (foreground)")
+    add_filesystem_arguments(p, default_log_level="info")
     return p
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="fsd[%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def _refuse_virtiofsd_only(args: argparse.Namespace) -> None:
+    """StartupError for virtiofsd options fsd does not implement (yet)."""
+    for option in ("sandbox", "seccomp"):
+        value = getattr(args, option)
+        if value not in (None, "none"):
+            raise StartupError(f"--{option} {value}: {NO_SANDBOX}; use --{option} none")
+    if args.modcaps is not None:
+        raise StartupError(f"--modcaps {args.modcaps}: {REFUSED['modcaps']}")
+    for option in (
+        "migration_mode",
+        "migration_on_error",
+        "migration_verify_handles",
+        "migration_confirm_paths",
+    ):
+        if getattr(args, option):
+            flag = "--" + option.replace("_", "-")
+            raise StartupError(f"{flag}: {REFUSED['migration']}")
+
+
+def _config(args: argparse.Namespace, compat: CompatOptions, profile: Profile) -> ServeConfig:
+    """The ServeConfig the arguments describe; StartupError for anything unusable."""
+    from fsd.daemon.serve import ServeConfig
+    from fsd.virtio_fs import virtio_fs_device
+
+    _refuse_virtiofsd_only(args)
+    if args.shared_dir is not None and compat.source is not None:
+        raise StartupError("--shared-dir and -o source= both name the shared directory: use one")
+    text = args.shared_dir if args.shared_dir is not None else compat.source
+    if text is None:
+        raise StartupError("no shared directory: give --shared-dir DIR (or -o source=DIR)")
+    if args.socket_path is None and args.fd is None:
+        raise StartupError("no vhost-user socket: give --socket-path PATH or --fd N")
+    try:
+        shared = parse_shared_dir(text)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    option = "--shared-dir" if args.shared_dir is not None else "-o source="
+    try:
+        shared_is_dir = stat.S_ISDIR(os.stat(shared.path).st_mode)
+    except FileNotFoundError:
+        raise StartupError(
+            f"{option} {shared.path}: no such directory; create it or fix the path"
+        ) from None
+    except OSError as exc:
+        raise StartupError(f"{option} {shared.path}: {exc.strerror}") from None
+    if not shared_is_dir:
+        raise StartupError(f"{option} {shared.path}: is not a directory")
+    if shared.tag and args.tag and shared.tag != args.tag:
+        raise StartupError(f"--tag {args.tag!r} disagrees with --shared-dir's tag {shared.tag!r}")
+    if args.socket_path is not None:
+        check_socket_path("--socket-path", args.socket_path)
+    if args.socket_group is not None:
+        if args.fd is not None:
+            raise StartupError("--socket-group applies to --socket-path, not to --fd")
+        try:
+            grp.getgrnam(args.socket_group)
+        except KeyError:
+            raise StartupError(
+                f"--socket-group {args.socket_group}: no such group; name an existing group "
+                "(getent group lists them)"
+            ) from None
+    if args.allowlist_socket_path is not None:
+        check_socket_path("--allowlist-socket-path", args.allowlist_socket_path)
+    defaults = VIRTIOFSD_DEFAULTS if profile == "virtiofsd" else None
+    fs_options = filesystem_options(args, [shared.cfg], defaults=defaults, compat=compat)
+    check_file_handles(fs_options, shared.path)
+    tag = args.tag or shared.tag
+    if tag is not None:
+        try:
+            virtio_fs_device(tag)  # checks the tag's length
+        except ValueError as exc:
+            raise StartupError(f"--tag {tag!r}: {exc}") from None
+    return ServeConfig(
+        shared_dir=os.path.abspath(shared.path),
+        socket_path=args.socket_path,
+        listen_fd=args.fd,
+        socket_group=args.socket_group,
+        tag=tag,
+        allowlist_socket_path=args.allowlist_socket_path,
+        fs_options=fs_options,
+        thread_pool_size=args.thread_pool_size,
+        status=status_config(args),
     )
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], *, profile: Profile = "fsd", prog: str = "fsd serve") -> int:
     """``fsd serve --socket-path S|--fd N --shared-dir D [options]``; ``argv`` excludes the
-    command. Exits 2 on a usage error, 1 when a socket cannot be made, 0 after the VMM left
-    or a signal."""
-    from fsd.daemon.serve import ServeConfig, serve
-    from fsd.virtio_fs import virtio_fs_device
+    command. Exits 2 when it cannot start as asked, 1 when serving fails, 0 after the VMM
+    left or a signal."""
+    from fsd.daemon.serve import serve
 
+    argv = list(argv)
     if "--print-capabilities" in argv:
         # The vhost-user back-end convention (QEMU docs/interop/vhost-user.rst), for libvirt.
-        sys.stdout.write(json.dumps({"type": "fs", "features": []}) + "\n")
+        sys.stdout.write(capabilities_json())
         return 0
-    parser = _parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.log_level)
+    args = _parser(prog, profile).parse_args(argv)
     try:
-        shared = parse_shared_dir(args.shared_dir)
-        if not os.path.isdir(shared.path):
-            parser.error(f"--shared-dir {shared.path!r} is not a directory")
-        if shared.tag and args.tag and shared.tag != args.tag:
-            parser.error(f"--tag {args.tag!r} disagrees with --shared-dir's tag {shared.tag!r}")
-        fs_options = filesystem_options(args, [shared.cfg])
-        config = ServeConfig(
-            shared_dir=os.path.abspath(shared.path),
-            socket_path=args.socket_path,
-            listen_fd=args.fd,
-            socket_group=args.socket_group,
-            tag=args.tag or shared.tag,
-            allowlist_socket_path=args.allowlist_socket_path,
-            fs_options=fs_options,
-            status=status_config(args),
-        )
-        if config.tag is not None:
-            virtio_fs_device(config.tag)  # checks the tag's length
+        compat = parse_compat_options(args.compat)
+    except StartupError as exc:
+        report(prog, str(exc))
+        return 2
+    level = "debug" if args.debug else compat.log_level or args.log_level
+    configure_logging(
+        level=level, log_format=args.log_format, syslog=args.syslog, program=prog.split()[0]
+    )
+    try:
+        config = _config(args, compat, profile)
         plugins = setup_plugins(args.plugin, args.plugin_cfg)
-    except (ValueError, PluginError) as exc:
-        parser.error(str(exc))
-    prepare_process()
+        prepare_process(rlimit_nofile=args.rlimit_nofile)
+    except (StartupError, PluginError) as exc:
+        report(prog, str(exc))
+        return 2
+    if args.foreground:
+        log.warning("-f has no effect: fsd always runs in the foreground")
+    if args.compat:
+        log.info("-o is virtiofsd's legacy form; %s takes the long options too", prog)
+    for note in compat.notes:
+        log.info("%s", note)
+    log.info(
+        "serving %s (%s)",
+        config.shared_dir,
+        _describe(config.fs_options),
+        extra={"shared_dir": config.shared_dir, "profile": profile},
+    )
     failures: list[BaseException] = []
     try:
         trio.run(functools.partial(serve, config, plugins=plugins))
-    except* (OSError, KeyError) as group:  # a socket that cannot be made; an unknown group
+    except* (OSError, LookupError) as group:  # a socket that cannot be made, an unusable fs
         failures.extend(group.exceptions)
     for failure in failures:
-        logging.getLogger("fsd").error("%s", failure)
+        report(prog, _explain(failure))
     return 1 if failures else 0
+
+
+def _describe(options: FsOptions) -> str:
+    """The options that differ from fsd's defaults, for the start-up line."""
+    from fsd.fs.options import FsOptions
+
+    default = FsOptions()
+    changed = []
+    for field in ("cache", "timeout", "readonly", "xattr", "killpriv_v2", "writeback"):
+        if getattr(options, field) != getattr(default, field):
+            changed.append(f"{field}={getattr(options, field)}")
+    for field in ("inode_file_handles", "announce_submounts", "allow_direct_io", "allow_mmap"):
+        if getattr(options, field) != getattr(default, field):
+            changed.append(f"{field}={getattr(options, field)}")
+    if options.xattrmap is not None:
+        changed.append("xattrmap")
+    if options.id_maps is not None:
+        changed.append("id maps")
+    return ", ".join(changed) or "fsd's defaults"
+
+
+def _explain(failure: BaseException) -> str:
+    """One line for an error that stopped the daemon, naming the file when there is one."""
+    if isinstance(failure, OSError):
+        what = failure.strerror or str(failure)
+        if failure.filename is not None:
+            return f"{os.fsdecode(failure.filename)}: {what}"
+        return what
+    return str(failure)
 
 
 def vhost_user_main() -> int:
     """``fsd-vhost-user``: ``fsd serve`` under the name and argument conventions of a vhost-user
-    back-end binary (``--socket-path``/``--fd``, ``--print-capabilities``), for VMM managers
-    that launch back-ends from a vhost-user JSON description (contrib/vhost-user/)."""
-    return main(sys.argv[1:])
+    back-end binary (``--socket-path``/``--fd``, ``--print-capabilities``), with virtiofsd's
+    defaults, for VMM managers that launch back-ends from a vhost-user JSON description
+    (contrib/vhost-user/) or a configured virtiofsd path."""
+    return main(sys.argv[1:], profile="virtiofsd", prog="fsd-vhost-user")

@@ -69,6 +69,11 @@ def open_vhost_user_listener(
     try:
         identity = bind_private(sock, config.socket_path, group=config.socket_group)
         sock.listen(1)
+    except OSError as exc:
+        sock.close()
+        if exc.filename is None:  # bind(2) errors do not say which path
+            raise OSError(exc.errno, exc.strerror, config.socket_path) from exc
+        raise
     except BaseException:
         sock.close()
         raise
@@ -165,11 +170,10 @@ async def serve(
                         after=plugin_after,
                     )
                 )
-                log.info("allowlist: control socket %s", config.allowlist_socket_path)
             if config.status.socket_path is not None:
                 await nursery.start(serve_status, config.status.socket_path, status)
             where = config.socket_path or f"fd {config.listen_fd}"
-            log.info("vhost-user: listening on %s", where)
+            log.info("vhost-user: listening on %s", where, extra={"socket": where})
             systemd.notify_ready(f"listening on {where}")
             task_status.started(config.socket_path)
             await plugins.daemon_started(
@@ -184,7 +188,13 @@ async def serve(
                     )
             with sock:
                 vmm = _peer(sock)
-                log.info("vhost-user: front-end connected (pid %d)", vmm.pid)
+                log.info(
+                    "vhost-user: front-end connected (pid %d, uid %d, gid %d)",
+                    vmm.pid,
+                    vmm.uid,
+                    vmm.gid,
+                    extra={"vmm_pid": vmm.pid, "vmm_uid": vmm.uid, "vmm_gid": vmm.gid},
+                )
                 systemd.notify_status(f"serving the front-end (pid {vmm.pid})")
                 status.frontend_connected(vmm)
                 await plugins.vmm_connected(vmm)

@@ -4,6 +4,10 @@ Each entry holds an ``O_PATH`` fd, which pins the host inode (so ``(st_dev, st_i
 reused while the guest knows it) and lets every later operation work relative to the file
 itself, never by a path that a rename on the host could redirect. The path relative to the
 share root is kept too (updated on rename) for the allowlist and plugin hooks.
+
+With ``--inode-file-handles`` the table keeps file handles instead and opens fds on demand
+(:class:`fsd.fs.file_handles.HandleInodeTable`); the filesystem asks the table for inodes
+(:meth:`InodeTable.get`, :meth:`InodeTable.lookup_child`) and never needs to know which.
 """
 
 from __future__ import annotations
@@ -12,16 +16,34 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
 
 from fsd.fuse.abi import ROOT_ID
 
-__all__ = ["Inode", "InodeTable"]
+if TYPE_CHECKING:
+    from fsd.fs.file_handles import FileHandle
+
+__all__ = ["O_PATH_FLAGS", "Inode", "InodeTable"]
+
+#: How inodes are held: never followed, never inherited.
+O_PATH_FLAGS: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Inode:
     """One host inode the guest knows: its O_PATH fd, file type and lookup count."""
 
-    __slots__ = ("_share", "_share_of", "fd", "key", "kind", "nodeid", "path", "refcount")
+    __slots__ = (
+        "_share",
+        "_share_of",
+        "fd",
+        "handle",
+        "key",
+        "kind",
+        "nodeid",
+        "path",
+        "refcount",
+        "submount",
+    )
 
     def __init__(self, nodeid: int, fd: int, st: os.stat_result, path: bytes) -> None:
         self.nodeid = nodeid
@@ -31,6 +53,10 @@ class Inode:
         self.kind = stat.S_IFMT(st.st_mode)
         self.path = path
         self.refcount = 1
+        #: Its file handle when the table keeps handles (then ``fd`` may be -1: closed).
+        self.handle: FileHandle | None = None
+        #: A directory on another filesystem than its parent's: a mount point in the share.
+        self.submount = False
         self._share_of = b""
         self._share: tuple[str, ...] = ()
 
@@ -82,6 +108,25 @@ class InodeTable:
     def find(self, nodeid: int) -> Inode | None:
         """The inode for ``nodeid``, or None if the guest does not hold it."""
         return self._by_nodeid.get(nodeid)
+
+    def lookup_child(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
+        """Find ``name`` in directory ``parent`` and count one lookup of it.
+
+        One syscall when the guest already knows the inode (the common repeat lookup);
+        otherwise open an O_PATH fd to pin it and stat that fd, the source of truth.
+        """
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        path = parent.child_path(name)
+        inode = self.ref(st, path)
+        if inode is not None:
+            return inode, st
+        fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return self.adopt(fd, st, path), st
 
     def ref(self, st: os.stat_result, path: bytes) -> Inode | None:
         """Count one more lookup of an inode the table already holds, if it does.
@@ -155,6 +200,10 @@ class InodeTable:
             inode = self._by_key.get(key)
             if inode is not None and inode is not self.root:
                 inode.path = new
+
+    def close(self) -> None:
+        """Forget everything but the root, whose fd stays the caller's."""
+        self.clear()
 
     def clear(self) -> None:
         """Forget every inode but the root (DESTROY: the guest dropped all it knew)."""

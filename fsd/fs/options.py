@@ -1,4 +1,5 @@
-"""Filesystem options: crosvm's ``--cfg`` keys that fsd honours, with crosvm's defaults."""
+"""Filesystem options: crosvm's ``--cfg`` keys that fsd honours, with crosvm's defaults, and
+the filesystem side of virtiofsd's options (the command line sets those)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Literal, get_args
 import attrs
 
 from fsd.fs.idmap import IdMaps
+from fsd.fs.xattrmap import XattrMap
 
-__all__ = ["CachePolicy", "FsOptions", "parse_cfg"]
+__all__ = ["CachePolicy", "FileHandles", "FsOptions", "parse_cfg", "parse_cfg_values"]
 
-CachePolicy = Literal["never", "auto", "always"]
+CachePolicy = Literal["never", "auto", "always", "metadata"]
+FileHandles = Literal["never", "prefer", "mandatory"]
 
 
 def _non_negative(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -20,21 +23,39 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[float], value: float
 
 def _cache_policy(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:
     if value not in get_args(CachePolicy):
-        raise ValueError(f"cache must be one of never, auto, always; not {value!r}")
+        raise ValueError(f"cache must be one of never, auto, always, metadata; not {value!r}")
+
+
+def _file_handles(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in get_args(FileHandles):
+        raise ValueError(f"inode_file_handles must be never, prefer or mandatory; not {value!r}")
 
 
 @attrs.frozen
 class FsOptions:
-    """How the passthrough filesystem answers the guest (crosvm ``virtio/fs/config.rs``).
+    """How the passthrough filesystem answers the guest (crosvm ``virtio/fs/config.rs``, and
+    virtiofsd's options of the same meaning; docs/virtiofsd.md has the whole table).
 
     ``cache``: ``never`` opens files with FOPEN_DIRECT_IO, ``always`` keeps the guest page
-    cache across opens (FOPEN_KEEP_CACHE, FOPEN_CACHE_DIR), ``auto`` leaves it to the kernel.
+    cache across opens (FOPEN_KEEP_CACHE, FOPEN_CACHE_DIR), ``metadata`` (virtiofsd's)
+    caches directories (FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE) but not file data
+    (FOPEN_DIRECT_IO), ``auto`` leaves it to the kernel.
     ``timeout`` is both the entry and attribute cache lifetime. ``negative_timeout`` > 0 lets
     the guest cache failed lookups. ``writeback`` asks for the kernel's writeback cache.
     ``rewrite_security_xattrs`` stores guest ``security.*`` xattrs (but ``security.selinux``)
     as ``user.virtiofs.security.*`` on the host. ``id_maps`` (``--uid-map``/``--gid-map``,
     not a ``--cfg`` key) translates guest ids to host ids and back; ``None`` is the identity
     at no cost (docs/credentials.md).
+
+    virtiofsd's: ``readonly`` answers EROFS to everything that would change the share
+    (fsd.fs.readonly); ``xattr`` False answers ENOSYS to every xattr operation;
+    ``xattrmap`` renames xattrs (fsd.fs.xattrmap); ``killpriv_v2`` grants
+    HANDLE_KILLPRIV_V2 (``None``: fsd's choice, granted unless ``security.capability`` is
+    stored under another name); ``inode_file_handles`` keeps file handles instead of an
+    ``O_PATH`` fd per known inode (fsd.fs.file_handles); ``announce_submounts`` tells the
+    guest which directories are mount points; ``allow_direct_io`` passes the guest's
+    O_DIRECT to the host instead of dropping it; ``allow_mmap`` lets the guest mmap files
+    opened with FOPEN_DIRECT_IO (``cache`` never or metadata: INIT's DIRECT_IO_ALLOW_MMAP).
     """
 
     cache: CachePolicy = attrs.field(default="auto", validator=_cache_policy)
@@ -43,6 +64,42 @@ class FsOptions:
     writeback: bool = False
     rewrite_security_xattrs: bool = False
     id_maps: IdMaps | None = None
+    readonly: bool = False
+    xattr: bool = True
+    xattrmap: XattrMap | None = None
+    killpriv_v2: bool | None = None
+    inode_file_handles: FileHandles = attrs.field(default="never", validator=_file_handles)
+    announce_submounts: bool = False
+    allow_direct_io: bool = False
+    allow_mmap: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.xattrmap is not None and self.rewrite_security_xattrs:
+            raise ValueError(
+                "an xattr map and rewrite_security_xattrs both rename xattrs: use one of them"
+            )
+        if not self.xattr and (self.xattrmap is not None or self.rewrite_security_xattrs):
+            raise ValueError("xattrs are disabled, yet an xattr renaming is given")
+        if self.killpriv_v2 and self.renames_capability:
+            raise ValueError(
+                "killpriv_v2 needs the host to drop security.capability on write, but it is "
+                "stored under another name here: leave killpriv_v2 off"
+            )
+
+    @property
+    def renames_capability(self) -> bool:
+        """Whether the guest's ``security.capability`` lives under another host name."""
+        if self.xattrmap is not None:
+            return self.xattrmap.renames(b"security.capability")
+        return self.rewrite_security_xattrs
+
+    @property
+    def grants_killpriv_v2(self) -> bool:
+        """Whether HANDLE_KILLPRIV_V2 is granted: as asked, else unless the capability xattr
+        is renamed (then the guest must keep checking and removing it itself)."""
+        if self.killpriv_v2 is not None:
+            return self.killpriv_v2
+        return not self.renames_capability
 
 
 _KEYS = {"cache": "cache", "cache_policy": "cache", "timeout": "timeout"}
@@ -62,12 +119,21 @@ _TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no":
 
 
 def parse_cfg(text: str) -> FsOptions:
+    """Parse crosvm's ``--cfg`` syntax into options (see :func:`parse_cfg_values`)."""
+    try:
+        return FsOptions(**parse_cfg_values(text))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def parse_cfg_values(text: str) -> dict[str, object]:
     """Parse crosvm's ``--cfg`` syntax: ``key=value`` joined by commas, a bare key means true.
 
     As in crosvm's serde_keyvalue, a bare first value is the timeout (``--cfg 10``). Unknown
     keys raise :class:`ValueError`, as crosvm's ``deny_unknown_fields`` does. crosvm keys for
     features fsd lacks (``posix_acl``, ``security_ctx``, ``ascii_casefold``, ``dax``) are
     accepted only when they turn the feature off, so a config never silently loses a feature.
+    Returns the ``FsOptions`` fields the text sets (as text or bool), and no others.
     """
     values: dict[str, object] = {}
     for index, item in enumerate(filter(None, (p.strip() for p in text.split(",")))):
@@ -92,7 +158,4 @@ def parse_cfg(text: str) -> FsOptions:
             values[field] = _TRUE[raw.lower()]
         else:
             values[field] = raw
-    try:
-        return FsOptions(**values)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc)) from exc
+    return values

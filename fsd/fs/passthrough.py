@@ -10,7 +10,10 @@ not be opened by the daemon).
 
 Operations run inline (cheap syscalls) and raise ``OSError``; the FUSE server turns that into
 the errno reply. What the allowlist hides or protects is decided by the gate (fsd.fs.gate),
-who acts is decided by the credentials (fsd.fs.credentials).
+who acts is decided by the credentials (fsd.fs.credentials), what a read-only share refuses
+by its subclass (fsd.fs.readonly), how xattr names map by a naming policy (fsd.fs.xattrs),
+and whether inodes are held by fd or by file handle by the inode table (fsd.fs.inodes,
+fsd.fs.file_handles).
 
 The daemon process runs with ``os.umask(0)``: the guest has already applied its umask to
 every mode it sends (DONT_MASK is not granted), so a host umask would mask modes twice.
@@ -19,18 +22,20 @@ every mode it sends (DONT_MASK is not granted), so a host umask would mask modes
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from fsd.allowlist.trie import Allowlist
 from fsd.fs import linux, listing, xattrs
 from fsd.fs.attributes import apply_setattr
 from fsd.fs.credentials import Credentials, MappedCredentials
+from fsd.fs.file_handles import HandleInodeTable, probe
 from fsd.fs.gate import gate_for
 from fsd.fs.handles import HandleTable
-from fsd.fs.inodes import Inode, InodeTable
+from fsd.fs.inodes import O_PATH_FLAGS, Inode, InodeTable
 from fsd.fs.locks import LockTable
 from fsd.fs.options import FsOptions
 from fsd.fs.permissions import check_access
@@ -55,13 +60,22 @@ from fsd.fuse.filesystem import (
 
 __all__ = ["PassthroughFs"]
 
-_O_PATH_FLAGS: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-#: Open flags the guest may pass through to the host; everything else (O_DIRECT, O_CREAT,
-#: O_EXCL, O_NOCTTY, O_PATH, O_TMPFILE, O_NOFOLLOW...) is dropped.
+log = logging.getLogger("fsd.fs")
+
+_O_PATH_FLAGS: Final = O_PATH_FLAGS
+#: Open flags the guest may pass through to the host; everything else (O_DIRECT unless
+#: ``allow_direct_io``, O_CREAT, O_EXCL, O_NOCTTY, O_PATH, O_TMPFILE, O_NOFOLLOW...) is
+#: dropped.
 _PASS_FLAGS: Final = (
     os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_NONBLOCK | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
 )
-_CREATE_PASS_FLAGS: Final = _PASS_FLAGS | os.O_EXCL
+#: What each cache policy tells the guest on OPEN (files) and OPENDIR (directories).
+_FILE_OPEN_FLAGS: Final = {
+    "never": FOPEN_DIRECT_IO,
+    "always": FOPEN_KEEP_CACHE,
+    "metadata": FOPEN_DIRECT_IO,
+}
+_DIR_OPEN_FLAGS: Final = {"always": FOPEN_CACHE_DIR, "metadata": FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE}
 _MKNOD_KINDS: Final = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG)
 
 
@@ -70,7 +84,10 @@ class PassthroughFs:
 
     __slots__ = (
         "_creds",
+        "_pass_flags",
         "_root_dirfd",
+        "_submounts",
+        "_xattr_names",
         "allowlist",
         "config",
         "dir_open_flags",
@@ -81,6 +98,16 @@ class PassthroughFs:
         "locks",
         "options",
     )
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PassthroughFs:
+        """``FsOptions(readonly=True)`` makes a :class:`~fsd.fs.readonly.ReadOnlyPassthroughFs`,
+        whoever builds the filesystem."""
+        options = kwargs.get("options", args[1] if len(args) > 1 else None)
+        if cls is PassthroughFs and options is not None and options.readonly:
+            from fsd.fs.readonly import ReadOnlyPassthroughFs
+
+            return object.__new__(ReadOnlyPassthroughFs)
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -96,7 +123,7 @@ class PassthroughFs:
         self.gate = gate_for(self.allowlist)
         fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self.inodes = InodeTable(fd)
+            self.inodes = _inode_table(fd, options)
             # A real directory fd: syncfs(2) refuses O_PATH fds.
             self._root_dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except BaseException:
@@ -110,28 +137,40 @@ class PassthroughFs:
         # check for the caller (guest root need not be host root: docs/credentials.md).
         maps = options.id_maps
         self._creds = Credentials() if maps is None else MappedCredentials(maps)
-        cache = options.cache
-        self.file_open_flags = {"never": FOPEN_DIRECT_IO, "always": FOPEN_KEEP_CACHE}.get(cache, 0)
-        self.dir_open_flags = FOPEN_CACHE_DIR if cache == "always" else 0
+        self.file_open_flags = _FILE_OPEN_FLAGS.get(options.cache, 0)
+        self.dir_open_flags = _DIR_OPEN_FLAGS.get(options.cache, 0)
+        self._pass_flags = _PASS_FLAGS | (os.O_DIRECT if options.allow_direct_io else 0)
+        self._xattr_names = xattrs.xattr_names(
+            enabled=options.xattr,
+            rewrite_security=options.rewrite_security_xattrs,
+            xattr_map=options.xattrmap,
+        )
+        self._submounts = options.announce_submounts
         init_flags = InitFlag.WRITEBACK_CACHE if options.writeback else InitFlag(0)
-        if not options.rewrite_security_xattrs:
+        if options.grants_killpriv_v2:
             # The server drops set-id bits when told to (and the host write drops
             # security.capability), so the guest need not GETXATTR before every WRITE
-            # (answering ENODATA there instead costs one GETXATTR per WRITE). A rewritten
-            # security.capability is a user.* xattr the host never drops: then the guest must
+            # (answering ENODATA there instead costs one GETXATTR per WRITE). A renamed
+            # security.capability is an xattr the host never drops: then the guest must
             # keep checking and removing it itself.
             init_flags |= InitFlag.HANDLE_KILLPRIV_V2
+        if options.announce_submounts:
+            init_flags |= InitFlag.SUBMOUNTS
+        if options.allow_mmap:
+            init_flags |= InitFlag.DIRECT_IO_ALLOW_MMAP
         self.config = FilesystemConfig(
             entry_timeout=options.timeout,
             attr_timeout=options.timeout,
             negative_timeout=options.negative_timeout,
             init_flags=int(init_flags),
             owner_to_client=None if maps is None else (maps.uid.to_guest, maps.gid.to_guest),
+            announce_submounts=options.announce_submounts,
         )
 
     def close(self) -> None:
         """Close every fd the filesystem holds (the root included)."""
         self.destroy()
+        self.inodes.close()
         os.close(self._root_dirfd)
         os.close(self.inodes.root.fd)
 
@@ -147,30 +186,30 @@ class PassthroughFs:
         return self.inodes.adopt(fd, st, parent.child_path(name)), st
 
     def _lookup_child(self, parent: Inode, name: bytes) -> Entry:
-        # One syscall when the guest already knows the inode (the common repeat lookup);
-        # otherwise open an O_PATH fd to pin it and stat that fd, the source of truth.
-        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        inode = self.inodes.ref(st, parent.child_path(name))
-        if inode is not None:
-            return inode.nodeid, st
-        fd = os.open(name, _O_PATH_FLAGS, dir_fd=parent.fd)
-        inode, st = self._adopt(parent, name, fd)
+        inode, st = self.inodes.lookup_child(parent, name)
+        if self._submounts and st.st_dev != parent.key[0] and inode.kind == stat.S_IFDIR:
+            inode.submount = True
         return inode.nodeid, st
 
     def _walk(self, path: bytes) -> Entry:
         """Resolve a share-relative path component by component, never following symlinks."""
         fd = os.dup(self.inodes.root.fd)
+        parent_dev = dev = self.inodes.root.key[0]
         try:
             for part in path.split(b"/"):
                 if part:
                     nfd = os.open(part, _O_PATH_FLAGS | os.O_DIRECTORY, dir_fd=fd)
                     os.close(fd)
                     fd = nfd
+                    parent_dev, dev = dev, os.fstat(fd).st_dev
             st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             raise
-        return self.inodes.adopt(fd, st, path).nodeid, st
+        inode = self.inodes.adopt(fd, st, path)
+        if self._submounts and st.st_dev != parent_dev and inode is not self.inodes.root:
+            inode.submount = True
+        return inode.nodeid, st
 
     def _openable(self, inode: Inode, kind: int) -> None:
         if inode.kind != kind:
@@ -183,7 +222,7 @@ class PassthroughFs:
             raise OSError(errno.EACCES, "refusing to open a special file on the host")
 
     def _open_flags(self, flags: int) -> int:
-        flags &= _PASS_FLAGS
+        flags &= self._pass_flags
         if self.options.writeback:
             # The guest page cache may read back what it writes and does its own appends.
             if flags & os.O_ACCMODE == os.O_WRONLY:
@@ -211,6 +250,12 @@ class PassthroughFs:
         """The share-relative path of a nodeid the guest holds (as last seen)."""
         inode = self.inodes.find(nodeid)
         return None if inode is None else inode.path
+
+    def is_submount(self, nodeid: int) -> bool:
+        """Whether ``nodeid`` is a directory on another filesystem than its parent's (only
+        tracked with ``announce_submounts``)."""
+        inode = self.inodes.find(nodeid)
+        return inode is not None and inode.submount
 
     # --- inodes ----------------------------------------------------------------------------
 
@@ -380,7 +425,7 @@ class PassthroughFs:
         (regular files only), so a host fifo at that name cannot block the daemon.
         """
         pinode = self._new_parent(parent, name)
-        oflags = self._open_flags(flags & _CREATE_PASS_FLAGS)
+        oflags = self._open_flags(flags)
         with self._creds.acting_as(ctx.uid, ctx.gid):
             try:
                 fd = os.open(
@@ -636,19 +681,18 @@ class PassthroughFs:
 
     def getxattr(self, ctx: Context, nodeid: int, name: bytes) -> bytes:
         """The value of xattr ``name`` (ENODATA if unset); the server does the size probe."""
-        inode = self.inodes.get(nodeid)
-        rewrite = self.options.rewrite_security_xattrs
-        return xattrs.getxattr(inode, xattrs.host_name(name, rewrite=rewrite))
+        host = self._xattr_names.to_host(name, getting=True)
+        return xattrs.getxattr(self.inodes.get(nodeid), host)
 
     def listxattr(self, ctx: Context, nodeid: int) -> list[bytes]:
         """The inode's xattr names as the guest sees them."""
-        names = xattrs.listxattr(self.inodes.get(nodeid))
-        return xattrs.guest_names(names, rewrite=self.options.rewrite_security_xattrs)
+        names = self._xattr_names
+        return names.to_guest(xattrs.listxattr(self.inodes.get(nodeid)))
 
     def setxattr(self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
         """Set xattr ``name`` (``flags``: XATTR_CREATE / XATTR_REPLACE)."""
+        host = self._xattr_names.to_host(name, setting=True)
         inode = self.inodes.get(nodeid)
-        host = xattrs.host_name(name, rewrite=self.options.rewrite_security_xattrs, setting=True)
         switched = self._xattr_change(ctx, inode, host)
         try:
             xattrs.setxattr(inode, host, value, flags)
@@ -658,11 +702,30 @@ class PassthroughFs:
 
     def removexattr(self, ctx: Context, nodeid: int, name: bytes) -> None:
         """Remove xattr ``name`` (ENODATA if unset)."""
+        host = self._xattr_names.to_host(name)
         inode = self.inodes.get(nodeid)
-        host = xattrs.host_name(name, rewrite=self.options.rewrite_security_xattrs)
         switched = self._xattr_change(ctx, inode, host)
         try:
             xattrs.removexattr(inode, host)
         finally:
             if switched:
                 self._creds.restore()
+
+
+def _inode_table(root_fd: int, options: FsOptions) -> InodeTable:
+    """The inode table ``inode_file_handles`` asks for, if file handles work here: ``prefer``
+    falls back to O_PATH fds (with a warning), ``mandatory`` refuses (OSError)."""
+    mode = options.inode_file_handles
+    if mode == "never":
+        return InodeTable(root_fd)
+    problem = probe(root_fd)
+    if problem is None:
+        return HandleInodeTable(root_fd, mode)
+    if mode == "mandatory":
+        raise OSError(errno.EOPNOTSUPP, f"--inode-file-handles=mandatory: {problem}")
+    log.warning(
+        "file handles do not work here (%s): holding an O_PATH fd per inode instead",
+        problem,
+        extra={"inode_file_handles": "prefer", "reason": problem},
+    )
+    return InodeTable(root_fd)

@@ -1,4 +1,4 @@
-"""Extended attributes of shared inodes, and crosvm's ``rewrite_security_xattrs`` name mapping.
+"""Extended attributes of shared inodes, and how their names map between guest and host.
 
 Every call goes through the inode's ``/proc/self/fd/N`` magic link: the kernel resolves it to
 the inode the O_PATH fd pins, without opening it and without following a symlink any further
@@ -9,6 +9,10 @@ With ``rewrite_security_xattrs``, guest ``security.*`` names other than ``securi
 are stored as ``user.virtiofs.security.*``, so an unprivileged host user can hold them and the
 host's LSMs never see the guest's labels; guest access to ``user.virtiofs.*`` itself is hidden
 (set EPERM, get/remove ENODATA) as in crosvm.
+
+With virtiofsd's ``--xattrmap`` the names follow its rules instead (:mod:`fsd.fs.xattrmap`);
+with ``--no-xattr`` every xattr operation answers ENOSYS. Each is an :class:`XattrNames`
+policy, picked once by :func:`xattr_names`.
 """
 
 from __future__ import annotations
@@ -19,16 +23,21 @@ import stat
 from typing import Final
 
 from fsd.fs.inodes import Inode
+from fsd.fs.xattrmap import XattrMap
 from fsd.fuse.abi import XATTR_NAME_MAX, XATTR_SIZE_MAX
 
 __all__ = [
+    "MappedNames",
+    "NoXattrs",
+    "RewrittenSecurityNames",
+    "XattrNames",
+    "checked_name",
     "getxattr",
-    "guest_names",
-    "host_name",
     "kill_suidgid",
     "listxattr",
     "removexattr",
     "setxattr",
+    "xattr_names",
 ]
 
 _CREATE: Final = os.XATTR_CREATE
@@ -36,33 +45,107 @@ _REPLACE: Final = os.XATTR_REPLACE
 _PREFIX: Final = b"user.virtiofs."
 _SECURITY: Final = b"security."
 _SELINUX: Final = b"security.selinux"
+_CAPABILITY: Final = b"security.capability"
 
 
-def host_name(name: bytes, *, rewrite: bool, setting: bool = False) -> bytes:
-    """The host name for guest xattr ``name``; raises for names the guest may not use."""
+class XattrNames:
+    """How guest xattr names become host names and back: unchanged (fsd's default).
+
+    The policies: this one, :class:`RewrittenSecurityNames` (crosvm's
+    ``rewrite_security_xattrs``), :class:`MappedNames` (virtiofsd's ``--xattrmap``) and
+    :class:`NoXattrs` (``--no-xattr``). :func:`xattr_names` picks one from the options.
+    """
+
+    __slots__ = ()
+
+    #: Whether the guest's ``security.capability`` is stored under another name, which the
+    #: host kernel then does not drop on write (so HANDLE_KILLPRIV_V2 must stay off: the
+    #: guest kernel then removes it itself, through these names).
+    renames_capability = False
+
+    def to_host(self, name: bytes, *, setting: bool = False, getting: bool = False) -> bytes:
+        """The host name for guest xattr ``name``; raises for names the guest may not use
+        (``setting``: SETXATTR asks; ``getting``: GETXATTR asks)."""
+        return checked_name(name)
+
+    def to_guest(self, host_names: list[bytes]) -> list[bytes]:
+        """The names the guest sees for a host listing."""
+        return host_names
+
+
+class NoXattrs(XattrNames):
+    """``--no-xattr``: every xattr operation answers ENOSYS, and the guest kernel stops
+    sending them (it remembers ENOSYS per operation for the whole mount)."""
+
+    __slots__ = ()
+
+    def to_host(self, name: bytes, *, setting: bool = False, getting: bool = False) -> bytes:
+        raise OSError(errno.ENOSYS, "xattrs are disabled (--no-xattr)")
+
+    def to_guest(self, host_names: list[bytes]) -> list[bytes]:
+        raise OSError(errno.ENOSYS, "xattrs are disabled (--no-xattr)")
+
+
+class RewrittenSecurityNames(XattrNames):
+    """crosvm's ``rewrite_security_xattrs`` (see the module docstring)."""
+
+    __slots__ = ()
+    renames_capability = True
+
+    def to_host(self, name: bytes, *, setting: bool = False, getting: bool = False) -> bytes:
+        name = checked_name(name)
+        if name.startswith(_PREFIX):
+            if setting:
+                raise OSError(errno.EPERM, "user.virtiofs.* is reserved")
+            raise OSError(errno.ENODATA, "user.virtiofs.* is hidden")
+        if name.startswith(_SECURITY) and name != _SELINUX:
+            name = _PREFIX + name
+            if len(name) > XATTR_NAME_MAX:
+                raise OSError(errno.ERANGE, "xattr name too long once rewritten")
+        return name
+
+    def to_guest(self, host_names: list[bytes]) -> list[bytes]:
+        cut = len(_PREFIX)
+        return [n[cut:] if n.startswith(_PREFIX) else n for n in host_names]
+
+
+class MappedNames(XattrNames):
+    """virtiofsd's ``--xattrmap`` (:mod:`fsd.fs.xattrmap`)."""
+
+    __slots__ = ("map", "renames_capability")
+
+    def __init__(self, xattr_map: XattrMap) -> None:
+        self.map = xattr_map
+        self.renames_capability = xattr_map.renames(_CAPABILITY)
+
+    def to_host(self, name: bytes, *, setting: bool = False, getting: bool = False) -> bytes:
+        host = self.map.to_host(checked_name(name), getting=getting)
+        if len(host) > XATTR_NAME_MAX:
+            raise OSError(errno.ERANGE, "xattr name too long once mapped")
+        return host
+
+    def to_guest(self, host_names: list[bytes]) -> list[bytes]:
+        return self.map.to_guest(host_names)
+
+
+def xattr_names(*, enabled: bool, rewrite_security: bool, xattr_map: XattrMap | None) -> XattrNames:
+    """The naming policy the options ask for (they were checked not to conflict)."""
+    if not enabled:
+        return NoXattrs()
+    if xattr_map is not None:
+        return MappedNames(xattr_map)
+    if rewrite_security:
+        return RewrittenSecurityNames()
+    return XattrNames()
+
+
+def checked_name(name: bytes) -> bytes:
+    """``name`` if the host could hold it: not empty, no NUL, at most XATTR_NAME_MAX bytes."""
     if not name or b"\0" in name:
         raise OSError(errno.EINVAL, "empty xattr name")
     if len(name) > XATTR_NAME_MAX:
         raise OSError(errno.ERANGE, "xattr name too long")
-    if not rewrite:
-        return name
-    if name.startswith(_PREFIX):
-        if setting:
-            raise OSError(errno.EPERM, "user.virtiofs.* is reserved")
-        raise OSError(errno.ENODATA, "user.virtiofs.* is hidden")
-    if name.startswith(_SECURITY) and name != _SELINUX:
-        name = _PREFIX + name
-        if len(name) > XATTR_NAME_MAX:
-            raise OSError(errno.ERANGE, "xattr name too long once rewritten")
     return name
-
-
-def guest_names(host_names: list[bytes], *, rewrite: bool) -> list[bytes]:
-    """The names the guest sees for a host listing (``user.virtiofs.`` stripped)."""
-    if not rewrite:
-        return host_names
-    cut = len(_PREFIX)
-    return [n[cut:] if n.startswith(_PREFIX) else n for n in host_names]
 
 
 def getxattr(inode: Inode, name: bytes) -> bytes:

@@ -138,6 +138,10 @@ FOPEN_CACHE_DIR: Final = 1 << 3
 FOPEN_STREAM: Final = 1 << 4
 FOPEN_NOFLUSH: Final = 1 << 5
 
+# fuse_attr.flags
+#: The entry is a mount point: with SUBMOUNTS granted, the client gives it its own mount.
+ATTR_SUBMOUNT: Final = 1 << 0
+
 # fuse_setattr_in.valid
 FATTR_MODE: Final = 1 << 0
 FATTR_UID: Final = 1 << 1

@@ -77,7 +77,8 @@ class SetattrArgs(NamedTuple):
 
 class FilesystemConfig(NamedTuple):
     """What a filesystem wants the client told: cache lifetimes, extra INIT capabilities,
-    and how host owners appear to it (``None``: unchanged)."""
+    how host owners appear to it (``None``: unchanged), and whether mount points inside it
+    are announced."""
 
     entry_timeout: float = 5.0
     attr_timeout: float = 5.0
@@ -87,6 +88,12 @@ class FilesystemConfig(NamedTuple):
     init_flags: int = int(InitFlag.HANDLE_KILLPRIV_V2)
     #: Host uid → client uid and host gid → client gid, for every attribute reply.
     owner_to_client: tuple[Callable[[int], int], Callable[[int], int]] | None = None
+    #: Mount points inside the share appear as their own mounts in the client (virtiofsd's
+    #: --announce-submounts). The filesystem then also asks for INIT's SUBMOUNTS in
+    #: ``init_flags``; the server, when SUBMOUNTS was granted, sets ``ATTR_SUBMOUNT`` in the
+    #: ``fuse_attr.flags`` of every entry it sends (LOOKUP, READDIRPLUS; MKDIR, CREATE and
+    #: the rest never make one) whose nodeid :meth:`Filesystem.is_submount` says is one.
+    announce_submounts: bool = False
 
 
 class Filesystem(Protocol):
@@ -120,6 +127,12 @@ class Filesystem(Protocol):
         """``nodeid``'s path below the root (``b""`` is the root), for plugins and logs;
         ``None`` for a nodeid the client does not hold."""
         return None
+
+    def is_submount(self, nodeid: int) -> bool:
+        """Whether the entry ``nodeid`` (just returned by a lookup) is a mount point to
+        announce (``config.announce_submounts``): a directory on another filesystem than its
+        parent's."""
+        return False
 
     # --- inodes ----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Final, Literal, cast
 
 from fsd.fuse import abi
 from fsd.fuse.abi import (
+    ATTR_SUBMOUNT,
     DIRENT,
     ENTRY_OUT,
     FATTR_KILL_SUIDGID,
@@ -47,6 +48,7 @@ from fsd.fuse.abi import (
     WRITE_KILL_SUIDGID,
     WRITE_OUT,
     XATTR_LIST_MAX,
+    InitFlag,
     Opcode,
     op_name,
 )
@@ -90,6 +92,7 @@ CONCURRENT: Final = frozenset(
      Opcode.COPY_FILE_RANGE}
 )  # fmt: skip
 _EMPTY: Final = b""
+_SUBMOUNT_FLAGS: Final = struct.pack("<I", ATTR_SUBMOUNT)
 _pack_header: Final = OUT_HEADER.pack_into
 _pack_entry: Final = ENTRY_OUT.pack
 _ENTRY_HEAD: Final = struct.Struct("<QQQQII")  # nodeid, generation, entry and attr valid
@@ -191,6 +194,7 @@ class FuseServer:
         self._lock = threading.Lock()
         #: Requests and errors per opcode, for the status view.
         self.stats = RequestStats()
+        self._submounts = False
         self._table = self._before_init
         self._missing = errno.EIO
 
@@ -293,7 +297,10 @@ class FuseServer:
     def _entry(self, nodeid: int, st: os.stat_result) -> bytes:
         e_s, e_ns = self._entry_valid
         a_s, a_ns = self._attr_valid
-        return _pack_entry_head(nodeid, 0, e_s, a_s, e_ns, a_ns) + self._fuse_attr(st)
+        attr = self._fuse_attr(st)
+        if self._submounts and self.fs.is_submount(nodeid):
+            attr = attr[:-4] + _SUBMOUNT_FLAGS  # fuse_attr.flags is its last field
+        return _pack_entry_head(nodeid, 0, e_s, a_s, e_ns, a_ns) + attr
 
     def _attr(self, st: os.stat_result) -> bytes:
         return self._attr_out_head + self._fuse_attr(st)
@@ -310,13 +317,19 @@ class FuseServer:
         values = self.session.negotiate(major, minor, readahead, flags)
         if self.session.initialized:
             self._table, self._missing = self._handlers, errno.ENOSYS
+        # Mount points in the share get their own mount in the client, if both sides agree.
+        self._submounts = self.fs.config.announce_submounts and bool(
+            self.session.flags & InitFlag.SUBMOUNTS
+        )
+        granted = values[3] | (values[10] << 32)
         log.info(
             "FUSE session: kernel %d.%d, replied %d.%d, flags %#x",
             major,
             minor,
             values[0],
             values[1],
-            values[3] | (values[10] << 32),
+            granted,
+            extra={"fuse_minor": values[1], "kernel_minor": minor, "flags": granted},
         )
         size = self.session.init_out_size() if self.session.initialized else INIT_OUT.size
         return INIT_OUT.pack(*values)[:size]

@@ -58,13 +58,17 @@ def load_plugins(pm: pluggy.PluginManager, names: Iterable[str]) -> None:
             elif not pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name):
                 known = ", ".join(e.name for e in installed_entry_points()) or "none"
                 raise PluginError(
-                    f"unknown plugin {name!r}: no entry point {name!r} in group "
-                    f"{ENTRY_POINT_GROUP!r} (installed: {known})"
+                    f"--plugin {name}: unknown plugin {name!r}, no entry point of that name in "
+                    f"group {ENTRY_POINT_GROUP!r} (installed: {known})"
                 )
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(f"cannot load plugin {name!r}: {exc!r}") from exc
+            what = "import" if isinstance(exc, ImportError) else "load"
+            raise PluginError(
+                f"--plugin {name}: cannot {what} it ({type(exc).__name__}: {exc}); check the "
+                "name (`fsd plugins` lists the installed ones)"
+            ) from exc
         if not pm.get_hookcallers(pm.get_plugin(name)):
             what = f"plugin {name!r} implements no fsd hook (none marked with @hookimpl)"
             if ":" in name:

@@ -48,6 +48,7 @@ __all__ = [
     "fsd_env",
     "fsd_serve_command",
     "newc_archive",
+    "parse_console",
     "qemu_command",
     "rootfs_append",
     "run_guest",
@@ -55,6 +56,7 @@ __all__ = [
     "running_backend",
     "virtiofsd_command",
     "wait_listening",
+    "write_workload_initrd",
 ]
 
 MARKER = "@@FSD "
@@ -187,6 +189,30 @@ def _write_initrd(path: Path, base: Path, workload: str, tag: str, mount_options
     """Base initramfs + zero padding to 4 bytes (the kernel wants aligned archives) + run files."""
     files = {"fsd/workload.sh": workload.encode(), "fsd/run.conf": _run_conf(tag, mount_options)}
     _append_archive(path, base, newc_archive(files))
+
+
+def write_workload_initrd(
+    path: str | os.PathLike[str],
+    workload: str,
+    *,
+    tag: str = "myfs",
+    mount_options: str = "",
+    guest_image: GuestImage | None = None,
+) -> Path:
+    """The test bed's initramfs with ``workload`` in it, at ``path``: for a guest that
+    another program boots (libvirt), which then reports on its serial console as under
+    :func:`run_guest`."""
+    image = guest_image or GuestImage.default()
+    _write_initrd(Path(path), image.initramfs, workload, tag, mount_options)
+    return Path(path)
+
+
+def parse_console(console: str) -> tuple[str, int | None]:
+    """The workload's output and exit status from a console transcript (None: no END)."""
+    state = _ConsoleState(time.monotonic())
+    for line in console.splitlines():
+        state.feed(line.rstrip("\r"))
+    return "".join(f"{line}\n" for line in state.output), state.exit_status
 
 
 def qemu_command(
@@ -585,8 +611,12 @@ async def running_backend(
     listen_timeout: float = 15.0,
     env: Mapping[str, str] | None = None,
     stop_timeout: float = 5.0,
+    pass_fds: Sequence[int] = (),
 ) -> AsyncIterator[Backend]:
-    """Start a vhost-user backend, wait until its socket listens, stop it (SIGTERM) on exit."""
+    """Start a vhost-user backend, wait until its socket listens, stop it (SIGTERM) on exit.
+
+    ``pass_fds`` are inherited by the backend under their own numbers (``--fd N``: a socket
+    the caller made listen at ``socket_path``, as libvirt and Kata do)."""
     with _open_log(log_path) as log_file:
         process = await trio.lowlevel.open_process(
             list(argv),
@@ -594,6 +624,7 @@ async def running_backend(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=None if env is None else {**os.environ, **env},
+            pass_fds=tuple(pass_fds),
         )
         backend = Backend(process, Path(socket_path), Path(log_path))
         try:

@@ -77,7 +77,7 @@ def test_unknown_command() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--shared-dir", "/nonexistent-fsd-dir"], "is not a directory"),
+        (["--shared-dir", "/nonexistent-fsd-dir"], "no such directory"),
         (["--shared-dir", "{tmp}", "--cfg", "bogus=1"], "bogus"),
         (["--shared-dir", "{tmp}:t:type=fs:cache=sometimes"], "cache"),
         (["--shared-dir", "{tmp}", "--tag", "x" * 37], "tag"),
@@ -91,18 +91,32 @@ def test_serve_refuses_bad_arguments(tmp_path: Path, args: list[str], message: s
     assert not (tmp_path / "s.sock").exists()
 
 
-def test_print_capabilities_follows_the_vhost_user_convention() -> None:
-    result = fsd("serve", "--print-capabilities")
+@pytest.mark.parametrize("command", [["serve"], ["serve", "--socket-path", "x"]])
+def test_print_capabilities_follows_the_vhost_user_convention(command: list[str]) -> None:
+    """Only what fsd has: virtiofsd's separate options, no migration."""
+    result = fsd(*command, "--print-capabilities")
     assert result.returncode == 0
-    assert json.loads(result.stdout) == {"type": "fs", "features": []}
+    assert json.loads(result.stdout) == {"type": "fs", "features": ["separate-options"]}
 
 
-def test_vhost_user_json_describes_an_fs_backend() -> None:
-    description = json.loads(
-        (Path(__file__).parents[2] / "contrib/vhost-user/50-fsd.json").read_text()
-    )
+def test_fsd_vhost_user_prints_the_same_capabilities() -> None:
+    binary = Path(sys.executable).with_name("fsd-vhost-user")
+    if not binary.exists():
+        pytest.skip("fsd-vhost-user is not installed next to this Python")
+    result = subprocess.run([binary, "--print-capabilities"], capture_output=True, text=True)
+    assert json.loads(result.stdout) == {"type": "fs", "features": ["separate-options"]}
+
+
+def test_vhost_user_json_sorts_after_the_systems_virtiofsd() -> None:
+    """libvirt takes the first "fs" description in file-name order: fsd's must not win over
+    the distribution's 50-qemu-virtiofsd.json unless the user puts it first on purpose."""
+    folder = Path(__file__).parents[2] / "contrib/vhost-user"
+    (path,) = folder.glob("*.json")
+    assert path.name > "50-qemu-virtiofsd.json" and path.name > "50-virtiofsd.json"
+    description = json.loads(path.read_text())
     assert description["type"] == "fs"
     assert description["binary"].endswith("fsd-vhost-user")
+    assert set(description) == {"description", "type", "binary"}
 
 
 @pytest.mark.parametrize("fd", ["-1", "99", "nope"])
@@ -118,6 +132,6 @@ def test_serve_reports_an_unusable_allowlist_socket_without_a_traceback(tmp_path
         "serve", "--socket-path", str(tmp_path / "s.sock"), "--shared-dir", str(tmp_path),
         "--allowlist-socket-path", str(tmp_path / "missing-dir" / "ctl.sock"),
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "No such file or directory" in result.stderr
+    assert f"{tmp_path}/missing-dir does not exist" in result.stderr

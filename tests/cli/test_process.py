@@ -50,3 +50,24 @@ def test_root_loses_its_supplementary_groups_until_restored() -> None:
         assert sorted(os.getgroups()) == sorted([*before, 4242])
     finally:
         os.setgroups(before)
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [("4096", (4096, 4096)), ("0", (300, 5000)), (None, (5000, 5000))],
+)
+def test_rlimit_nofile(limit: str | None, expected: tuple[int, int]) -> None:
+    """``--rlimit-nofile N`` sets both limits as virtiofsd does; 0 leaves them; without it
+    the soft limit goes up to the hard one."""
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (300, 5000))\n"
+        "from fsd.cli.process import prepare_process\n"
+        "limit = None if sys.argv[1] == 'None' else int(sys.argv[1])\n"
+        "prepare_process(rlimit_nofile=limit)\n"
+        "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(limit)], capture_output=True, text=True, check=True
+    )
+    assert tuple(map(int, out.stdout.split())) == expected

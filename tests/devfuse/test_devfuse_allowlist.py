@@ -131,6 +131,7 @@ def test_a_live_control_socket_is_refused(share: Path, tmp_path: Path) -> None:
         [*argv, "--allowlist-socket-path", str(ctrl)], capture_output=True, timeout=30
     )
     force_unmount(tmp_path / "mnt")
-    assert done.returncode == 1, done.stderr
-    assert b"fsd mount:" in done.stderr
+    assert done.returncode == 2, done.stderr  # refused at start-up, before mounting
+    assert b"fsd mount: --allowlist-socket-path" in done.stderr
+    assert b"exists and is not a socket" in done.stderr
     assert ctrl.read_text() == "not a socket"

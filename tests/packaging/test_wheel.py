@@ -29,7 +29,10 @@ CHECKOUT_ONLY = {
     "contrib/vhost-user/": "a VMM manager's description file, installed by hand next to QEMU's",
 }
 #: Paths that belong to another project's tree.
-FOREIGN = {"docs/interop/vhost-user.rst": "QEMU's documentation"}
+FOREIGN = {
+    "docs/interop/vhost-user.rst": "QEMU's documentation",
+    "docs/interop/vhost-user.json": "QEMU's schema of the back-end descriptions",
+}
 #: Where a source-tree directory lives in the wheel.
 SHIPPED_AS = {"docs/": "fsd/docs/", "contrib/testbed/": "fsd/testing/testbed/"}
 
