@@ -52,6 +52,7 @@ from fsd.fuse.abi import (
 )
 from fsd.fuse.codec import (
     attr_values,
+    decode_device,
     fuse_attr,
     mapped_attr_values,
     mapped_fuse_attr,
@@ -411,7 +412,7 @@ class FuseServer:
 
     def _mknod(self, req: Request, _reply: Segments) -> Payload:
         mode, rdev, _umask, _, name = req.args
-        return self._entry(*self.fs.mknod(req, req.nodeid, name, mode, rdev))
+        return self._entry(*self.fs.mknod(req, req.nodeid, name, mode, decode_device(rdev)))
 
     def _symlink(self, req: Request, _reply: Segments) -> Payload:
         name, target = req.args
@@ -438,9 +439,7 @@ class FuseServer:
         newdir, flags, _, old, new = req.args
         if flags & ~_RENAME_FLAGS:
             raise OSError(errno.EINVAL, f"unknown rename flags {flags:#x}")
-        if flags & RENAME_WHITEOUT:
-            # A whiteout is a 0/0 character device: device nodes are never made in the share.
-            raise OSError(errno.EINVAL, "RENAME_WHITEOUT is not supported")
+        # RENAME_WHITEOUT too (overlayfs): the filesystem leaves a 0/0 character device.
         self.fs.rename(req, req.nodeid, old, newdir, new, flags)
         return _EMPTY
 
