@@ -4,9 +4,11 @@
 # fuse3: the setuid fusermount3 helper through which `fsd mount` mounts for an ordinary user.
 # systemd: the service manager, systemctl and systemd-socket-activate that test the units in
 # contrib/systemd (PID 1 need not be systemd).
+# btrfs-progs: a btrfs image with a quota group limit, the one way this host kernel has to make
+# a filesystem answer EDQUOT to root (tests/daemon/test_faults.py).
 set -euo pipefail
 missing=()
-for pkg in python3 python3-venv python3-dev gcc socat fuse3 systemd; do
+for pkg in python3 python3-venv python3-dev gcc socat fuse3 systemd btrfs-progs; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         missing+=("$pkg")
     fi

@@ -15,6 +15,7 @@ import trio
 from fsd.allowlist import Allowlist
 from fsd.allowlist.server import serve_allowlist
 from fsd.daemon import systemd
+from fsd.daemon.queues import ChainHandler
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fuse import FuseServer
@@ -22,6 +23,7 @@ from fsd.hookinfo import DaemonInfo, VmmInfo
 from fsd.hooks_fuse import make_request_handler
 from fsd.plugins import Plugins
 from fsd.unix_sockets import bind_private, unlink_if_ours
+from fsd.vhost_user.backend import DeviceSpec
 from fsd.virtio_fs import NUM_QUEUES, virtio_fs_device
 
 __all__ = ["ServeConfig", "serve"]
@@ -45,6 +47,9 @@ class ServeConfig:
     fs_options: FsOptions = attrs.field(factory=FsOptions)
     #: ``--thread-pool-size``: threads serving the requests (0: each queue's own thread).
     thread_pool_size: int = 0
+    #: ``--reconnect``: after the front-end disconnects, wait for the next one (a restarted
+    #: VMM) instead of exiting. Each front-end starts from an empty inode and handle table.
+    reconnect: bool = False
 
 
 def open_vhost_user_listener(
@@ -101,6 +106,26 @@ def _peer(sock: trio.socket.SocketType) -> VmmInfo:
     return VmmInfo(pid, uid, gid)
 
 
+async def _serve_frontend(
+    sock: trio.socket.SocketType,
+    device: DeviceSpec,
+    handler: ChainHandler,
+    config: ServeConfig,
+    plugins: Plugins,
+) -> None:
+    """One front-end's connection, from accept to disconnect."""
+    vmm = _peer(sock)
+    log.info("vhost-user: front-end connected (pid %d)", vmm.pid)
+    systemd.notify_status(f"serving the front-end (pid {vmm.pid})")
+    await plugins.vmm_connected(vmm)
+    try:
+        await serve_vhost_user_connection(
+            sock, device, [handler] * NUM_QUEUES, thread_pool_size=config.thread_pool_size
+        )
+    finally:
+        await plugins.vmm_disconnected(vmm)
+
+
 async def serve(
     config: ServeConfig,
     *,
@@ -108,7 +133,8 @@ async def serve(
     handle_signals: bool = True,
     task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve one VMM over vhost-user until it disconnects or a signal arrives.
+    """Serve one VMM over vhost-user until it disconnects (or, with ``reconnect``, each VMM
+    that connects in turn) or a signal arrives.
 
     Process-wide set-up is the caller's: :func:`fsd.cli.process.prepare_process` (umask 0
     above all: the guest kernel has already applied the caller's umask to every mode it
@@ -149,26 +175,24 @@ async def serve(
                 DaemonInfo(config.shared_dir, "vhost-user", config.socket_path)
             )
             with listener:
-                if listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                    sock, _ = await listener.accept()
-                else:  # an inherited socket that is already the front-end's connection
-                    sock = trio.socket.from_stdlib_socket(
-                        socket.socket(fileno=os.dup(listener.fileno()))
-                    )
-            with sock:
-                vmm = _peer(sock)
-                log.info("vhost-user: front-end connected (pid %d)", vmm.pid)
-                systemd.notify_status(f"serving the front-end (pid {vmm.pid})")
-                await plugins.vmm_connected(vmm)
-                try:
-                    await serve_vhost_user_connection(
-                        sock,
-                        device,
-                        [handler] * NUM_QUEUES,
-                        thread_pool_size=config.thread_pool_size,
-                    )
-                finally:
-                    await plugins.vmm_disconnected(vmm)
+                # An inherited socket may be the front-end's connection already (crosvm).
+                listening = listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                while True:
+                    if listening:
+                        sock, _ = await listener.accept()
+                    else:
+                        sock = trio.socket.from_stdlib_socket(
+                            socket.socket(fileno=os.dup(listener.fileno()))
+                        )
+                    with sock:
+                        await _serve_frontend(sock, device, handler, config, plugins)
+                    # Whatever the guest held goes: its files (and with them its locks),
+                    # its inodes. A reconnecting front-end is a new guest that sends INIT.
+                    fs.destroy()
+                    if not (config.reconnect and listening):
+                        break
+                    log.info("vhost-user: waiting for the front-end to reconnect")
+                    systemd.notify_status(f"waiting for a front-end on {where}")
             nursery.cancel_scope.cancel()
     finally:
         systemd.notify_stopping(shutdown.reason)

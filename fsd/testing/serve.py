@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fsd.testing.guest import unix_socket_listening
@@ -16,14 +17,24 @@ __all__ = ["ServeProcess"]
 class ServeProcess:
     """``python -m fsd serve`` on ``shared_dir``, started and waited for until its socket exists."""
 
-    def __init__(self, shared_dir: Path, socket_path: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        shared_dir: Path,
+        socket_path: Path,
+        *extra: str,
+        module: str = "fsd serve",
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        """``module``: what ``python -m`` runs (a module and its command words) with fsd
+        serve's arguments; ``preexec_fn`` runs in the child before it does (limits, caps)."""
         self.socket_path = socket_path
         stale = _inode(socket_path)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fsd", "serve", "--socket-path", str(socket_path),
+            [sys.executable, "-m", *module.split(), "--socket-path", str(socket_path),
              "--shared-dir", str(shared_dir), "--log-level", "debug", *extra],
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=preexec_fn,
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while _inode(socket_path) in (None, stale) or not unix_socket_listening(socket_path):
