@@ -4,6 +4,8 @@ process holds (fds, guest-memory mappings, resident memory), to show nothing lea
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +15,15 @@ from fsd.testing import fuse_requests as fr
 from fsd.testing.frontend import VhostUserFrontend
 from fsd.testing.fuse_requests import FuseClient
 
-__all__ = ["DaemonUsage", "FrontendServer", "connect", "usage", "wait_for_usage"]
+__all__ = [
+    "DaemonUsage",
+    "FrontendServer",
+    "btrfs_with_quota",
+    "connect",
+    "usage",
+    "wait_for_usage",
+    "write_request",
+]
 
 
 class FrontendServer:
@@ -83,3 +93,22 @@ def wait_for_usage(pid: int, fds: int, timeout: float = 10.0) -> DaemonUsage:
 def write_request(client: FuseClient, nodeid: int, fh: int, offset: int, data: bytes) -> bytes:
     """A WRITE's bytes with the next unique id."""
     return fr.write(client.next_unique(), nodeid, fh, offset, data)
+
+
+def btrfs_with_quota(image: Path, mountpoint: Path) -> str | None:
+    """Make a btrfs image with a 1 MiB qgroup limit and mount it; None, or why not."""
+    if shutil.which("mkfs.btrfs") is None or shutil.which("btrfs") is None:
+        return "btrfs-progs is not installed (contrib/setup-host.sh installs it)"
+    with image.open("wb") as f:
+        f.truncate(128 << 20)
+    made = subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], capture_output=True, text=True)
+    if made.returncode:
+        return f"mkfs.btrfs failed: {made.stderr.strip()}"
+    mount = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True
+    )
+    if mount.returncode:
+        return f"cannot mount a btrfs image here: {mount.stderr.strip()}"
+    for args in (["quota", "enable"], ["qgroup", "limit", "1M"]):
+        subprocess.run(["btrfs", *args, str(mountpoint)], check=True, capture_output=True)
+    return None

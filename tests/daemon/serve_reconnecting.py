@@ -1,7 +1,7 @@
 """``fsd serve --reconnect``, until the command line parses that flag itself.
 
     python -m tests.daemon.serve_reconnecting --socket-path S --shared-dir D [--cfg K=V,...]
-        [--log-level L]
+        [--thread-pool-size N] [--log-level L]
 
 As ``fsd serve`` does: process set-up, then :func:`fsd.daemon.serve.serve`, with
 ``ServeConfig.reconnect`` set.
@@ -26,6 +26,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--socket-path", required=True)
     parser.add_argument("--shared-dir", required=True)
     parser.add_argument("--cfg", default="")
+    parser.add_argument("--thread-pool-size", type=int, default=0)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -38,6 +39,7 @@ def main(argv: list[str]) -> int:
         socket_path=args.socket_path,
         fs_options=parse_cfg(args.cfg),
         reconnect=True,
+        thread_pool_size=args.thread_pool_size,
     )
     prepare_process()
     trio.run(functools.partial(serve, config))

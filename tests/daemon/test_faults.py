@@ -31,7 +31,7 @@ from fsd.testing import fuse_requests as fr
 from fsd.testing.frontend import VhostUserFrontend
 from fsd.testing.fuse_requests import FuseClient
 from fsd.testing.serve import ServeProcess
-from tests.daemon.faults import connect, usage, wait_for_usage, write_request
+from tests.daemon.faults import btrfs_with_quota, connect, usage, wait_for_usage, write_request
 
 MIB = 1 << 20
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a filesystem: needs root")
@@ -39,10 +39,11 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a filesystem: 
 
 @contextlib.contextmanager
 def serving(
-    shared_dir: Path, socket_path: Path, *, reconnect: bool = False, cfg: str = ""
+    shared_dir: Path, socket_path: Path, *, reconnect: bool = False, pool: int = 0
 ) -> Iterator[ServeProcess]:
-    """``fsd serve`` (or, with ``reconnect``, fsd serve with ``ServeConfig.reconnect``)."""
-    extra = ["--log-level", "info"] + (["--cfg", cfg] if cfg else [])
+    """``fsd serve`` (or, with ``reconnect``, fsd serve with ``ServeConfig.reconnect``; with
+    ``pool``, its ``thread_pool_size``)."""
+    extra = ["--log-level", "info"] + (["--thread-pool-size", str(pool)] if pool else [])
     module = "tests.daemon.serve_reconnecting" if reconnect else "fsd serve"
     daemon = ServeProcess(shared_dir, socket_path, *extra, module=module)
     try:
@@ -162,13 +163,14 @@ def test_without_reconnect_a_restarted_vmm_finds_no_socket(
         sock.connect(str(socket_path))
 
 
+@pytest.mark.parametrize("pool", [0, 2], ids=["inline", "thread-pool"])
 def test_reconnect_serves_each_vmm_from_a_clean_state_and_leaks_nothing(
-    shared_dir: Path, socket_path: Path
+    shared_dir: Path, socket_path: Path, pool: int
 ) -> None:
     """Front-ends come and go, cleanly or dying mid-write or holding locks; after each the
     daemon holds exactly the fds it held before the first one came, no guest memory, and
     its resident memory does not grow with the number of front-ends."""
-    with serving(shared_dir, socket_path, reconnect=True) as daemon:
+    with serving(shared_dir, socket_path, reconnect=True, pool=pool) as daemon:
         pid = daemon.proc.pid
         idle = usage(pid)
 
@@ -362,30 +364,11 @@ def test_enospc_reaches_the_guest_and_the_daemon_goes_on(
         exited_cleanly(daemon)
 
 
-def _btrfs_with_quota(image: Path, mountpoint: Path) -> str | None:
-    """Make a btrfs image with a 1 MiB qgroup limit and mount it; None, or why not."""
-    if shutil.which("mkfs.btrfs") is None or shutil.which("btrfs") is None:
-        return "btrfs-progs is not installed (contrib/setup-host.sh installs it)"
-    with image.open("wb") as f:
-        f.truncate(128 * MIB)
-    made = subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], capture_output=True, text=True)
-    if made.returncode:
-        return f"mkfs.btrfs failed: {made.stderr.strip()}"
-    mount = subprocess.run(
-        ["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True
-    )
-    if mount.returncode:
-        return f"cannot mount a btrfs image here: {mount.stderr.strip()}"
-    for args in (["quota", "enable"], ["qgroup", "limit", "1M"]):
-        subprocess.run(["btrfs", *args, str(mountpoint)], check=True, capture_output=True)
-    return None
-
-
 @needs_root
 def test_edquot_reaches_the_guest(shared_dir: Path, socket_path: Path, tmp_path: Path) -> None:
     """A btrfs quota group limit (this host kernel has no tmpfs or ext4 quotas): EDQUOT,
     which root does not bypass there, unlike user quotas (CAP_SYS_RESOURCE)."""
-    why_not = _btrfs_with_quota(tmp_path / "btrfs.img", shared_dir)
+    why_not = btrfs_with_quota(tmp_path / "btrfs.img", shared_dir)
     if why_not is not None:
         pytest.skip(why_not)
     try:
