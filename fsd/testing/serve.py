@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from fsd.testing.guest import unix_socket_listening
@@ -23,10 +22,9 @@ class ServeProcess:
         socket_path: Path,
         *extra: str,
         module: str = "fsd serve",
-        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         """``module``: what ``python -m`` runs (a module and its command words) with fsd
-        serve's arguments; ``preexec_fn`` runs in the child before it does (limits, caps)."""
+        serve's arguments (a test's own entry point, for options the CLI lacks)."""
         self.socket_path = socket_path
         stale = _inode(socket_path)
         self.proc = subprocess.Popen(
@@ -34,7 +32,6 @@ class ServeProcess:
              "--shared-dir", str(shared_dir), "--log-level", "debug", *extra],
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=preexec_fn,
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while _inode(socket_path) in (None, stale) or not unix_socket_listening(socket_path):
