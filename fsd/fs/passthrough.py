@@ -306,8 +306,9 @@ class PassthroughFs:
         """Create a fifo, socket, empty file or device node, as the caller.
 
         Device nodes as virtiofsd and crosvm make them: the host kernel wants CAP_MKNOD of
-        the caller (guest root, or host root under id maps) except for an overlayfs whiteout
-        (character device 0/0), and the daemon never opens one (``_openable``).
+        the caller (guest root; under id maps, only one that maps to host root) except for an
+        overlayfs whiteout (character device 0/0), and the daemon never opens one
+        (``_openable``).
         ``devices=false`` refuses them (EPERM), whiteouts excepted: they name no device.
         """
         kind = stat.S_IFMT(mode)
