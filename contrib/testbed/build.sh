@@ -106,7 +106,8 @@ visit() {
     done
     order+=("$mod")
 }
-for want in virtio virtio_ring virtio_pci fuse virtiofs; do
+want_module() {
+    local want=$1
     if [ -n "${name_of[$want]:-}" ]; then
         visit "${name_of[$want]}"
     elif grep -q "/$want.ko" "$moddir/modules.builtin" 2>/dev/null; then
@@ -114,8 +115,17 @@ for want in virtio virtio_ring virtio_pci fuse virtiofs; do
     else
         log "module $want not found in $moddir/modules.dep"; exit 1
     fi
+}
+for want in virtio virtio_ring virtio_pci fuse virtiofs; do
+    want_module "$want"
 done
-log "modules: ${order[*]##*/}"
+boot_modules=${#order[@]}
+# Shipped but loaded only by the workloads that need them (load_module in functions.sh):
+# overlay, for the tests that use the share as an overlayfs lower layer.
+for want in overlay; do
+    want_module "$want"
+done
+log "modules: ${order[*]:0:boot_modules}; on demand: ${order[*]:boot_modules}"
 
 # --- initramfs -----------------------------------------------------------------------------------
 stage="$out/stage"
@@ -128,7 +138,8 @@ for applet in $(/bin/busybox --list); do
     [ "$applet" = busybox ] || ln -s busybox "$stage/bin/$applet"
 done
 : > "$stage/lib/fsd/modules"
-for mod in "${order[@]}"; do
+for i in "${!order[@]}"; do
+    mod=${order[i]}
     base=${mod##*/}
     case "$base" in
         *.ko.xz) xz -dc "$moddir/$mod" > "$stage/lib/modules/${base%.xz}" ;;
@@ -137,7 +148,7 @@ for mod in "${order[@]}"; do
         *.ko) cp "$moddir/$mod" "$stage/lib/modules/$base" ;;
         *) log "unknown module format: $mod"; exit 1 ;;
     esac
-    echo "/lib/modules/${base%.ko*}.ko" >> "$stage/lib/fsd/modules"
+    [ "$i" -ge "$boot_modules" ] || echo "/lib/modules/${base%.ko*}.ko" >> "$stage/lib/fsd/modules"
 done
 cat > "$stage/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/root:/bin/sh

@@ -39,7 +39,7 @@ static int usage(void)
             "  getlk|setlk|setlkw PATH r|w|u START LEN\n"
             "  flock PATH sh|ex|un nb|wait\n"
             "  hold posix|flock PATH START LEN READYFILE RELEASEFILE\n"
-            "  rename2 OLD NEW noreplace|exchange\n"
+            "  rename2 OLD NEW noreplace|exchange|whiteout\n"
             "  tmpfile DIR NAME CONTENT   fallocate PATH alloc|keep|punch OFFSET LEN\n"
             "  seek PATH data|hole OFFSET   copy SRC DST LEN   statx PATH\n");
     return 2;
@@ -206,7 +206,9 @@ static int cmd_rename2(int argc, char **argv)
 {
     if (argc != 5)
         return usage();
-    unsigned flags = !strcmp(argv[4], "exchange") ? RENAME_EXCHANGE : RENAME_NOREPLACE;
+    unsigned flags = !strcmp(argv[4], "exchange")   ? RENAME_EXCHANGE
+                     : !strcmp(argv[4], "whiteout") ? RENAME_WHITEOUT
+                                                    : RENAME_NOREPLACE;
     if (syscall(SYS_renameat2, AT_FDCWD, argv[2], AT_FDCWD, argv[3], flags) < 0)
         return fail("renameat2");
     printf("ok=1\n");

@@ -28,3 +28,8 @@ host_step() {
 # user and extra), for credential tests. Busybox here has no chpst/setuidgid; su does the job
 # ("--" keeps su from taking the command's own options).
 as_user() { su -s /bin/sh -c 'exec "$@"' -- user as_user "$@"; }
+
+# load_module NAME: insmod a module the test bed ships but /init does not load (overlay).
+load_module() {
+    grep -q "^$1 " /proc/modules || insmod "/lib/modules/$1.ko"
+}

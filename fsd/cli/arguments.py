@@ -58,7 +58,7 @@ def add_filesystem_arguments(parser: argparse.ArgumentParser, *, default_log_lev
         metavar="K=V[,K=V...]",
         help="filesystem options as crosvm's key=value,...: cache=never|auto|always|metadata, "
         "timeout=SECONDS, negative_timeout=SECONDS, writeback=BOOL, rewrite_security_xattrs="
-        "BOOL (see docs/filesystem.md); repeatable",
+        "BOOL, devices=BOOL (see docs/filesystem.md); repeatable",
     )
     parser.add_argument(
         "--allowlist-socket-path",

@@ -113,6 +113,12 @@ def _parser(prog: str, profile: Profile) -> argparse.ArgumentParser:
     )
     p.add_argument("--tag", help="tag in the device config space (for crosvm front-ends)")
     p.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="after the front-end disconnects, wait for the next one (a restarted VMM) instead "
+        "of exiting; each starts from an empty table",
+    )
+    p.add_argument(
         "--thread-pool-size",
         type=count,
         default=0,
@@ -227,6 +233,7 @@ def _config(args: argparse.Namespace, compat: CompatOptions, profile: Profile) -
         allowlist_socket_path=args.allowlist_socket_path,
         fs_options=fs_options,
         thread_pool_size=args.thread_pool_size,
+        reconnect=args.reconnect,
         status=status_config(args),
     )
 

@@ -15,6 +15,7 @@ import trio
 from fsd.allowlist import Allowlist
 from fsd.allowlist.server import serve_allowlist
 from fsd.daemon import systemd
+from fsd.daemon.queues import ChainHandler
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fuse import FuseServer
@@ -24,6 +25,7 @@ from fsd.plugins import Plugins
 from fsd.status import DaemonStatus, RequestLatency, StatusConfig, timed_handler
 from fsd.status.server import serve_status
 from fsd.unix_sockets import bind_private, unlink_if_ours
+from fsd.vhost_user.backend import DeviceSpec
 from fsd.virtio_fs import NUM_QUEUES, virtio_fs_device
 
 __all__ = ["ServeConfig", "serve"]
@@ -49,6 +51,9 @@ class ServeConfig:
     thread_pool_size: int = 0
     #: ``--status-socket``, ``--latency-histogram``: the read-only status view.
     status: StatusConfig = attrs.field(factory=StatusConfig)
+    #: ``--reconnect``: after the front-end disconnects, wait for the next one (a restarted
+    #: VMM) instead of exiting. Each front-end starts from an empty inode and handle table.
+    reconnect: bool = False
 
 
 def open_vhost_user_listener(
@@ -117,6 +122,39 @@ def _peer(sock: trio.socket.SocketType) -> VmmInfo:
     return VmmInfo(pid, uid, gid)
 
 
+async def _serve_frontend(
+    sock: trio.socket.SocketType,
+    device: DeviceSpec,
+    handler: ChainHandler,
+    config: ServeConfig,
+    plugins: Plugins,
+    status: DaemonStatus,
+) -> None:
+    """One front-end's connection, from accept to disconnect."""
+    vmm = _peer(sock)
+    log.info(
+        "vhost-user: front-end connected (pid %d, uid %d, gid %d)",
+        vmm.pid,
+        vmm.uid,
+        vmm.gid,
+        extra={"vmm_pid": vmm.pid, "vmm_uid": vmm.uid, "vmm_gid": vmm.gid},
+    )
+    systemd.notify_status(f"serving the front-end (pid {vmm.pid})")
+    status.frontend_connected(vmm)
+    await plugins.vmm_connected(vmm)
+    try:
+        await serve_vhost_user_connection(
+            sock,
+            device,
+            [handler] * NUM_QUEUES,
+            thread_pool_size=config.thread_pool_size,
+            on_connection=status.connection_opened,
+        )
+    finally:
+        status.frontend_disconnected()
+        await plugins.vmm_disconnected(vmm)
+
+
 async def serve(
     config: ServeConfig,
     *,
@@ -124,7 +162,8 @@ async def serve(
     handle_signals: bool = True,
     task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve one VMM over vhost-user until it disconnects or a signal arrives.
+    """Serve one VMM over vhost-user until it disconnects (or, with ``reconnect``, each VMM
+    that connects in turn) or a signal arrives.
 
     Process-wide set-up is the caller's: :func:`fsd.cli.process.prepare_process` (umask 0
     above all: the guest kernel has already applied the caller's umask to every mode it
@@ -180,35 +219,24 @@ async def serve(
                 DaemonInfo(config.shared_dir, "vhost-user", config.socket_path)
             )
             with listener:
-                if listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                    sock, _ = await listener.accept()
-                else:  # an inherited socket that is already the front-end's connection
-                    sock = trio.socket.from_stdlib_socket(
-                        socket.socket(fileno=os.dup(listener.fileno()))
-                    )
-            with sock:
-                vmm = _peer(sock)
-                log.info(
-                    "vhost-user: front-end connected (pid %d, uid %d, gid %d)",
-                    vmm.pid,
-                    vmm.uid,
-                    vmm.gid,
-                    extra={"vmm_pid": vmm.pid, "vmm_uid": vmm.uid, "vmm_gid": vmm.gid},
-                )
-                systemd.notify_status(f"serving the front-end (pid {vmm.pid})")
-                status.frontend_connected(vmm)
-                await plugins.vmm_connected(vmm)
-                try:
-                    await serve_vhost_user_connection(
-                        sock,
-                        device,
-                        [handler] * NUM_QUEUES,
-                        thread_pool_size=config.thread_pool_size,
-                        on_connection=status.connection_opened,
-                    )
-                finally:
-                    status.frontend_disconnected()
-                    await plugins.vmm_disconnected(vmm)
+                # An inherited socket may be the front-end's connection already (crosvm).
+                listening = listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                while True:
+                    if listening:
+                        sock, _ = await listener.accept()
+                    else:
+                        sock = trio.socket.from_stdlib_socket(
+                            socket.socket(fileno=os.dup(listener.fileno()))
+                        )
+                    with sock:
+                        await _serve_frontend(sock, device, handler, config, plugins, status)
+                    # Whatever the guest held goes: its files (and with them its locks),
+                    # its inodes. A reconnecting front-end is a new guest that sends INIT.
+                    server.reset()
+                    if not (config.reconnect and listening):
+                        break
+                    log.info("vhost-user: waiting for the front-end to reconnect")
+                    systemd.notify_status(f"waiting for a front-end on {where}")
             nursery.cancel_scope.cancel()
     finally:
         systemd.notify_stopping(shutdown.reason)

@@ -45,7 +45,9 @@ class FsOptions:
     ``rewrite_security_xattrs`` stores guest ``security.*`` xattrs (but ``security.selinux``)
     as ``user.virtiofs.security.*`` on the host. ``id_maps`` (``--uid-map``/``--gid-map``,
     not a ``--cfg`` key) translates guest ids to host ids and back; ``None`` is the identity
-    at no cost (docs/credentials.md).
+    at no cost (docs/credentials.md). ``devices=false`` refuses to create character and
+    block device nodes (EPERM), except overlayfs whiteouts (character device 0/0, which name
+    no device); fsd never opens a device node either way (docs/security.md).
 
     virtiofsd's: ``readonly`` answers EROFS to everything that would change the share
     (fsd.fs.readonly); ``xattr`` False answers ENOSYS to every xattr operation;
@@ -64,6 +66,7 @@ class FsOptions:
     writeback: bool = False
     rewrite_security_xattrs: bool = False
     id_maps: IdMaps | None = None
+    devices: bool = True
     readonly: bool = False
     xattr: bool = True
     xattrmap: XattrMap | None = None
@@ -104,8 +107,8 @@ class FsOptions:
 
 _KEYS = {"cache": "cache", "cache_policy": "cache", "timeout": "timeout"}
 _KEYS |= {"negative_timeout": "negative_timeout", "writeback": "writeback"}
-_KEYS |= {"rewrite_security_xattrs": "rewrite_security_xattrs"}
-_BOOL_FIELDS = frozenset({"writeback", "rewrite_security_xattrs"})
+_KEYS |= {"rewrite_security_xattrs": "rewrite_security_xattrs", "devices": "devices"}
+_BOOL_FIELDS = frozenset({"writeback", "rewrite_security_xattrs", "devices"})
 #: crosvm keys fsd accepts only with the value that means "off", and why it has no "on".
 _UNSUPPORTED = {
     "posix_acl": "POSIX ACLs (FUSE_POSIX_ACL) are not supported; use posix_acl=false",

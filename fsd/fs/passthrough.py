@@ -77,6 +77,7 @@ _FILE_OPEN_FLAGS: Final = {
 }
 _DIR_OPEN_FLAGS: Final = {"always": FOPEN_CACHE_DIR, "metadata": FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE}
 _MKNOD_KINDS: Final = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG)
+_DEVICE_KINDS: Final = (stat.S_IFCHR, stat.S_IFBLK)
 
 
 class PassthroughFs:
@@ -347,12 +348,25 @@ class PassthroughFs:
         return self._lookup_child(pinode, name)
 
     def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
-        """Create a fifo, socket or empty file; device nodes are refused (EPERM)."""
-        if stat.S_IFMT(mode) not in _MKNOD_KINDS:
-            raise OSError(errno.EPERM, "device nodes cannot be created in the share")
+        """Create a fifo, socket, empty file or device node, as the caller.
+
+        Device nodes as virtiofsd and crosvm make them: the host kernel wants CAP_MKNOD of
+        the caller (guest root; under id maps, only one that maps to host root) except for an
+        overlayfs whiteout (character device 0/0), and the daemon never opens one
+        (``_openable``).
+        ``devices=false`` refuses them (EPERM), whiteouts excepted: they name no device.
+        """
+        kind = stat.S_IFMT(mode)
+        if kind in _DEVICE_KINDS:
+            if not self.options.devices and (kind != stat.S_IFCHR or rdev != 0):
+                raise OSError(errno.EPERM, "device nodes are refused here (devices=false)")
+        elif kind in _MKNOD_KINDS:
+            rdev = 0
+        else:
+            raise OSError(errno.EPERM, f"mknod cannot make file type {kind:#o}")
         pinode = self._new_parent(parent, name)
         with self._creds.acting_as(ctx.uid, ctx.gid):
-            os.mknod(name, mode, 0, dir_fd=pinode.fd)
+            os.mknod(name, mode, rdev, dir_fd=pinode.fd)
         return self._lookup_child(pinode, name)
 
     def symlink(self, ctx: Context, parent: int, name: bytes, target: bytes) -> Entry:

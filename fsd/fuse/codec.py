@@ -18,6 +18,7 @@ __all__ = [
     "NAME_MAX",
     "attr_values",
     "check_name",
+    "decode_device",
     "fuse_attr",
     "mapped_attr_values",
     "mapped_fuse_attr",
@@ -32,6 +33,20 @@ __all__ = [
 NAME_MAX: Final = 1024
 _NSEC: Final = 1_000_000_000
 _pack_attr: Final = ATTR.pack
+
+
+def decode_device(rdev: int) -> int:
+    """MKNOD's device number as the host's ``dev_t``.
+
+    FUSE carries it in the kernel's ``new_encode_dev`` format (32 bits: minor bits 0-7, a
+    12-bit major in bits 8-19, minor bits 8-19 in bits 20-31), on virtio-fs and /dev/fuse
+    alike; decoded into major and minor and rebuilt with ``os.makedev`` rather than passed on
+    as it came (with glibc's layout the two agree on every 32-bit value, but that is glibc's
+    choice, not a FUSE rule).
+    """
+    major = (rdev & 0xFFF00) >> 8
+    minor = (rdev & 0xFF) | ((rdev >> 12) & 0xFFF00)
+    return os.makedev(major, minor)
 
 
 def check_name(name: bytes, *, allow_dots: bool = False) -> bytes:

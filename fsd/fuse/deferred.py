@@ -36,7 +36,7 @@ class Deferred:
     was stopped: the reply space is gone) makes both a no-op and runs the owner's cleanup.
     """
 
-    __slots__ = ("_callback", "_lock", "_reply", "_size", "on_cancel", "unique")
+    __slots__ = ("_callback", "_cancelled", "_lock", "_reply", "_size", "on_cancel", "unique")
 
     def __init__(self, unique: int, reply: Segments) -> None:
         self.unique = unique
@@ -44,6 +44,7 @@ class Deferred:
         self._lock = threading.Lock()
         self._callback: Completion | None = None
         self._size: int | None = None
+        self._cancelled = False
         #: Set by whoever keeps the request waiting, so a cancel can drop it there.
         self.on_cancel: Callable[[], None] | None = None
 
@@ -52,24 +53,31 @@ class Deferred:
         return self._size is not None
 
     def finish(self, error: int) -> None:
-        """Answer with ``-error`` (0: success) and hand the reply to the transport."""
+        """Answer with ``-error`` (0: success) and hand the reply to the transport.
+
+        The reply space and the callback are let go here: the callback usually refers back
+        to this object (a cycle only the garbage collector would break), and the reply space
+        is guest memory, whose mapping (and the VMM's memory fd) must not outlive the
+        connection just because a lock request was answered at its end.
+        """
         with self._lock:
             reply = self._reply
-            if reply is None or self._size is not None:
-                return  # cancelled, or finished already
+            if reply is None or self._cancelled:
+                return  # finished already, or cancelled
             try:
                 size = write_reply(reply, self.unique, error)
             except BufferTooShort:
                 size = 0
             self._size = size
-            callback = self._callback
+            self._reply = None
+            callback, self._callback = self._callback, None
         if callback is not None:
             callback(size)
 
     def on_done(self, callback: Completion) -> None:
         """Run ``callback(length)`` when finished (at once, here, if it already is)."""
         with self._lock:
-            if self._reply is None:
+            if self._cancelled:
                 return
             size = self._size
             if size is None:
@@ -89,6 +97,7 @@ class Deferred:
     def cancel(self) -> None:
         """The reply can no longer be sent: forget the callback and stop the wait."""
         with self._lock:
+            self._cancelled = True
             self._reply = None
             self._callback = None
             cleanup, self.on_cancel = self.on_cancel, None

@@ -175,7 +175,8 @@ class Filesystem(Protocol):
         raise OSError(errno.ENOSYS, "not implemented")
 
     def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
-        """Create a special or empty regular file owned by the caller."""
+        """Create a special or empty regular file owned by the caller; ``rdev`` is the
+        host's ``dev_t`` (the server decodes the wire's format)."""
         raise OSError(errno.ENOSYS, "not implemented")
 
     def symlink(self, ctx: Context, parent: int, name: bytes, target: bytes) -> Entry:

@@ -54,6 +54,7 @@ from fsd.fuse.abi import (
 )
 from fsd.fuse.codec import (
     attr_values,
+    decode_device,
     fuse_attr,
     mapped_attr_values,
     mapped_fuse_attr,
@@ -334,10 +335,15 @@ class FuseServer:
         size = self.session.init_out_size() if self.session.initialized else INIT_OUT.size
         return INIT_OUT.pack(*values)[:size]
 
-    def _destroy(self, _req: Request, _reply: Segments) -> Payload:
+    def reset(self) -> None:
+        """End the session as DESTROY does: drop everything the client held and serve nothing
+        but INIT until the next one (a new front-end on a reconnecting daemon, say)."""
         self.fs.destroy()
         self.session.reset()
         self._table, self._missing = self._before_init, errno.EIO
+
+    def _destroy(self, _req: Request, _reply: Segments) -> Payload:
+        self.reset()
         return NO_REPLY if self.transport == "vhost-user" else _EMPTY
 
     def _interrupt(self, req: Request, _reply: Segments) -> Payload:
@@ -423,7 +429,7 @@ class FuseServer:
 
     def _mknod(self, req: Request, _reply: Segments) -> Payload:
         mode, rdev, _umask, _, name = req.args
-        return self._entry(*self.fs.mknod(req, req.nodeid, name, mode, rdev))
+        return self._entry(*self.fs.mknod(req, req.nodeid, name, mode, decode_device(rdev)))
 
     def _symlink(self, req: Request, _reply: Segments) -> Payload:
         name, target = req.args
@@ -450,9 +456,7 @@ class FuseServer:
         newdir, flags, _, old, new = req.args
         if flags & ~_RENAME_FLAGS:
             raise OSError(errno.EINVAL, f"unknown rename flags {flags:#x}")
-        if flags & RENAME_WHITEOUT:
-            # A whiteout is a 0/0 character device: device nodes are never made in the share.
-            raise OSError(errno.EINVAL, "RENAME_WHITEOUT is not supported")
+        # RENAME_WHITEOUT too (overlayfs): the filesystem leaves a 0/0 character device.
         self.fs.rename(req, req.nodeid, old, newdir, new, flags)
         return _EMPTY
 

@@ -16,11 +16,19 @@ __all__ = ["ServeProcess"]
 class ServeProcess:
     """``python -m fsd serve`` on ``shared_dir``, started and waited for until its socket exists."""
 
-    def __init__(self, shared_dir: Path, socket_path: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        shared_dir: Path,
+        socket_path: Path,
+        *extra: str,
+        module: str = "fsd serve",
+    ) -> None:
+        """``module``: what ``python -m`` runs (a module and its command words) with fsd
+        serve's arguments (a test's own entry point, for options the CLI lacks)."""
         self.socket_path = socket_path
         stale = _inode(socket_path)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fsd", "serve", "--socket-path", str(socket_path),
+            [sys.executable, "-m", *module.split(), "--socket-path", str(socket_path),
              "--shared-dir", str(shared_dir), "--log-level", "debug", *extra],
             stderr=subprocess.PIPE,
             text=True,

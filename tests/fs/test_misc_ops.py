@@ -1,4 +1,5 @@
-"""TMPFILE, RENAME_WHITEOUT, IOCTL, device MKNOD, STATX and the --cfg keys fsd refuses."""
+"""TMPFILE, IOCTL, fifo and socket MKNOD, STATX and the --cfg keys fsd refuses (device nodes and
+RENAME_WHITEOUT: test_device_nodes.py)."""
 
 from __future__ import annotations
 
@@ -64,27 +65,12 @@ def test_tmpfile_through_the_host_kernel(share: Path) -> None:
         assert (share / "named").read_bytes() == b"from O_TMPFILE"
 
 
-def test_rename_whiteout_is_einval(client: FuseClient, share: Path) -> None:
-    (share / "a").touch()
-    req = fr.rename2(2, ROOT_ID, "a", ROOT_ID, "b", abi.RENAME_WHITEOUT)
-    assert client.errno_of(req) == errno.EINVAL
-    assert sorted(os.listdir(share)) == ["a"]
-
-
 def test_ioctl_is_enotty(client: FuseClient, share: Path) -> None:
     (share / "f").touch()
     node = client.lookup(ROOT_ID, "f").nodeid
     fh = client.open(node)
     body = abi.IOCTL_IN.pack(fh, 0, 0x80086601, 0, 0, 8)  # FS_IOC_GETFLAGS
     assert client.errno_of(fr.request(Opcode.IOCTL, 2, node, body)) == errno.ENOTTY
-
-
-@pytest.mark.parametrize("kind", [stat.S_IFCHR, stat.S_IFBLK])
-def test_mknod_device_is_eperm(client: FuseClient, share: Path, kind: int) -> None:
-    assert client.errno_of(fr.mknod(2, ROOT_ID, "dev", kind | 0o600, os.makedev(1, 3))) == (
-        errno.EPERM
-    )
-    assert os.listdir(share) == []
 
 
 def test_mknod_fifo_and_socket(client: FuseClient, share: Path) -> None:
