@@ -69,9 +69,13 @@ class Sandbox:
     user_namespace: bool
     capabilities: frozenset[str]
     seccomp: seccomp.SeccompFilter | None
-    #: An O_PATH fd of this process's /proc/self/fd directory, for chroot mode, where the
-    #: path /proc/self/fd does not exist (None elsewhere: the path works).
-    proc_self_fd: int | None = None
+    #: An O_PATH fd of this process's own /proc/self/fd directory, opened where that path
+    #: still existed (in chroot mode it does not any more): what fsd reaches inodes through
+    #: (fsd.fs.procfd.use). The caller owns it.
+    proc_self_fd: int = -1
+    #: Whether a supervising parent waits outside (namespace and chroot modes) and runs the
+    #: cleanup; otherwise the caller runs its own at exit.
+    supervised: bool = False
 
 
 def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None = None) -> Sandbox:
@@ -82,14 +86,16 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
     privileges: binding the vhost-user and allowlist sockets, opening log files, loading
     plugins, and the process set-up (umask, supplementary groups, rlimits).
 
-    Namespace mode forks: the caller's process becomes a supervisor that never returns from
-    here (it forwards signals, waits, runs ``cleanup`` when the server has exited, and exits
-    with the server's status); the child returns, as pid 1 of a new pid namespace. Other
-    modes do not fork and ignore ``cleanup`` (the caller runs its own at exit).
+    Namespace and chroot modes fork: the caller's process becomes a supervisor that never
+    returns from here (it forwards signals, waits, runs ``cleanup`` when the server has
+    exited, and exits with the server's status); the child returns, in namespace mode as
+    pid 1 of a new pid namespace. ``cleanup`` runs outside the sandbox, where the host's
+    paths (socket files to remove) still exist. Mode none does not fork and ignores
+    ``cleanup`` (the caller runs its own at exit).
 
     Raises :class:`SandboxError` with a message for the user when the sandbox cannot be set
-    up; in namespace mode that may happen in the child, which then exits with status 1
-    after the caller has logged it, and the supervisor exits 1 too.
+    up; that may happen in the child, which then exits with status 1 after the caller has
+    logged it, and the supervisor exits 1 too.
     """
     _check_single_threaded()
     shared_dir = _shared_dir(config.shared_dir)
@@ -113,12 +119,21 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
         except OSError as exc:
             raise SandboxError(str(exc)) from None
     unprivileged = os.geteuid() != 0
+    if config.mode is SandboxMode.CHROOT and not _capable("SYS_CHROOT"):
+        raise SandboxError(
+            "sandbox: chroot mode needs root (CAP_SYS_CHROOT); unprivileged, use --sandbox "
+            "namespace"
+        )
     host_pid = os.getpid()
-    proc_self_fd = None
     match config.mode:
         case SandboxMode.NAMESPACE:
             host_pid = _enter_namespaces(shared_dir, config, code, unprivileged, cleanup)
+            proc_self_fd = _open_proc_self_fd()  # ours, inside the new root
         case SandboxMode.CHROOT:
+            fork_supervised(
+                cleanup, functools.partial(_drop_privileges, config.supervisor_capabilities)
+            )
+            host_pid = os.getpid()
             proc_self_fd = _enter_chroot(shared_dir)
             shared_dir = "/"
         case SandboxMode.NONE:
@@ -126,6 +141,7 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
                 "sandbox: none: fsd sees the whole host file system; a flaw in it is not "
                 "contained (use --sandbox namespace, or chroot inside a container)"
             )
+            proc_self_fd = _open_proc_self_fd()
     try:
         kept = capabilities.drop_capabilities(keep)
         capabilities.set_no_new_privs()
@@ -141,6 +157,7 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
         capabilities=kept,
         seccomp=installed,
         proc_self_fd=proc_self_fd,
+        supervised=config.mode is not SandboxMode.NONE,
     )
     log.info(
         "sandbox: %s (host pid %d%s); capabilities: %s; seccomp: %s",
@@ -241,8 +258,22 @@ def _map_ids(uid: int, gid: int) -> None:
             f.write(text)
 
 
+def _capable(name: str) -> bool:
+    effective, _, _ = _linux.capget()
+    return bool(effective >> capabilities.CAPABILITIES.index(name) & 1)
+
+
+def _open_proc_self_fd() -> int:
+    try:
+        return os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxError(f"sandbox: cannot open /proc/self/fd: {exc.strerror}") from None
+
+
 def _enter_chroot(shared_dir: str) -> int:
-    proc_self_fd = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    """In the supervised child: chroot into the shared directory, keeping an fd of the
+    child's own /proc/self/fd (opened first: the path is gone after the chroot)."""
+    proc_self_fd = _open_proc_self_fd()
     try:
         os.chroot(shared_dir)
         os.chdir("/")

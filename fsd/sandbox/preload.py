@@ -18,6 +18,13 @@ log = logging.getLogger("fsd.sandbox")
 
 LATE_IMPORTS: Final[tuple[str, ...]] = (
     # BEGIN MEASURED
+    "email.feedparser",
+    "email.parser",
+    "fsd.cli.version",
+    "tomllib",
+    "tomllib._parser",
+    "tomllib._re",
+    "tomllib._types",
     # END MEASURED
 )
 

@@ -85,11 +85,8 @@ def main() -> int:
         "etc": _look("/etc"),
         "proc": _look("/proc"),
     }
-    # fsd's way of reopening an inode: through /proc/self/fd/N (chroot: the fd it was given).
-    if sandbox.proc_self_fd is None:
-        reopened = os.open(f"/proc/self/fd/{marker}", os.O_RDONLY)
-    else:
-        reopened = os.open(str(marker), os.O_RDONLY, dir_fd=sandbox.proc_self_fd)
+    # fsd's way of reopening an inode: its magic link in the fd directory the sandbox kept.
+    reopened = os.open(str(marker), os.O_RDONLY, dir_fd=sandbox.proc_self_fd)
     report["reopened"] = os.fstat(reopened).st_ino == os.fstat(marker).st_ino
     kept: dict[str, str] = {}
     for path in (p.removesuffix(":rw") for p in args.keep):

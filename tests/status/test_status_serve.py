@@ -328,7 +328,8 @@ def test_without_options_there_is_no_status_socket_and_no_allowlist(private_dir:
 def test_plugins_and_queue_restarts_show(private_dir: Path) -> None:
     """A loaded plugin (with FUSE hooks: the timing wrapper goes around them) is listed, and
     a queue's counts survive its stop (a VM pause or reboot stops and restarts queues)."""
-    audit = private_dir / "audit.jsonl"
+    (private_dir / "log").mkdir()  # beside the share: kept writable in the sandbox
+    audit = private_dir / "log" / "audit.jsonl"
     daemon = Daemon(
         private_dir,
         "--latency-histogram",
