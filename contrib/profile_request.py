@@ -148,7 +148,7 @@ def kinds(b: Bench, nodeid: int, fh: int) -> dict[str, Callable[[], Shape]]:
                 *range(h + abi.WRITE_IN.size + PAGE, h + abi.WRITE_IN.size + 124 * PAGE, PAGE),
             ),
             [16, abi.WRITE_OUT.size],
-        ),  # fmt: skip
+        ),
         "FLUSH": lambda: (split(fr.flush(b.next(), nodeid, fh), h), [16]),
     }
 
