@@ -3,6 +3,7 @@ through /dev/fuse (:mod:`fsd.daemon.devfuse`) until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from fsd.cli.process import prepare_process
 from fsd.daemon.devfuse import DEV_FUSE, MountError, check_mountpoint, mount_until_signal
 from fsd.plugins import PluginError, setup_plugins
 
-__all__ = ["main"]
+__all__ = ["main", "parser"]
 
 PROG = "fsd mount"
 
@@ -54,18 +55,23 @@ def _check_dev_fuse() -> None:
         )
 
 
-def main(argv: Sequence[str]) -> int:
-    """Exit 0 after a clean unmount, 2 when the arguments or paths are unusable, 1 when the
-    mount or the allowlist socket fails; ``argv`` excludes the command."""
-    parser = OneLineParser(
+def parser() -> argparse.ArgumentParser:
+    """``fsd mount``'s options."""
+    p = OneLineParser(
         prog=PROG,
         description="Serve SHARED_DIR on MOUNTPOINT through the host kernel's FUSE (/dev/fuse) "
         "until SIGINT or SIGTERM.",
     )
-    parser.add_argument("shared_dir", metavar="SHARED_DIR")
-    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
-    add_filesystem_arguments(parser, default_log_level="info")
-    args = parser.parse_args(list(argv))
+    p.add_argument("shared_dir", metavar="SHARED_DIR")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    add_filesystem_arguments(p, default_log_level="info")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """Exit 0 after a clean unmount, 2 when the arguments or paths are unusable, 1 when the
+    mount or the allowlist socket fails; ``argv`` excludes the command."""
+    args = parser().parse_args(list(argv))
     configure_logging(level=args.log_level, log_format=args.log_format, syslog=args.syslog)
     try:
         options = filesystem_options(args)
