@@ -39,9 +39,12 @@ def test_the_man_page_renders() -> None:
         ["groff", "-man", "-Tutf8"], input=page, capture_output=True, text=True, check=True
     ).stdout
     assert "--socket-path" in text.replace("‐", "-")
-    assert "warning" not in subprocess.run(
-        ["groff", "-man", "-Tutf8", "-ww", "-z"], input=page, capture_output=True, text=True
-    ).stderr
+    assert (
+        "warning"
+        not in subprocess.run(
+            ["groff", "-man", "-Tutf8", "-ww", "-z"], input=page, capture_output=True, text=True
+        ).stderr
+    )
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh"])
