@@ -140,6 +140,15 @@ def kinds(b: Bench, nodeid: int, fh: int) -> dict[str, Callable[[], Shape]]:
             split(fr.write(b.next(), nodeid, fh, 0, b"x" * PAGE), h, h + abi.WRITE_IN.size),
             [16, abi.WRITE_OUT.size],
         ),
+        "WRITE496K": lambda: (
+            split(
+                fr.write(b.next(), nodeid, fh, 0, b"x" * 124 * PAGE),
+                h,
+                h + abi.WRITE_IN.size,
+                *range(h + abi.WRITE_IN.size + PAGE, h + abi.WRITE_IN.size + 124 * PAGE, PAGE),
+            ),
+            [16, abi.WRITE_OUT.size],
+        ),
         "FLUSH": lambda: (split(fr.flush(b.next(), nodeid, fh), h), [16]),
     }
 

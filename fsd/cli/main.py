@@ -17,6 +17,8 @@ commands:
   allowlist   add, remove or list paths over an allowlist control socket
   plugins     list installed plugins; with --plugin NAME, their hooks and options
   status      show what a running fsd serve or fsd mount is doing (its --status-socket)
+  completion  print a shell completion script: fsd completion bash|zsh
+  manpage     print the fsd(1) manual page: fsd manpage > fsd.1; man ./fsd.1
 
 `fsd <command> --help` describes each command.
 """
@@ -54,6 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fsd.cli.status import main as status_main
 
         return status_main(rest)
+    if command == "completion":
+        from fsd.cli.reference import main_completion
+
+        return main_completion(rest)
+    if command == "manpage":
+        from fsd.cli.reference import main_manpage
+
+        return main_manpage(rest)
     sys.stderr.write(f"fsd: unknown command {command!r}\n\n{USAGE}")
     return 2
 

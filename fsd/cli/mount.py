@@ -3,6 +3,7 @@ through /dev/fuse (:mod:`fsd.daemon.devfuse`) until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import errno
 import functools
@@ -39,7 +40,7 @@ from fsd.sandbox import SandboxMode
 from fsd.status.server import bind_status_socket
 from fsd.unix_sockets import Listener
 
-__all__ = ["main"]
+__all__ = ["main", "parser"]
 
 PROG = "fsd mount"
 
@@ -72,6 +73,20 @@ def _check_dev_fuse() -> None:
         )
 
 
+def parser() -> argparse.ArgumentParser:
+    """``fsd mount``'s options."""
+    p = OneLineParser(
+        prog=PROG,
+        description="Serve SHARED_DIR on MOUNTPOINT through the host kernel's FUSE (/dev/fuse) "
+        "until SIGINT or SIGTERM.",
+    )
+    p.add_argument("shared_dir", metavar="SHARED_DIR")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    add_filesystem_arguments(p, default_log_level="info")
+    sandboxing.add_sandbox_arguments(p, default_mode="namespace")
+    return p
+
+
 def main(argv: Sequence[str]) -> int:
     """Exit 0 after a clean unmount, 2 when the arguments or paths are unusable, 1 when the
     mount or the allowlist socket fails; ``argv`` excludes the command.
@@ -81,16 +96,7 @@ def main(argv: Sequence[str]) -> int:
     fusermount3 as a user). The sandboxed server cannot unmount; its supervisor does (root:
     it keeps CAP_SYS_ADMIN for that alone), or for a user fusermount3, asked for
     ``auto_unmount``, once the server is gone."""
-    parser = OneLineParser(
-        prog=PROG,
-        description="Serve SHARED_DIR on MOUNTPOINT through the host kernel's FUSE (/dev/fuse) "
-        "until SIGINT or SIGTERM.",
-    )
-    parser.add_argument("shared_dir", metavar="SHARED_DIR")
-    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
-    add_filesystem_arguments(parser, default_log_level="info")
-    sandboxing.add_sandbox_arguments(parser, default_mode="namespace")
-    args = parser.parse_args(list(argv))
+    args = parser().parse_args(list(argv))
     for name in ("allowlist_socket_path", "status_socket"):
         if getattr(args, name) is not None:
             setattr(args, name, os.path.abspath(getattr(args, name)))

@@ -15,19 +15,26 @@ from fsd.plugins import (
     load_plugins,
 )
 
-__all__ = ["main"]
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    """``fsd plugins``'s options."""
+    p = argparse.ArgumentParser(
+        prog="fsd plugins",
+        description="List installed fsd plugins (entry-point group 'fsd'); with --plugin, "
+        "load those and show their hooks and options.",
+    )
+    p.add_argument(
+        "--plugin", action="append", default=[], metavar="NAME", help="load and describe NAME"
+    )
+    return p
 
 
 def main(argv: Sequence[str]) -> int:
     """List the entry points of group ``fsd``; with ``--plugin``, load those (without
     configuring them) and show their hooks and declared options. Exits 1 if one cannot load."""
-    parser = argparse.ArgumentParser(
-        prog="fsd plugins",
-        description="List installed fsd plugins (entry-point group 'fsd'); with --plugin, "
-        "load those and show their hooks and options.",
-    )
-    parser.add_argument("--plugin", action="append", default=[], metavar="NAME")
-    args = parser.parse_args(list(argv))
+    args = parser().parse_args(list(argv))
     out = sys.stdout
     eps = installed_entry_points()
     out.write("installed plugins (entry-point group 'fsd'):\n")

@@ -309,15 +309,19 @@ class _Worker:
         with select.epoll(2) as poller:
             poller.register(fd, select.EPOLLIN)
             poller.register(stop, select.EPOLLIN)
+            poll = poller.poll
             while True:
+                # Wait first, then read one request: a client that waits for each reply
+                # (most do) costs epoll, read and write per request, where reading until
+                # EAGAIN would add a failed read and an exception to each.
+                for ready, _ in poll():
+                    if ready == stop:
+                        return
                 try:
                     n = readv(fd, buffers)
-                except BlockingIOError:
-                    if any(ready == stop for ready, _ in poller.poll()):
-                        return
-                    continue
-                except InterruptedError:
-                    continue
+                except (BlockingIOError, InterruptedError):
+                    continue  # another worker sharing this fd took it
+
                 except OSError as e:
                     if e.errno == errno.ENOENT:  # interrupted before we read it
                         continue

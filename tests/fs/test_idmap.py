@@ -225,7 +225,7 @@ def test_no_maps_is_the_identity(client: FuseClient, share: Path) -> None:
 def test_serve_refuses_a_bad_map(
     share: Path, capsys: pytest.CaptureFixture[str], fsd_logging: None
 ) -> None:
-    from fsd._cli import main
+    from fsd.cli import main
 
     argv = ["serve", "--socket-path", str(share / "s"), "--shared-dir", str(share)]
     assert main([*argv, "--uid-map", "0 0 1", "--gid-map", "0 0 1;1 1 1"]) == 2
