@@ -170,9 +170,7 @@ async def serve_mount(
         allowlist_check = chain_checks(allowlist_check, plugin_check)
         allowlist_after = chain_afters(allowlist_after, plugin_after)
     if allowlist_socket_path is None:
-        await _mount_and_serve(
-            shared, target, handler, task_status, allow_other, threads, mounted
-        )
+        await _mount_and_serve(shared, target, handler, task_status, allow_other, threads, mounted)
         return
     assert allowlist is not None
     async with trio.open_nursery() as nursery:
@@ -186,9 +184,7 @@ async def serve_mount(
                 listener=allowlist_listener,
             )
         )
-        await _mount_and_serve(
-            shared, target, handler, task_status, allow_other, threads, mounted
-        )
+        await _mount_and_serve(shared, target, handler, task_status, allow_other, threads, mounted)
         nursery.cancel_scope.cancel()
 
 
