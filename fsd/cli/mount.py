@@ -9,6 +9,7 @@ import errno
 import functools
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 import trio
@@ -94,8 +95,9 @@ def main(argv: Sequence[str]) -> int:
     As ``fsd serve`` does, everything that needs the host is done before the sandbox: the
     sockets bound, the plugins configured and the file system mounted (mount(2) as root,
     fusermount3 as a user). The sandboxed server cannot unmount; its supervisor does (root:
-    it keeps CAP_SYS_ADMIN for that alone), or for a user fusermount3, asked for
-    ``auto_unmount``, once the server is gone."""
+    it keeps CAP_SYS_ADMIN for that alone), or for a user the watcher that
+    :func:`fsd.daemon.fusermount.mount_fuse` starts with ``auto_unmount``, once the server
+    is gone."""
     args = parser().parse_args(list(argv))
     for name in ("allowlist_socket_path", "status_socket"):
         if getattr(args, name) is not None:
@@ -149,6 +151,7 @@ def main(argv: Sequence[str]) -> int:
     except (StartupError, PluginError, sandboxing.SandboxError, FuseMountError) as e:
         report(PROG, _message(e))
         if os.getpid() == launcher:
+            _close(listeners, mounted)
             _cleanup(listeners, mounted)
         return 1 if isinstance(e, FuseMountError) else 2
     by_name = {listener.path: listener.sock for listener in listeners}
@@ -173,6 +176,7 @@ def main(argv: Sequence[str]) -> int:
         failure = _first_leaf(group)
     finally:
         if not sandbox.supervised:
+            _close(listeners, mounted)
             _cleanup(listeners, mounted)
     if failure is not None:
         report(PROG, _message(failure))
@@ -195,14 +199,39 @@ def _remove(listeners: list[Listener]) -> None:
         listener.sock.close()
 
 
+def _unmounted_within(target: str, *, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while mount_syscalls.mount_points().get(target, "") == FSTYPE:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _close(listeners: list[Listener], mounted: FuseMount | None) -> None:
+    """Close what the server held (unsandboxed): a mount fusermount3 watches goes once the
+    watchdog socket closed."""
+    for listener in listeners:
+        listener.sock.close()
+    if mounted is not None and mounted.watchdog is not None:
+        os.close(mounted.watchdog)
+
+
 def _cleanup(listeners: list[Listener], mounted: FuseMount | None) -> None:
     """After the server: remove the socket files and detach the mount (outside the
-    sandbox). A mount fusermount3 watches goes by itself once the server's end closed."""
-    _remove(listeners)
+    sandbox). It touches no fd: the sandbox's supervisor, which runs it, has closed them all
+    (a socket object's fd number may be another file's by then)."""
+    for listener in listeners:
+        listener.remove()
     if mounted is None:
         return
     if mounted.watchdog is not None:
-        mounted.watchdog.close()
+        # The watcher unmounts once the server's end of its pipe closed: the server has
+        # exited, so that is under way. The supervisor could not do it itself: it can start
+        # no process once the server's pid namespace is gone, nor a setuid one ever.
+        if not _unmounted_within(mounted.target, seconds=5.0):
+            log.warning("%s is still mounted; fusermount3 -u it", mounted.target)
+        return
     if mount_syscalls.mount_points().get(mounted.target, "") != FSTYPE:
         return  # unmounted from outside already
     try:

@@ -135,8 +135,9 @@ def enter(config: SandboxConfig, cleanup: Callable[[], None] | None) -> Sandbox:
     and chroot modes this returns in a child process; the parent supervises it and runs
     ``cleanup`` once it exited. Raises SandboxError (in the child too: return a start-up
     status, which the supervisor passes on)."""
-    systemd.connect_notify()  # its socket's path is gone in the sandbox
-    sandbox = enter_sandbox(config, cleanup=cleanup)
+    sandbox = enter_sandbox(config, cleanup=cleanup, relay=systemd.notify)
+    if sandbox.supervisor is not None:
+        systemd.send_notifications_through(sandbox.supervisor.notify)
     procfd.use(sandbox.proc_self_fd)
     log_as_pid(sandbox.host_pid)
     return sandbox

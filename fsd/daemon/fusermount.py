@@ -12,8 +12,12 @@ package; fsd does what libfuse's lib/mount.c does:
   the options, sends the open /dev/fuse fd back over the socket (SCM_RIGHTS, with one byte
   of data) and exits;
 - unmount with umount2(MNT_DETACH) when permitted, else ``fusermount3 -u -q -z``; or, with
-  ``auto_unmount`` (what a sandboxed daemon, which can run no helper, asks for), the helper
-  stays and unmounts once the daemon's end of the socket closes, when it exits or dies.
+  ``auto_unmount`` (what a sandboxed daemon, which can run no helper, asks for), a watcher
+  started before the sandbox runs ``fusermount3 -u`` once the daemon's end of a pipe closes,
+  when it exits or dies. (fusermount3's own ``-o auto_unmount`` cannot do it for a mount
+  without ``allow_other``: before it unmounts, it opens the mount point to check that the
+  file system is dead, and the kernel refuses that open to the setuid helper, whose
+  effective uid is not the mount's owner, with EACCES rather than ENOTCONN.)
 
 The helper enforces the rules for users: the mount point must be writable by the caller,
 the mount is always nosuid,nodev, and ``allow_other`` (other users, root included, may use
@@ -64,10 +68,10 @@ class FuseMount:
 
     fd: int
     target: str
-    #: Mounted by fusermount3 with ``auto_unmount``: our end of its socket; the helper
-    #: unmounts once every copy of it is closed (None: mounted by mount(2), or no
-    #: auto_unmount asked for).
-    watchdog: socket.socket | None = None
+    #: Mounted by fusermount3 with ``auto_unmount``: the write end of the pipe a watcher
+    #: reads; it unmounts once every copy of this fd is closed (None: mounted by mount(2),
+    #: or no auto_unmount asked for).
+    watchdog: int | None = None
 
 
 def allows_other_users(conf_text: str) -> bool:
@@ -209,8 +213,6 @@ def _mount_with_helper(
     options = fusermount_options(
         source, subtype, allow_other=allow_other, default_permissions=default_permissions
     )
-    if auto_unmount:
-        options += ",auto_unmount"
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         try:
@@ -221,20 +223,10 @@ def _mount_with_helper(
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                # With auto_unmount the helper outlives us: not in our process group, so
-                # that a terminal's ^C reaches the daemon, which then lets it unmount.
-                start_new_session=auto_unmount,
             )
         finally:
             theirs.close()
         fd = _receive_fd(ours)
-        if auto_unmount and fd is not None:
-            # It stays, waiting on the socket; it wrote nothing after the mount succeeded.
-            assert process.stderr is not None
-            process.stderr.close()
-            os.set_inheritable(fd, False)
-            os.set_blocking(fd, False)
-            return FuseMount(fd, target, watchdog=ours)
         _, stderr = process.communicate()
     except BaseException:
         ours.close()
@@ -247,7 +239,33 @@ def _mount_with_helper(
         raise FuseMountError(_helper_failure(helper, target, process.returncode, message))
     os.set_inheritable(fd, False)
     os.set_blocking(fd, False)
-    return FuseMount(fd, target)
+    watchdog = _unmount_when_closed(helper, target) if auto_unmount else None
+    return FuseMount(fd, target, watchdog=watchdog)
+
+
+#: The watcher: wait for end of file on stdin (every copy of the pipe's write end closed),
+#: then unmount. A shell, so that it costs no Python start-up and holds nothing of ours.
+_WATCHER = 'cat >/dev/null; exec "$0" -u -q -z -- "$1"'
+
+
+def _unmount_when_closed(helper: str, target: str) -> int:
+    """Start the watcher that unmounts ``target`` once the returned fd (the write end of its
+    stdin) is closed everywhere. It runs in its own session: a terminal's ^C reaches the
+    daemon, not it."""
+    read_end, write_end = os.pipe()
+    try:
+        subprocess.Popen(
+            ["/bin/sh", "-c", _WATCHER, helper, target],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return write_end
 
 
 def _receive_fd(sock: socket.socket) -> int | None:

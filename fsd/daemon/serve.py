@@ -138,13 +138,19 @@ async def _handle_signals(scope: trio.CancelScope, plugins: Plugins, shutdown: _
             return
 
 
-def _peer(sock: trio.socket.SocketType) -> VmmInfo:
+def _peer(sock: trio.socket.SocketType, sandbox: Sandbox | None) -> VmmInfo:
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     except OSError:
         return VmmInfo()
     pid, uid, gid = struct.unpack("3i", creds)
-    # 0: a process outside our pid namespace (the namespace sandbox's): unknown here.
+    if pid == 0 and sandbox is not None and sandbox.supervisor is not None:
+        # A process outside our pid namespace (the namespace sandbox's): the supervisor,
+        # in the host's, can tell.
+        try:
+            pid = sandbox.supervisor.peer_pid(sock.fileno())
+        except OSError as exc:
+            log.debug("cannot learn the front-end's pid from the supervisor: %s", exc)
     return VmmInfo(pid or -1, uid, gid)
 
 
@@ -155,9 +161,10 @@ async def _serve_frontend(
     config: ServeConfig,
     plugins: Plugins,
     status: DaemonStatus,
+    sandbox: Sandbox | None,
 ) -> None:
     """One front-end's connection, from accept to disconnect."""
-    vmm = _peer(sock)
+    vmm = _peer(sock, sandbox)
     log.info(
         "vhost-user: front-end connected (pid %d, uid %d, gid %d)",
         vmm.pid,
@@ -273,7 +280,9 @@ async def serve(
                             socket.socket(fileno=os.dup(listener.fileno()))
                         )
                     with sock:
-                        await _serve_frontend(sock, device, handler, config, plugins, status)
+                        await _serve_frontend(
+                            sock, device, handler, config, plugins, status, sandbox
+                        )
                     # Whatever the guest held goes: its files (and with them its locks),
                     # its inodes. A reconnecting front-end is a new guest that sends INIT.
                     server.reset()

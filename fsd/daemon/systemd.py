@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
 import attrs
 
@@ -35,7 +35,6 @@ __all__ = [
     "ListenFd",
     "SocketActivationError",
     "adopt_unix_listener",
-    "connect_notify",
     "listen_fds",
     "notify",
     "notify_address",
@@ -44,6 +43,7 @@ __all__ = [
     "notify_status",
     "notify_stopping",
     "parse_listen_env",
+    "send_notifications_through",
 ]
 
 log = logging.getLogger("fsd")
@@ -53,8 +53,8 @@ LISTEN_FDS_START = 3
 
 _LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 _warned_unsendable = False
-#: ``$NOTIFY_SOCKET`` connected ahead (:func:`connect_notify`), and its value.
-_connected: tuple[str, socket.socket] | None = None
+#: What sends the notifications instead of this process (:func:`send_notifications_through`).
+_sender: Callable[[bytes], None] | None = None
 
 
 class SocketActivationError(OSError):
@@ -96,8 +96,8 @@ def notify(*assignments: str, environ: Mapping[str, str] | None = None) -> bool:
     address = notify_address(value)
     message = "\n".join(_one_line(item) for item in assignments).encode()
     try:
-        if _connected is not None and _connected[0] == value:
-            _connected[1].send(message)
+        if _sender is not None:
+            _sender(message)
             return True
         if address is None:
             raise OSError(errno.EAFNOSUPPORT, "unsupported NOTIFY_SOCKET address", value)
@@ -111,27 +111,12 @@ def notify(*assignments: str, environ: Mapping[str, str] | None = None) -> bool:
     return True
 
 
-def connect_notify(environ: Mapping[str, str] | None = None) -> None:
-    """Connect to ``$NOTIFY_SOCKET`` now, for every later :func:`notify`: inside the sandbox
-    its path does not exist (and an abstract name belongs to the host's network
-    namespace). Without the variable, or if it cannot be reached, nothing changes (the
-    notifications are then dropped as :func:`notify` says)."""
-    global _connected
-    env = os.environ if environ is None else environ
-    value = env.get("NOTIFY_SOCKET")
-    address = notify_address(value) if value else None
-    if value is None or address is None:
-        return
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(address)
-    except OSError as exc:
-        sock.close()
-        log.warning("cannot reach the service manager at %s: %s", value, exc.strerror)
-        return
-    if _connected is not None:
-        _connected[1].close()
-    _connected = (value, sock)
+def send_notifications_through(sender: Callable[[bytes], None] | None) -> None:
+    """Hand every later notification to ``sender`` (the sandbox's supervisor, which relays
+    it from the pid systemd started: a sandboxed server is a child of that pid, and inside
+    the sandbox the socket's path does not exist either); None sends them directly again."""
+    global _sender
+    _sender = sender
 
 
 def notify_ready(status: str | None = None) -> bool:

@@ -6,7 +6,6 @@ import enum
 import functools
 import logging
 import os
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from fsd.sandbox import _linux, capabilities, seccomp
 from fsd.sandbox.mounts import HostPath, build_root, code_paths
 from fsd.sandbox.preload import preload_late_imports
 from fsd.sandbox.seccomp import SeccompAction
-from fsd.sandbox.supervisor import fork_supervised
+from fsd.sandbox.supervisor import Relay, SupervisorChannel, fork_supervised
 from fsd.sandbox.syscalls import ALLOWED
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxError", "SandboxMode", "enter_sandbox"]
@@ -73,12 +72,21 @@ class Sandbox:
     #: still existed (in chroot mode it does not any more): what fsd reaches inodes through
     #: (fsd.fs.procfd.use). The caller owns it.
     proc_self_fd: int = -1
-    #: Whether a supervising parent waits outside (namespace and chroot modes) and runs the
-    #: cleanup; otherwise the caller runs its own at exit.
-    supervised: bool = False
+    #: The line to the supervising parent that waits outside (namespace and chroot modes)
+    #: and runs the cleanup; None in mode none, where the caller runs its own at exit.
+    supervisor: SupervisorChannel | None = None
+
+    @property
+    def supervised(self) -> bool:
+        return self.supervisor is not None
 
 
-def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None = None) -> Sandbox:
+def enter_sandbox(
+    config: SandboxConfig,
+    *,
+    cleanup: Callable[[], None] | None = None,
+    relay: Relay | None = None,
+) -> Sandbox:
     """Confine this process as ``config`` says and return in the confined one.
 
     Call it once, from the main thread, before any other thread exists (before ``trio.run``,
@@ -91,7 +99,9 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
     exited, and exits with the server's status); the child returns, in namespace mode as
     pid 1 of a new pid namespace. ``cleanup`` runs outside the sandbox, where the host's
     paths (socket files to remove) still exist. Mode none does not fork and ignores
-    ``cleanup`` (the caller runs its own at exit).
+    ``cleanup`` (the caller runs its own at exit). ``relay`` (systemd's ``notify``) is what
+    the supervisor calls with the notifications the server sends through
+    :attr:`Sandbox.supervisor`.
 
     Raises :class:`SandboxError` with a message for the user when the sandbox cannot be set
     up; that may happen in the child, which then exits with status 1 after the caller has
@@ -125,14 +135,20 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
             "namespace"
         )
     host_pid = os.getpid()
+    supervisor = None
+    drop = functools.partial(_drop_privileges, config.supervisor_capabilities)
     match config.mode:
         case SandboxMode.NAMESPACE:
-            host_pid = _enter_namespaces(shared_dir, config, code, unprivileged, cleanup)
+            supervisor, host_pid = _enter_namespaces(
+                shared_dir,
+                config,
+                code,
+                unprivileged,
+                functools.partial(fork_supervised, cleanup, drop, relay),
+            )
             proc_self_fd = _open_proc_self_fd()  # ours, inside the new root
         case SandboxMode.CHROOT:
-            fork_supervised(
-                cleanup, functools.partial(_drop_privileges, config.supervisor_capabilities)
-            )
+            supervisor = fork_supervised(cleanup, drop, relay)
             host_pid = os.getpid()
             proc_self_fd = _enter_chroot(shared_dir)
             shared_dir = "/"
@@ -157,7 +173,7 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
         capabilities=kept,
         seccomp=installed,
         proc_self_fd=proc_self_fd,
-        supervised=config.mode is not SandboxMode.NONE,
+        supervisor=supervisor,
     )
     log.info(
         "sandbox: %s (host pid %d%s); capabilities: %s; seccomp: %s",
@@ -200,10 +216,11 @@ def _enter_namespaces(
     config: SandboxConfig,
     code: Sequence[str],
     unprivileged: bool,
-    cleanup: Callable[[], None] | None,
-) -> int:
+    fork: Callable[[], SupervisorChannel],
+) -> tuple[SupervisorChannel, int]:
     """Fork into new pid, mount, network and IPC namespaces (and a user namespace when not
-    root) and pivot into the tmpfs root; returns the server's host pid, in the server."""
+    root) and pivot into the tmpfs root; returns, in the server, its line to the supervisor
+    and its host pid."""
     uid, gid = os.geteuid(), os.getegid()
     # The pid namespace (and the user namespace that must own it for the child to mount a
     # proc) is unshared by the parent, since it applies to children only; the rest by the
@@ -216,13 +233,9 @@ def _enter_namespaces(
             f"sandbox: cannot create namespaces ({exc}); inside a container that forbids "
             "them use --sandbox chroot (as root) or --sandbox none"
         ) from None
-    fork_supervised(cleanup, functools.partial(_drop_privileges, config.supervisor_capabilities))
+    supervisor = fork()
     # The server, pid 1 of the new pid namespace.
     host_pid = _host_pid()
-    if os.getpid() == 1 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        # pid 1 ignores signals it has no handler for: until trio takes SIGTERM over, a
-        # SIGTERM (forwarded by the supervisor) ends the start-up.
-        signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if unprivileged:
             _map_ids(uid, gid)
@@ -230,11 +243,7 @@ def _enter_namespaces(
         build_root(shared_dir, config.extra_paths, code)
     except OSError as exc:
         raise SandboxError(f"sandbox: cannot build the namespace sandbox: {exc}") from None
-    return host_pid
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    return supervisor, host_pid
 
 
 def _host_pid() -> int:

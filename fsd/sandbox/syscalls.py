@@ -191,6 +191,9 @@ ADDED: Final = frozenset(
         "rt_sigreturn",  # returning from any signal handler (SIGTERM, SIGHUP, SIGCHLD)
         "tgkill",  # --seccomp trap: faulthandler re-raises SIGSYS after the tracebacks
         "getpid",  # ... and asks for its own pid to do so
+        # The server's line to its supervisor (fsd.sandbox.supervisor.SupervisorChannel):
+        # a front-end's socket sent for its pid, which only the host's pid namespace knows.
+        "sendmsg",
     }
 )
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +18,9 @@ __all__ = ["ServeProcess"]
 
 
 class ServeProcess:
-    """``python -m fsd serve`` on ``shared_dir``, started and waited for until its socket exists."""
+    """``python -m fsd serve`` on ``shared_dir``, started and waited for until it is ready:
+    its socket listens and it said READY=1 the way it tells systemd (the socket is bound
+    before the sandbox, so listening alone does not say the server runs yet)."""
 
     def __init__(
         self,
@@ -27,17 +33,43 @@ class ServeProcess:
         serve's arguments (a test's own entry point, for options the CLI lacks)."""
         self.socket_path = socket_path
         stale = _inode(socket_path)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", *module.split(), "--socket-path", str(socket_path),
-             "--shared-dir", str(shared_dir), "--log-level", "debug", *extra],
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="fsd-notify-") as notify_dir:
+            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            notify.bind(f"{notify_dir}/notify")
+            notify.settimeout(0.02)
+            with notify:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", *module.split(), "--socket-path", str(socket_path),
+                     "--shared-dir", str(shared_dir), "--log-level", "debug", *extra],
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "NOTIFY_SOCKET": f"{notify_dir}/notify"},
+                )  # fmt: skip
+                self._wait_ready(notify, stale)
+
+    def _wait_ready(self, notify: socket.socket, stale: tuple[int, int] | None) -> None:
         deadline = time.monotonic() + 20
-        while _inode(socket_path) in (None, stale) or not unix_socket_listening(socket_path):
+        ready = False
+        while not ready or _inode(self.socket_path) in (None, stale):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"fsd serve did not start: {self.stop()[1]}")
-            time.sleep(0.02)
+            if ready:
+                time.sleep(0.02)
+                continue
+            with contextlib.suppress(TimeoutError):
+                ready = b"READY=1" in notify.recv(4096).split(b"\n")
+        assert unix_socket_listening(self.socket_path)
+
+    @property
+    def server_pid(self) -> int:
+        """The process that serves: in namespace and chroot modes the sandboxed child of
+        the one started (which only supervises it), else that one."""
+        pid = self.proc.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return pid
+        return int(children[0]) if children else pid
 
     def stop(self, sig: int | None = signal.SIGTERM) -> tuple[int, str]:
         """Send ``sig`` (None: just wait for the exit) and return (exit status, stderr)."""
