@@ -117,6 +117,7 @@ def main(argv: Sequence[str]) -> int:
             shared,
             default_mode="namespace",
             command="mount",
+            file_handles=options.inode_file_handles != "never",
             supervisor_capabilities=frozenset({"SYS_ADMIN"}) if root else frozenset(),
         )
         prepare_process(rlimit_nofile=args.rlimit_nofile)

@@ -78,13 +78,19 @@ def sandbox_config(
     command: Literal["serve", "mount"],
     mode: str | None = None,
     modcaps: str | None = None,
+    file_handles: bool = False,
     supervisor_capabilities: frozenset[str] = frozenset(),
 ) -> SandboxConfig:
     """The SandboxConfig the arguments ask for ``command`` (whose seccomp allowlist it
     gets); ``mode`` and ``modcaps`` override the arguments (virtiofsd's ``-o`` forms).
-    StartupError for a bad ``--modcaps``."""
+    ``file_handles``: the filesystem uses them (``--inode-file-handles``), so the server
+    keeps CAP_DAC_READ_SEARCH, which open_by_handle_at needs, as virtiofsd does (a
+    ``--modcaps`` that removes it still can: it applies afterwards). StartupError for a bad
+    ``--modcaps``."""
     mode = mode or args.sandbox or default_mode
     modcaps = modcaps if modcaps is not None else args.modcaps
+    if file_handles:
+        modcaps = "+dac_read_search" + (f":{modcaps}" if modcaps else "")
     try:
         parse_modcaps(modcaps)
     except CapabilityError as exc:

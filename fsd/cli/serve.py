@@ -262,6 +262,7 @@ def main(argv: Sequence[str], *, profile: Profile = "fsd", prog: str = "fsd serv
             command="serve",
             mode=compat.sandbox,
             modcaps=compat.modcaps,
+            file_handles=config.fs_options.inode_file_handles != "never",
         )
         prepare_process(rlimit_nofile=args.rlimit_nofile)
     except StartupError as exc:

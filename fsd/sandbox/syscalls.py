@@ -194,6 +194,12 @@ ADDED: Final = frozenset(
         # The server's line to its supervisor (fsd.sandbox.supervisor.SupervisorChannel):
         # a front-end's socket sent for its pid, which only the host's pid namespace knows.
         "sendmsg",
+        # glibc's malloc asks how many CPUs it may run on when many threads allocate at once
+        # (a new arena: --thread-pool-size=16 in libvirt's command line).
+        "sched_getaffinity",
+        # --inode-file-handles (virtiofsd's vocabulary), which landed after the measurement.
+        "name_to_handle_at",
+        "open_by_handle_at",
     }
 )
 
