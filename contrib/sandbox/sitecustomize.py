@@ -1,6 +1,6 @@
 """Measurement hook for contrib/measure-sandbox.py (put on PYTHONPATH by that script only).
 
-In every ``fsd`` daemon process (``python -m fsd ...``, ``python -m fsd.daemon.devfuse``, the
+In every ``fsd`` daemon process (``python -m fsd ...``, the
 ``fsd`` console scripts) it wraps :func:`fsd.sandbox.seccomp.install_filter`, which
 :func:`fsd.sandbox.enter_sandbox` calls last, in the sandboxed server, once everything else
 is set up: what is recorded from there on is what the seccomp filter has to allow.
@@ -66,8 +66,6 @@ def _daemon_command() -> str | None:
     if name == "fsd" and len(argv) > 1 and argv[1] in ("serve", "mount"):
         return argv[1]
     for i, arg in enumerate(argv[:-1]):
-        if arg == "-m" and argv[i + 1] == "fsd.daemon.devfuse":
-            return "mount"
         if arg == "-m" and argv[i + 1] == "fsd" and argv[i + 2 : i + 3] in (["serve"], ["mount"]):
             return argv[i + 2]
     return None

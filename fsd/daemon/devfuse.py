@@ -19,7 +19,6 @@ import signal
 import socket
 import stat
 import struct
-import sys
 
 import trio
 
@@ -34,7 +33,7 @@ from fsd.fuse.replies import DEFERRED
 from fsd.hookinfo import DaemonInfo
 from fsd.hooks_fuse import RequestHandler, make_request_handler
 from fsd.plugins import Plugins
-from fsd.sandbox import Sandbox
+from fsd.sandbox import Sandbox, accept_signals
 from fsd.status import DaemonStatus, RequestLatency, StatusConfig, timed_handler
 from fsd.status.server import serve_status
 
@@ -398,6 +397,7 @@ async def mount_until_signal(
     signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     try:
         with trio.open_signal_receiver(*signals_wanted) as signals:
+            accept_signals()  # those that came during a sandboxed start-up arrive now
             async with trio.open_nursery() as nursery:
 
                 async def cancel_on_signal() -> None:
@@ -439,9 +439,3 @@ async def mount_until_signal(
                 await plugins.daemon_started(DaemonInfo(shared, "dev-fuse", target))
     finally:
         await plugins.daemon_stopping(reason)
-
-
-if __name__ == "__main__":  # ``python -m fsd.daemon.devfuse`` is ``fsd mount``
-    from fsd.cli.mount import main
-
-    raise SystemExit(main(sys.argv[1:]))

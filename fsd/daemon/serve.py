@@ -22,7 +22,7 @@ from fsd.fuse import FuseServer
 from fsd.hookinfo import DaemonInfo, VmmInfo
 from fsd.hooks_fuse import make_request_handler
 from fsd.plugins import Plugins
-from fsd.sandbox import Sandbox
+from fsd.sandbox import Sandbox, accept_signals
 from fsd.status import DaemonStatus, RequestLatency, StatusConfig, timed_handler
 from fsd.status.server import bind_status_socket, serve_status
 from fsd.unix_sockets import Listener, listen_unix
@@ -123,9 +123,17 @@ class _Shutdown:
     reason = "vmm disconnected"
 
 
-async def _handle_signals(scope: trio.CancelScope, plugins: Plugins, shutdown: _Shutdown) -> None:
+async def _handle_signals(
+    scope: trio.CancelScope,
+    plugins: Plugins,
+    shutdown: _Shutdown,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """SIGINT/SIGTERM stop the daemon; SIGHUP asks plugins to reload their configuration."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        accept_signals()  # those that came during a sandboxed start-up arrive now
+        task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
@@ -240,7 +248,7 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals:
-                nursery.start_soon(_handle_signals, nursery.cancel_scope, plugins, shutdown)
+                await nursery.start(_handle_signals, nursery.cancel_scope, plugins, shutdown)
             if allowlist is not None:
                 assert config.allowlist_socket_path is not None
                 await nursery.start(

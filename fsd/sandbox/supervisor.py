@@ -40,7 +40,15 @@ from typing import Final, NoReturn
 
 from fsd.sandbox import _linux
 
-__all__ = ["FORWARDED", "NOTIFY_KEYS", "Relay", "SupervisorChannel", "fork_supervised"]
+__all__ = [
+    "DEFERRED",
+    "FORWARDED",
+    "NOTIFY_KEYS",
+    "Relay",
+    "SupervisorChannel",
+    "accept_signals",
+    "fork_supervised",
+]
 
 log = logging.getLogger("fsd.sandbox")
 
@@ -55,7 +63,8 @@ FORWARDED: Final = frozenset(
     }
 )
 _FROM_TERMINAL: Final = frozenset({signal.SIGINT, signal.SIGQUIT})
-_ENDING: Final = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+#: Held back in the server until :func:`accept_signals`.
+DEFERRED: Final = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 _SI_KERNEL: Final = 0x80
 #: The sd_notify assignments relayed for the server. Not MAINPID=, FDSTORE=, BARRIER= or
 #: anything else: a compromised server must not make systemd signal or trust another
@@ -126,18 +135,17 @@ def fork_supervised(
         os._exit(1)
     os.close(alive_r)
     signal.signal(signal.SIGCHLD, previous_chld)
-    for signum in _ENDING:
-        # pid 1 of a pid namespace ignores a signal it has no handler for: until the server
-        # takes them over, one the supervisor forwards (blocked until now, so maybe already
-        # pending) ends the start-up.
-        if signal.getsignal(signum) == signal.SIG_DFL:
-            signal.signal(signum, _exit_on_signal)
-    signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    # SIGTERM, SIGINT and SIGHUP stay blocked (pending, not lost) until the server's own
+    # handlers are in place (accept_signals): pid 1 of a pid namespace would ignore one it
+    # has no handler for, and a handler meanwhile could only end the start-up abruptly.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set(previous_mask) | DEFERRED)
     return SupervisorChannel(server_end)
 
 
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+def accept_signals() -> None:
+    """Let the signals the sandboxed start-up held back in (a no-op where none were): call
+    it once the process handles SIGTERM, SIGINT and SIGHUP itself."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED)
 
 
 def _supervise(

@@ -14,7 +14,18 @@ from pathlib import Path
 
 from fsd.testing.guest import unix_socket_listening
 
-__all__ = ["ServeProcess"]
+__all__ = ["ServeProcess", "server_pid"]
+
+
+def server_pid(pid: int) -> int:
+    """The process that serves for the ``fsd serve`` (or ``fsd mount``) started as ``pid``:
+    in namespace and chroot modes its sandboxed child (``pid`` only supervises it), else
+    ``pid`` itself."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pid
+    return int(children[0]) if children else pid
 
 
 class ServeProcess:
@@ -33,19 +44,20 @@ class ServeProcess:
         serve's arguments (a test's own entry point, for options the CLI lacks)."""
         self.socket_path = socket_path
         stale = _inode(socket_path)
-        with tempfile.TemporaryDirectory(prefix="fsd-notify-") as notify_dir:
-            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            notify.bind(f"{notify_dir}/notify")
-            notify.settimeout(0.02)
-            with notify:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", *module.split(), "--socket-path", str(socket_path),
-                     "--shared-dir", str(shared_dir), "--log-level", "debug", *extra],
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    env={**os.environ, "NOTIFY_SOCKET": f"{notify_dir}/notify"},
-                )  # fmt: skip
-                self._wait_ready(notify, stale)
+        # Kept until stop(): the daemon notifies again when it stops.
+        self._notify_dir = tempfile.TemporaryDirectory(prefix="fsd-notify-")
+        notify_path = f"{self._notify_dir.name}/notify"
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._notify.bind(notify_path)
+        self._notify.settimeout(0.02)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", *module.split(), "--socket-path", str(socket_path),
+             "--shared-dir", str(shared_dir), "--log-level", "debug", *extra],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "NOTIFY_SOCKET": notify_path},
+        )  # fmt: skip
+        self._wait_ready(self._notify, stale)
 
     def _wait_ready(self, notify: socket.socket, stale: tuple[int, int] | None) -> None:
         deadline = time.monotonic() + 20
@@ -64,12 +76,7 @@ class ServeProcess:
     def server_pid(self) -> int:
         """The process that serves: in namespace and chroot modes the sandboxed child of
         the one started (which only supervises it), else that one."""
-        pid = self.proc.pid
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            return pid
-        return int(children[0]) if children else pid
+        return server_pid(self.proc.pid)
 
     def stop(self, sig: int | None = signal.SIGTERM) -> tuple[int, str]:
         """Send ``sig`` (None: just wait for the exit) and return (exit status, stderr)."""
@@ -80,6 +87,8 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate()
+        self._notify.close()
+        self._notify_dir.cleanup()
         return self.proc.returncode, err
 
 
