@@ -132,7 +132,6 @@ async def _handle_signals(
 ) -> None:
     """SIGINT/SIGTERM stop the daemon; SIGHUP asks plugins to reload their configuration."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        accept_signals()  # those that came during a sandboxed start-up arrive now
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
@@ -273,6 +272,8 @@ async def serve(
             where = config.socket_path or f"fd {config.listen_fd}"
             log.info("vhost-user: listening on %s", where, extra={"socket": where})
             systemd.notify_ready(f"listening on {where}")
+            # Signals a sandboxed start-up held back arrive now, to the handlers above.
+            accept_signals()
             task_status.started(config.socket_path)
             await plugins.daemon_started(
                 DaemonInfo(config.shared_dir, "vhost-user", config.socket_path)

@@ -102,7 +102,8 @@ def notify(*assignments: str, environ: Mapping[str, str] | None = None) -> bool:
         if address is None:
             raise OSError(errno.EAFNOSUPPORT, "unsupported NOTIFY_SOCKET address", value)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message, address)
+            # Never wait for a service manager that does not read (a full queue): drop it.
+            sock.sendto(message, socket.MSG_DONTWAIT, address)
     except OSError as exc:
         level = logging.DEBUG if _warned_unsendable else logging.WARNING
         _warned_unsendable = True

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +59,18 @@ class ServeProcess:
             env={**os.environ, "NOTIFY_SOCKET": notify_path},
         )  # fmt: skip
         self._wait_ready(self._notify, stale)
+        # Read what it says later, as a service manager does: unread, its queue would fill.
+        self._stopped = threading.Event()
+        threading.Thread(target=self._drain, name="fsd-test-notify", daemon=True).start()
+
+    def _drain(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._notify.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
 
     def _wait_ready(self, notify: socket.socket, stale: tuple[int, int] | None) -> None:
         deadline = time.monotonic() + 20
@@ -87,6 +100,8 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate()
+        if hasattr(self, "_stopped"):
+            self._stopped.set()
         self._notify.close()
         self._notify_dir.cleanup()
         return self.proc.returncode, err

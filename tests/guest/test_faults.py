@@ -41,7 +41,9 @@ async def reconnecting(
     socket_path = socket_dir / "fs.sock"
     argv = [*fsd_serve_command(socket_path, shared_dir), "--reconnect"]
     log_path = tmp_path / "backend.log"
-    async with running_backend(argv, socket_path, log_path=log_path, env=fsd_env()) as backend:
+    async with running_backend(
+        argv, socket_path, log_path=log_path, env=fsd_env(), ready_text="listening on"
+    ) as backend:
         yield backend
 
 
