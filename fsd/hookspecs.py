@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from fsd.allowlist.protocol import Response
     from fsd.hookinfo import DaemonInfo, FuseRequestInfo, VmmInfo
     from fsd.plugins import OptionRegistry, PluginConfig
+    from fsd.sandbox import HostPath
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -37,6 +38,12 @@ def fsd_addoption(options: OptionRegistry) -> None:
 @hookspec(historic=True)
 def fsd_configure(config: PluginConfig) -> None:
     """Read the option values and get ready to serve, or refuse them (docs/hooks.md)."""
+
+
+@hookspec
+def fsd_sandbox_paths() -> list[HostPath] | None:
+    """The host paths this plugin opens after start-up, to be kept in the sandbox (read-only
+    or writable) (docs/hooks.md)."""
 
 
 # --- FUSE hooks: every request, on the thread serving it (the hot path) -----------------------

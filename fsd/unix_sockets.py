@@ -1,9 +1,15 @@
 """Unix socket files the daemon serves on: created private, replaced only when stale, removed
-only while they are still ours. Shared by the vhost-user and the allowlist control sockets."""
+only while they are still ours. Shared by the vhost-user, allowlist and status sockets.
+
+The command line binds them all before it enters the sandbox (:func:`listen_unix`), where
+their directories no longer exist; the server then only accepts on them, and whoever bound a
+socket removes its file at exit (:meth:`Listener.remove`: the sandbox's supervisor, outside).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import grp
 import logging
@@ -11,7 +17,14 @@ import os
 import socket
 import stat
 
-__all__ = ["bind_private", "is_listening", "remove_stale", "unlink_if_ours"]
+__all__ = [
+    "Listener",
+    "bind_private",
+    "is_listening",
+    "listen_unix",
+    "remove_stale",
+    "unlink_if_ours",
+]
 
 log = logging.getLogger("fsd")
 
@@ -85,3 +98,39 @@ def unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
         pass
     except OSError as exc:
         log.warning("could not remove %s: %s", path, exc)
+
+
+@dataclasses.dataclass
+class Listener:
+    """A listening socket bound ahead of serving, and what to remove at exit."""
+
+    sock: socket.socket
+    #: The socket file's path, and its identity when this process created it (None: adopted
+    #: from systemd or inherited, not ours to remove).
+    path: str | None = None
+    identity: tuple[int, int] | None = None
+
+    def remove(self) -> None:
+        """Remove the socket file if this process created it and it is still ours."""
+        if self.path is not None and self.identity is not None:
+            unlink_if_ours(self.path, self.identity)
+
+
+def listen_unix(
+    path: str, kind: int, backlog: int, *, mode: int = 0o600, group: str | None = None
+) -> Listener:
+    """Bind a Unix socket of type ``kind`` at ``path`` with :func:`bind_private` (restricted
+    before anyone can connect) and listen. An OSError names the path."""
+    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    try:
+        identity = bind_private(sock, path, mode=mode, group=group)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.filename is None:  # bind(2) and listen(2) errors do not say which path
+            raise OSError(exc.errno, exc.strerror, path) from exc
+        raise
+    except BaseException:
+        sock.close()
+        raise
+    return Listener(sock, path, identity)

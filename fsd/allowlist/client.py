@@ -23,7 +23,6 @@ from __future__ import annotations
 import builtins
 import os
 import socket
-import sys
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
@@ -198,9 +197,3 @@ class AsyncAllowlistClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-if __name__ == "__main__":  # ``python -m fsd.allowlist.client`` is ``fsd allowlist``
-    from fsd.cli.allowlist import main
-
-    raise SystemExit(main(sys.argv[1:]))

@@ -22,7 +22,7 @@ from fsd.allowlist._sockbuf import enlarge_send_buffer
 from fsd.allowlist.handler import AfterHook, CheckHook, handle_packet
 from fsd.allowlist.protocol import MAX_PACKET, Err, encode_response
 from fsd.allowlist.trie import Allowlist
-from fsd.unix_sockets import bind_private, unlink_if_ours
+from fsd.unix_sockets import Listener, listen_unix
 
 logger = logging.getLogger("fsd.allowlist")
 
@@ -41,43 +41,43 @@ async def serve_allowlist(
     after: AfterHook | None = None,
     max_packet: int = MAX_PACKET,
     mode: int = SOCKET_MODE,
+    listener: stdlib_socket.socket | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve the control socket at ``socket_path`` until cancelled, then remove it.
 
     A leftover socket file nobody listens on is replaced; a live one, or a file that is not
-    a socket, makes startup fail. ``task_status.started()`` gets the path once clients can
-    connect. ``check`` and ``after`` are the policy hooks of ``handle_packet``.
+    a socket, makes startup fail. ``listener``: the socket already bound there and listening
+    (:func:`bind_allowlist_socket`, before the sandbox); its file is then the binder's to
+    remove. ``task_status.started()`` gets the path once clients can connect. ``check`` and
+    ``after`` are the policy hooks of ``handle_packet``.
     """
     path = os.fspath(socket_path)
-    listener, identity = await _listen(path, mode)
+    owned = None
+    if listener is None:
+        owned = bind_allowlist_socket(path, mode=mode)
+        listener = owned.sock
+    sock = trio.socket.from_stdlib_socket(listener)
     try:
         async with trio.open_nursery() as nursery:
             logger.info("allowlist: control socket listening on %s", path, extra={"socket": path})
             task_status.started(path)
             serialize = trio.Lock()  # batches apply in order, one at a time
             while True:
-                connection = await _accept(listener)
+                connection = await _accept(sock)
                 nursery.start_soon(
                     _serve_client, connection, allowlist, check, after, max_packet, serialize
                 )
     finally:
-        listener.close()
-        unlink_if_ours(path, identity)
-
-
-async def _listen(path: str, mode: int) -> tuple[trio.socket.SocketType, tuple[int, int]]:
-    """Bind, restrict permissions, then listen, so nobody can connect before the chmod."""
-    sock = stdlib_socket.socket(
-        stdlib_socket.AF_UNIX, stdlib_socket.SOCK_SEQPACKET | stdlib_socket.SOCK_CLOEXEC
-    )
-    try:
-        identity = bind_private(sock, path, mode=mode)
-        sock.listen(128)
-    except BaseException:
         sock.close()
-        raise
-    return trio.socket.from_stdlib_socket(sock), identity
+        if owned is not None:
+            owned.remove()
+
+
+def bind_allowlist_socket(path: str, *, mode: int = SOCKET_MODE) -> Listener:
+    """Bind the SOCK_SEQPACKET control socket, restrict its permissions, then listen, so
+    nobody can connect before the chmod."""
+    return listen_unix(path, stdlib_socket.SOCK_SEQPACKET, 128, mode=mode)
 
 
 async def _accept(listener: trio.socket.SocketType) -> trio.socket.SocketType:

@@ -34,6 +34,7 @@ __all__ = [
     "add_logging_arguments",
     "configure_logging",
     "journal_stream",
+    "log_as_pid",
 ]
 
 #: ``--log-level`` values: virtiofsd's names, and ``warning``.
@@ -226,3 +227,24 @@ def configure_logging(
     if problem is not None:
         logger.warning("%s", problem)
     return handler
+
+
+class _AsPid(logging.Filter):
+    def __init__(self, pid: int) -> None:
+        super().__init__()
+        self.pid = pid
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.process = self.pid
+        return True
+
+
+def log_as_pid(pid: int) -> None:
+    """Write ``pid`` as the process id of the ``fsd`` loggers' lines: the sandboxed server's
+    pid as the host sees it, where its own getpid() says 1 (pid 1 of its pid namespace)."""
+    for handler in logging.getLogger("fsd").handlers:
+        if handler.get_name() == "fsd":
+            for old in [f for f in handler.filters if isinstance(f, _AsPid)]:
+                handler.removeFilter(old)
+            if pid != os.getpid():
+                handler.addFilter(_AsPid(pid))

@@ -4,12 +4,18 @@ through /dev/fuse (:mod:`fsd.daemon.devfuse`) until SIGINT or SIGTERM."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
+import functools
+import logging
 import os
+import time
 from collections.abc import Sequence
 
 import trio
 
+from fsd.allowlist.server import bind_allowlist_socket
+from fsd.cli import sandboxing
 from fsd.cli.arguments import (
     OneLineParser,
     add_filesystem_arguments,
@@ -21,12 +27,25 @@ from fsd.cli.arguments import (
 from fsd.cli.errors import StartupError, report
 from fsd.cli.logs import configure_logging
 from fsd.cli.process import prepare_process
-from fsd.daemon.devfuse import DEV_FUSE, MountError, check_mountpoint, mount_until_signal
+from fsd.daemon import mount_syscalls
+from fsd.daemon.devfuse import (
+    DEV_FUSE,
+    FSTYPE,
+    MountError,
+    check_mountpoint,
+    mount_until_signal,
+)
+from fsd.daemon.fusermount import FuseMount, FuseMountError, mount_fuse, unmount_fuse
 from fsd.plugins import PluginError, setup_plugins
+from fsd.sandbox import SandboxMode
+from fsd.status.server import bind_status_socket
+from fsd.unix_sockets import Listener
 
 __all__ = ["main", "parser"]
 
 PROG = "fsd mount"
+
+log = logging.getLogger("fsd")
 
 
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
@@ -65,14 +84,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("shared_dir", metavar="SHARED_DIR")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     add_filesystem_arguments(p, default_log_level="info")
+    sandboxing.add_sandbox_arguments(p, default_mode="namespace")
     return p
 
 
 def main(argv: Sequence[str]) -> int:
     """Exit 0 after a clean unmount, 2 when the arguments or paths are unusable, 1 when the
-    mount or the allowlist socket fails; ``argv`` excludes the command."""
+    mount or the allowlist socket fails; ``argv`` excludes the command.
+
+    As ``fsd serve`` does, everything that needs the host is done before the sandbox: the
+    sockets bound, the plugins configured and the file system mounted (mount(2) as root,
+    fusermount3 as a user). The sandboxed server cannot unmount; its supervisor does (root:
+    it keeps CAP_SYS_ADMIN for that alone), or for a user the watcher that
+    :func:`fsd.daemon.fusermount.mount_fuse` starts with ``auto_unmount``, once the server
+    is gone."""
     args = parser().parse_args(list(argv))
+    for name in ("allowlist_socket_path", "status_socket"):
+        if getattr(args, name) is not None:
+            setattr(args, name, os.path.abspath(getattr(args, name)))
     configure_logging(level=args.log_level, log_format=args.log_format, syslog=args.syslog)
+    root = os.geteuid() == 0
     try:
         options = filesystem_options(args)
         status = status_config(args)
@@ -81,24 +112,130 @@ def main(argv: Sequence[str]) -> int:
         if args.allowlist_socket_path is not None:
             check_socket_path("--allowlist-socket-path", args.allowlist_socket_path)
         _check_dev_fuse()
-        plugins = setup_plugins(args.plugin, args.plugin_cfg)
+        sandbox_config = sandboxing.sandbox_config(
+            args,
+            shared,
+            default_mode="namespace",
+            command="mount",
+            file_handles=options.inode_file_handles != "never",
+            supervisor_capabilities=frozenset({"SYS_ADMIN"}) if root else frozenset(),
+        )
         prepare_process(rlimit_nofile=args.rlimit_nofile)
-    except (MountError, StartupError, PluginError) as e:
+    except (MountError, StartupError) as e:
         report(PROG, str(e))
         return 2
+    listeners: list[Listener] = []
+    try:
+        if args.allowlist_socket_path is not None:
+            listeners.append(bind_allowlist_socket(args.allowlist_socket_path))
+        if status.socket_path is not None:
+            listeners.append(bind_status_socket(status.socket_path))
+    except OSError as exc:
+        _remove(listeners)
+        report(PROG, _message(exc))
+        return 1
+    launcher = os.getpid()
+    mounted: FuseMount | None = None
+    try:
+        plugins = setup_plugins(args.plugin, args.plugin_cfg)
+        paths = sandboxing.plugin_paths(plugins, sandbox_config)
+        sandbox_config = dataclasses.replace(sandbox_config, extra_paths=tuple(paths))
+        mounted = mount_fuse(
+            shared,
+            target,
+            allow_other=root,
+            auto_unmount=sandbox_config.mode is not SandboxMode.NONE,
+        )
+        sandbox = sandboxing.enter(
+            sandbox_config, cleanup=functools.partial(_cleanup, listeners, mounted)
+        )
+    except (StartupError, PluginError, sandboxing.SandboxError, FuseMountError) as e:
+        report(PROG, _message(e))
+        if os.getpid() == launcher:
+            _close(listeners, mounted)
+            _cleanup(listeners, mounted)
+        return 1 if isinstance(e, FuseMountError) else 2
+    by_name = {listener.path: listener.sock for listener in listeners}
     failure: Exception | None = None
     try:
         trio.run(
-            mount_until_signal, shared, target, options, args.allowlist_socket_path, plugins, status
+            functools.partial(
+                mount_until_signal,
+                shared,
+                target,
+                options,
+                args.allowlist_socket_path,
+                plugins,
+                status,
+                mounted=mounted,
+                allowlist_listener=by_name.get(args.allowlist_socket_path),
+                status_listener=by_name.get(status.socket_path),
+                sandbox=sandbox,
+            )
         )
     except* (MountError, OSError) as group:  # OSError: the allowlist socket was refused
         failure = _first_leaf(group)
+    finally:
+        if not sandbox.supervised:
+            _close(listeners, mounted)
+            _cleanup(listeners, mounted)
     if failure is not None:
-        message = str(failure)
-        if (isinstance(failure, OSError) and failure.errno in (errno.EPERM, errno.EACCES)) or (
-            isinstance(failure, MountError) and "not permitted" in message
-        ):
-            message += _privilege_hint()
-        report(PROG, message)
+        report(PROG, _message(failure))
         return 1
     return 0
+
+
+def _message(failure: BaseException) -> str:
+    message = str(failure)
+    if (isinstance(failure, OSError) and failure.errno in (errno.EPERM, errno.EACCES)) or (
+        isinstance(failure, (MountError, FuseMountError)) and "not permitted" in message
+    ):
+        message += _privilege_hint()
+    return message
+
+
+def _remove(listeners: list[Listener]) -> None:
+    for listener in listeners:
+        listener.remove()
+        listener.sock.close()
+
+
+def _unmounted_within(target: str, *, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while mount_syscalls.mount_points().get(target, "") == FSTYPE:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _close(listeners: list[Listener], mounted: FuseMount | None) -> None:
+    """Close what the server held (unsandboxed): a mount fusermount3 watches goes once the
+    watchdog socket closed."""
+    for listener in listeners:
+        listener.sock.close()
+    if mounted is not None and mounted.watchdog is not None:
+        os.close(mounted.watchdog)
+
+
+def _cleanup(listeners: list[Listener], mounted: FuseMount | None) -> None:
+    """After the server: remove the socket files and detach the mount (outside the
+    sandbox). It touches no fd: the sandbox's supervisor, which runs it, has closed them all
+    (a socket object's fd number may be another file's by then)."""
+    for listener in listeners:
+        listener.remove()
+    if mounted is None:
+        return
+    if mounted.watchdog is not None:
+        # The watcher unmounts once the server's end of its pipe closed: the server has
+        # exited, so that is under way. The supervisor could not do it itself: it can start
+        # no process once the server's pid namespace is gone, nor a setuid one ever.
+        if not _unmounted_within(mounted.target, seconds=5.0):
+            log.warning("%s is still mounted; fusermount3 -u it", mounted.target)
+        return
+    if mount_syscalls.mount_points().get(mounted.target, "") != FSTYPE:
+        return  # unmounted from outside already
+    try:
+        unmount_fuse(mounted.target)
+    except OSError as exc:
+        log.warning("could not unmount %s: %s", mounted.target, exc.strerror)

@@ -10,6 +10,7 @@ what it expects. ``fsd serve`` keeps fsd's own defaults.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import grp
 import logging
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 import trio
 
+from fsd.cli import sandboxing
 from fsd.cli.arguments import (
     OneLineParser,
     add_filesystem_arguments,
@@ -37,7 +39,6 @@ from fsd.cli.process import prepare_process
 from fsd.cli.shared_dir import parse_shared_dir
 from fsd.cli.version import version_line
 from fsd.cli.virtiofsd import (
-    NO_SANDBOX,
     REFUSED,
     VIRTIOFSD_DEFAULTS,
     CompatOptions,
@@ -49,6 +50,8 @@ from fsd.plugins import PluginError, setup_plugins
 if TYPE_CHECKING:
     from fsd.daemon.serve import ServeConfig
     from fsd.fs.options import FsOptions
+    from fsd.plugins import Plugins
+    from fsd.sandbox import SandboxConfig
 
 __all__ = ["main", "vhost_user_main"]
 
@@ -126,17 +129,7 @@ def _parser(prog: str, profile: Profile) -> argparse.ArgumentParser:
         help="threads serving the requests, so one waiting on a slow disk holds up only "
         "itself (default 0: each queue's own thread serves its requests, cheaper per request)",
     )
-    p.add_argument(
-        "--sandbox",
-        choices=["namespace", "chroot", "none"],
-        help="only none for now: " + NO_SANDBOX,
-    )
-    p.add_argument(
-        "--seccomp",
-        choices=["none", "kill", "log", "trap"],
-        help="only none for now: " + NO_SANDBOX,
-    )
-    p.add_argument("--modcaps", metavar="CAPS", help=f"refused: {REFUSED['modcaps']}")
+    sandboxing.add_sandbox_arguments(p, default_mode="namespace")
     for flag in ("--migration-mode", "--migration-on-error"):
         p.add_argument(flag, metavar="MODE", help=f"refused: {REFUSED['migration']}")
     for flag in ("--migration-verify-handles", "--migration-confirm-paths"):
@@ -153,13 +146,7 @@ def _parser(prog: str, profile: Profile) -> argparse.ArgumentParser:
 
 
 def _refuse_virtiofsd_only(args: argparse.Namespace) -> None:
-    """StartupError for virtiofsd options fsd does not implement (yet)."""
-    for option in ("sandbox", "seccomp"):
-        value = getattr(args, option)
-        if value not in (None, "none"):
-            raise StartupError(f"--{option} {value}: {NO_SANDBOX}; use --{option} none")
-    if args.modcaps is not None:
-        raise StartupError(f"--modcaps {args.modcaps}: {REFUSED['modcaps']}")
+    """StartupError for virtiofsd options fsd does not implement."""
     for option in (
         "migration_mode",
         "migration_on_error",
@@ -241,8 +228,14 @@ def _config(args: argparse.Namespace, compat: CompatOptions, profile: Profile) -
 def main(argv: Sequence[str], *, profile: Profile = "fsd", prog: str = "fsd serve") -> int:
     """``fsd serve --socket-path S|--fd N --shared-dir D [options]``; ``argv`` excludes the
     command. Exits 2 when it cannot start as asked, 1 when serving fails, 0 after the VMM
-    left or a signal."""
-    from fsd.daemon.serve import serve
+    left or a signal.
+
+    The start-up order is the sandbox's (:func:`fsd.sandbox.enter_sandbox`): logging (the
+    syslog socket connected), the process prepared, the sockets bound, the plugins loaded
+    and configured, then the sandbox, and only then ``trio.run`` and its threads. In
+    namespace and chroot modes the sandboxed server is a child process; this one supervises
+    it, removes the socket files when it is gone, and exits with its status."""
+    from fsd.daemon.serve import bind_listeners, serve
 
     argv = list(argv)
     if "--print-capabilities" in argv:
@@ -250,6 +243,7 @@ def main(argv: Sequence[str], *, profile: Profile = "fsd", prog: str = "fsd serv
         sys.stdout.write(capabilities_json())
         return 0
     args = _parser(prog, profile).parse_args(argv)
+    _make_paths_absolute(args)
     try:
         compat = parse_compat_options(args.compat)
     except StartupError as exc:
@@ -261,10 +255,33 @@ def main(argv: Sequence[str], *, profile: Profile = "fsd", prog: str = "fsd serv
     )
     try:
         config = _config(args, compat, profile)
-        plugins = setup_plugins(args.plugin, args.plugin_cfg)
+        sandbox_config = sandboxing.sandbox_config(
+            args,
+            config.shared_dir,
+            default_mode="namespace",
+            command="serve",
+            mode=compat.sandbox,
+            modcaps=compat.modcaps,
+            file_handles=config.fs_options.inode_file_handles != "never",
+        )
         prepare_process(rlimit_nofile=args.rlimit_nofile)
-    except (StartupError, PluginError) as exc:
+    except StartupError as exc:
         report(prog, str(exc))
+        return 2
+    try:
+        listeners = bind_listeners(config)
+    except (OSError, LookupError) as exc:  # a socket that cannot be made
+        report(prog, _explain(exc))
+        return 1
+    launcher = os.getpid()
+    try:
+        plugins = setup_plugins(args.plugin, args.plugin_cfg)
+        sandbox_config = _keep_plugin_paths(sandbox_config, plugins)
+        sandbox = sandboxing.enter(sandbox_config, cleanup=listeners.remove)
+    except (StartupError, PluginError, sandboxing.SandboxError) as exc:
+        report(prog, str(exc))
+        if os.getpid() == launcher:  # (not in a sandboxed child: its supervisor cleans up)
+            listeners.remove()
         return 2
     if args.foreground:
         log.warning("-f has no effect: fsd always runs in the foreground")
@@ -280,12 +297,34 @@ def main(argv: Sequence[str], *, profile: Profile = "fsd", prog: str = "fsd serv
     )
     failures: list[BaseException] = []
     try:
-        trio.run(functools.partial(serve, config, plugins=plugins))
-    except* (OSError, LookupError) as group:  # a socket that cannot be made, an unusable fs
+        trio.run(
+            functools.partial(serve, config, plugins=plugins, listeners=listeners, sandbox=sandbox)
+        )
+    except* (OSError, LookupError) as group:  # an unusable fs
         failures.extend(group.exceptions)
+    finally:
+        if not sandbox.supervised:
+            listeners.remove()
     for failure in failures:
         report(prog, _explain(failure))
     return 1 if failures else 0
+
+
+def _make_paths_absolute(args: argparse.Namespace) -> None:
+    """Relative paths on the command line, absolute before anything else: the sandbox
+    changes the working directory (to the share itself in chroot mode)."""
+    for name in ("socket_path", "allowlist_socket_path", "status_socket"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(args, name, os.path.abspath(value))
+
+
+def _keep_plugin_paths(config: SandboxConfig, plugins: Plugins) -> SandboxConfig:
+    """``config`` with the host paths the plugins declared kept inside (namespace mode)."""
+    paths = sandboxing.plugin_paths(plugins, config)
+    if paths:
+        log.info("sandbox: keeping for plugins: %s", sandboxing.describe(paths))
+    return dataclasses.replace(config, extra_paths=tuple(paths))
 
 
 def _describe(options: FsOptions) -> str:

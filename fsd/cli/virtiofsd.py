@@ -21,8 +21,9 @@ from fsd.cli.errors import StartupError
 __all__ = [
     "CACHE_TIMEOUTS",
     "CAPABILITIES",
-    "NO_SANDBOX",
     "REFUSED",
+    "SANDBOX_MODES",
+    "SECCOMP_ACTIONS",
     "VIRTIOFSD_DEFAULTS",
     "CompatOptions",
     "capabilities_json",
@@ -40,6 +41,9 @@ VIRTIOFSD_DEFAULTS: Final[dict[str, object]] = {
     "inode_file_handles": "prefer",
     "timeout": 1.0,
 }
+#: ``--sandbox`` and ``--seccomp`` values (virtiofsd's), the default first.
+SANDBOX_MODES: Final = ("namespace", "chroot", "none")
+SECCOMP_ACTIONS: Final = ("kill", "log", "trap", "none")
 #: virtiofsd's entry and attribute cache lifetime for each ``--cache`` policy.
 CACHE_TIMEOUTS: Final = {"never": 0.0, "auto": 1.0, "always": 86400.0, "metadata": 86400.0}
 #: ``--print-capabilities``: the vhost-user.json back-end features fsd really has. It takes
@@ -83,14 +87,8 @@ REFUSED: Final = {
     "security_label": "security labels (FUSE_SECURITY_CTX) are not supported by fsd; "
     "leave the option out",
     "no_readdirplus": "fsd always offers READDIRPLUS; leave the option out",
-    "modcaps": "fsd does not drop capabilities yet (that comes with its sandbox); leave the "
-    "option out",
     "migration": "fsd cannot migrate a device's state; leave the option out",
 }
-
-
-#: Why ``--sandbox``/``--seccomp`` values other than ``none`` are refused.
-NO_SANDBOX: Final = "fsd has no sandbox yet (it lands with the least-privilege work)"
 
 
 @attrs.define
@@ -103,6 +101,9 @@ class CompatOptions:
     fields: dict[str, object] = attrs.field(factory=dict)
     #: ``loglevel=``, as a ``--log-level`` value.
     log_level: str | None = None
+    #: ``sandbox=``, ``modcaps=``: as ``--sandbox`` and ``--modcaps``.
+    sandbox: str | None = None
+    modcaps: str | None = None
     #: Lines for the log: options accepted without changing anything in fsd.
     notes: list[str] = attrs.field(factory=list)
 
@@ -159,10 +160,11 @@ def _compat_value(out: CompatOptions, key: str, value: str, item: str) -> None:
             raise StartupError(f"-o {item}: expected debug, info, warn or err")
         out.log_level = _LOG_LEVELS[value]
     elif key == "sandbox":
-        if value != "none":
-            raise StartupError(f"-o {item}: {NO_SANDBOX}; leave it out")
+        if value not in SANDBOX_MODES:
+            raise StartupError(f"-o {item}: expected {', '.join(SANDBOX_MODES)}")
+        out.sandbox = value
     elif key == "modcaps":
-        raise StartupError(f"-o {item}: {REFUSED['modcaps']}")
+        out.modcaps = value
     else:
         raise StartupError(f"-o {item}: unknown option ({_KNOWN})")
 
@@ -181,8 +183,9 @@ def _compat_flag(out: CompatOptions, key: str) -> None:
         raise StartupError(f"-o {key}: unknown option ({_KNOWN})")
 
 
-_KNOWN: Final = "fsd takes source=, cache=, xattrmap=, loglevel=, sandbox=none and " + ", ".join(
-    sorted([*_FLAGS, *_AS_FSD_DOES, "debug"])
+_KNOWN: Final = (
+    "fsd takes source=, cache=, xattrmap=, loglevel=, sandbox=, modcaps= and "
+    + ", ".join(sorted([*_FLAGS, *_AS_FSD_DOES, "debug"]))
 )
 
 

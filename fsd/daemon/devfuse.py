@@ -16,9 +16,9 @@ import logging
 import os
 import select
 import signal
+import socket
 import stat
 import struct
-import sys
 
 import trio
 
@@ -33,6 +33,7 @@ from fsd.fuse.replies import DEFERRED
 from fsd.hookinfo import DaemonInfo
 from fsd.hooks_fuse import RequestHandler, make_request_handler
 from fsd.plugins import Plugins
+from fsd.sandbox import Sandbox, accept_signals
 from fsd.status import DaemonStatus, RequestLatency, StatusConfig, timed_handler
 from fsd.status.server import serve_status
 
@@ -121,6 +122,8 @@ async def serve_mount(
     plugins: Plugins | None = None,
     allow_other: bool | None = None,
     threads: int = 1,
+    mounted: fusermount.FuseMount | None = None,
+    allowlist_listener: socket.socket | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount ``shared_dir`` on ``mountpoint`` through /dev/fuse and serve it until cancelled.
@@ -142,12 +145,19 @@ async def serve_mount(
     ``threads`` worker threads serve the requests (data operations on open files then run
     concurrently; the rest one at a time, see ``fsd.fuse.server.CONCURRENT``).
 
+    ``mounted``: a mount the caller made already (the command line, before its sandbox,
+    where mounting and unmounting are no longer possible): it is served, not checked, made
+    or detached here. ``allowlist_listener``: the control socket bound already.
+
     Process-wide set-up is the caller's: :func:`fsd.cli.process.prepare_process` (umask 0
     above all, or created files get the umask twice).
     """
     if threads < 1:
         raise ValueError(f"fsd mount needs at least one worker thread, not {threads}")
-    shared, target = check_mountpoint(shared_dir, mountpoint)
+    if mounted is None:
+        shared, target = check_mountpoint(shared_dir, mountpoint)
+    else:
+        shared, target = os.fspath(shared_dir), mounted.target
     if allow_other is None:
         allow_other = os.geteuid() == 0
     if allowlist_socket_path is not None and allowlist is None:
@@ -159,7 +169,7 @@ async def serve_mount(
         allowlist_check = chain_checks(allowlist_check, plugin_check)
         allowlist_after = chain_afters(allowlist_after, plugin_after)
     if allowlist_socket_path is None:
-        await _mount_and_serve(shared, target, handler, task_status, allow_other, threads)
+        await _mount_and_serve(shared, target, handler, task_status, allow_other, threads, mounted)
         return
     assert allowlist is not None
     async with trio.open_nursery() as nursery:
@@ -170,9 +180,10 @@ async def serve_mount(
                 allowlist,
                 check=allowlist_check,
                 after=allowlist_after,
+                listener=allowlist_listener,
             )
         )
-        await _mount_and_serve(shared, target, handler, task_status, allow_other, threads)
+        await _mount_and_serve(shared, target, handler, task_status, allow_other, threads, mounted)
         nursery.cancel_scope.cancel()
 
 
@@ -183,14 +194,19 @@ async def _mount_and_serve(
     task_status: trio.TaskStatus[str],
     allow_other: bool,
     threads: int,
+    premounted: fusermount.FuseMount | None,
 ) -> None:
-    """Mount, report the mount point, serve until unmounted or cancelled, then detach."""
-    try:
-        # mount(2) as root; the setuid fusermount3 helper for an ordinary user.
-        fd = fusermount.open_fuse_mount(shared, target, allow_other=allow_other)
-    except fusermount.FuseMountError as e:
-        raise MountError(str(e)) from None
-    mounted = True
+    """Mount (unless the caller did), report the mount point, serve until unmounted or
+    cancelled, then detach (unless the caller will)."""
+    if premounted is not None:
+        fd = premounted.fd
+    else:
+        try:
+            # mount(2) as root; the setuid fusermount3 helper for an ordinary user.
+            fd = fusermount.open_fuse_mount(shared, target, allow_other=allow_other)
+        except fusermount.FuseMountError as e:
+            raise MountError(str(e)) from None
+    mounted = premounted is None  # ours to detach
     pending = PendingReplies()
     try:
         log.info("serving %s on %s", shared, target)
@@ -344,14 +360,24 @@ async def mount_until_signal(
     allowlist_socket_path: str | None,
     plugins: Plugins,
     status_config: StatusConfig | None = None,
+    *,
+    mounted: fusermount.FuseMount | None = None,
+    allowlist_listener: socket.socket | None = None,
+    status_listener: socket.socket | None = None,
+    sandbox: Sandbox | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (then detach) or until unmounted from outside; SIGHUP asks
-    plugins to reload their configuration. ``status_config`` adds the status socket."""
+    plugins to reload their configuration. ``status_config`` adds the status socket.
+
+    ``mounted``, ``allowlist_listener``, ``status_listener``: made by the caller before its
+    sandbox (:func:`serve_mount`); the mount is then the caller's to detach. ``sandbox``:
+    where the shared directory is from inside, and what the status view says of it."""
     reason = "unmounted"
     status_config = status_config or StatusConfig()
     # Built here rather than by serve_mount, so that the status view can read them.
     allowlist = Allowlist() if allowlist_socket_path is not None else None
-    fs = PassthroughFs(shared, options, allowlist=allowlist)
+    root = sandbox.shared_dir if sandbox is not None else shared
+    fs = PassthroughFs(root, options, allowlist=allowlist)
     server = FuseServer(fs, transport="dev-fuse")
     handler = make_request_handler(server, plugins)
     latency = RequestLatency() if status_config.latency_histogram else None
@@ -366,10 +392,12 @@ async def mount_until_signal(
         plugins=plugins,
         mountpoint=target,
         latency=latency,
+        sandbox=sandbox,
     )
     signals_wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     try:
         with trio.open_signal_receiver(*signals_wanted) as signals:
+            accept_signals()  # those that came during a sandboxed start-up arrive now
             async with trio.open_nursery() as nursery:
 
                 async def cancel_on_signal() -> None:
@@ -385,26 +413,29 @@ async def mount_until_signal(
 
                 async def serve_then_stop(task_status: trio.TaskStatus[str]) -> None:
                     await serve_mount(
-                        shared,
+                        root,
                         target,
                         handler=handler,
                         allowlist_socket_path=allowlist_socket_path,
                         allowlist=allowlist,
                         plugins=plugins,
+                        mounted=mounted,
+                        allowlist_listener=allowlist_listener,
                         task_status=task_status,
                     )
                     nursery.cancel_scope.cancel()  # unmounted from outside
 
                 nursery.start_soon(cancel_on_signal)
                 if status_config.socket_path is not None:
-                    await nursery.start(serve_status, status_config.socket_path, status)
+                    await nursery.start(
+                        functools.partial(
+                            serve_status,
+                            status_config.socket_path,
+                            status,
+                            listener=status_listener,
+                        )
+                    )
                 await nursery.start(serve_then_stop)
                 await plugins.daemon_started(DaemonInfo(shared, "dev-fuse", target))
     finally:
         await plugins.daemon_stopping(reason)
-
-
-if __name__ == "__main__":  # ``python -m fsd.daemon.devfuse`` is ``fsd mount``
-    from fsd.cli.mount import main
-
-    raise SystemExit(main(sys.argv[1:]))

@@ -11,7 +11,13 @@ package; fsd does what libfuse's lib/mount.c does:
   caller's rights*, mounts it with ``fd=N,rootmode=...,user_id=UID,group_id=GID`` added to
   the options, sends the open /dev/fuse fd back over the socket (SCM_RIGHTS, with one byte
   of data) and exits;
-- unmount with umount2(MNT_DETACH) when permitted, else ``fusermount3 -u -q -z``.
+- unmount with umount2(MNT_DETACH) when permitted, else ``fusermount3 -u -q -z``; or, with
+  ``auto_unmount`` (what a sandboxed daemon, which can run no helper, asks for), a watcher
+  started before the sandbox runs ``fusermount3 -u`` once the daemon's end of a pipe closes,
+  when it exits or dies. (fusermount3's own ``-o auto_unmount`` cannot do it for a mount
+  without ``allow_other``: before it unmounts, it opens the mount point to check that the
+  file system is dead, and the kernel refuses that open to the setuid helper, whose
+  effective uid is not the mount's owner, with EACCES rather than ENOTCONN.)
 
 The helper enforces the rules for users: the mount point must be writable by the caller,
 the mount is always nosuid,nodev, and ``allow_other`` (other users, root included, may use
@@ -22,6 +28,7 @@ rule itself first, so that the refusal names fsd's option and the file to change
 from __future__ import annotations
 
 import array
+import dataclasses
 import errno
 import os
 import shutil
@@ -35,10 +42,12 @@ from fsd.daemon import mount_syscalls
 __all__ = [
     "DEV_FUSE",
     "FUSE_CONF",
+    "FuseMount",
     "FuseMountError",
     "allows_other_users",
     "find_fusermount",
     "fusermount_options",
+    "mount_fuse",
     "open_fuse_mount",
     "unmount_fuse",
 ]
@@ -51,6 +60,18 @@ _HELPER_DIRS = ("/usr/bin", "/bin")
 
 class FuseMountError(Exception):
     """The mount could not be made; the message says what failed and what to do."""
+
+
+@dataclasses.dataclass
+class FuseMount:
+    """A FUSE mount made for this process: the /dev/fuse fd serving it, and how it goes."""
+
+    fd: int
+    target: str
+    #: Mounted by fusermount3 with ``auto_unmount``: the write end of the pipe a watcher
+    #: reads; it unmounts once every copy of this fd is closed (None: mounted by mount(2),
+    #: or no auto_unmount asked for).
+    watchdog: int | None = None
 
 
 def allows_other_users(conf_text: str) -> bool:
@@ -111,6 +132,27 @@ def open_fuse_mount(
     Root (or anyone mount(2) lets through) mounts directly; an ordinary user through
     fusermount3. Raises :class:`FuseMountError` with a message naming what to do.
     """
+    return mount_fuse(
+        source,
+        target,
+        subtype=subtype,
+        allow_other=allow_other,
+        default_permissions=default_permissions,
+    ).fd
+
+
+def mount_fuse(
+    source: str,
+    target: str,
+    *,
+    subtype: str = "fsd",
+    allow_other: bool,
+    default_permissions: bool = True,
+    auto_unmount: bool = False,
+) -> FuseMount:
+    """:func:`open_fuse_mount`, telling how the mount was made; with ``auto_unmount``, a
+    mount by fusermount3 is removed by the helper once this process (and any child it forks)
+    has closed :attr:`FuseMount.watchdog`."""
     fd: int | None = None
     try:
         fd = os.open(DEV_FUSE, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -132,12 +174,15 @@ def open_fuse_mount(
                 mount_syscalls.MS_NOSUID | mount_syscalls.MS_NODEV,
                 data,
             )
-            return fd
         except OSError as exc:
             os.close(fd)
             if exc.errno != errno.EPERM or os.geteuid() == 0:
                 raise FuseMountError(f"cannot mount on {target!r}: {exc.strerror}") from None
-    return _mount_with_helper(source, target, subtype, allow_other, default_permissions)
+        else:
+            return FuseMount(fd, target)
+    return _mount_with_helper(
+        source, target, subtype, allow_other, default_permissions, auto_unmount
+    )
 
 
 def _dev_fuse_hint(exc: OSError) -> str:
@@ -147,8 +192,13 @@ def _dev_fuse_hint(exc: OSError) -> str:
 
 
 def _mount_with_helper(
-    source: str, target: str, subtype: str, allow_other: bool, default_permissions: bool
-) -> int:
+    source: str,
+    target: str,
+    subtype: str,
+    allow_other: bool,
+    default_permissions: bool,
+    auto_unmount: bool,
+) -> FuseMount:
     if allow_other and not allows_other_users(_read_fuse_conf()):
         raise FuseMountError(
             "allow_other (other users may use the mount) is refused to users other than root "
@@ -163,8 +213,8 @@ def _mount_with_helper(
     options = fusermount_options(
         source, subtype, allow_other=allow_other, default_permissions=default_permissions
     )
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with ours:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
         try:
             process = subprocess.Popen(
                 [helper, "-o", options, "--", target],
@@ -177,7 +227,11 @@ def _mount_with_helper(
         finally:
             theirs.close()
         fd = _receive_fd(ours)
-    _, stderr = process.communicate()
+        _, stderr = process.communicate()
+    except BaseException:
+        ours.close()
+        raise
+    ours.close()
     message = stderr.decode(errors="replace").strip()
     if fd is None or process.returncode != 0:
         if fd is not None:
@@ -185,7 +239,33 @@ def _mount_with_helper(
         raise FuseMountError(_helper_failure(helper, target, process.returncode, message))
     os.set_inheritable(fd, False)
     os.set_blocking(fd, False)
-    return fd
+    watchdog = _unmount_when_closed(helper, target) if auto_unmount else None
+    return FuseMount(fd, target, watchdog=watchdog)
+
+
+#: The watcher: wait for end of file on stdin (every copy of the pipe's write end closed),
+#: then unmount. A shell, so that it costs no Python start-up and holds nothing of ours.
+_WATCHER = 'cat >/dev/null; exec "$0" -u -q -z -- "$1"'
+
+
+def _unmount_when_closed(helper: str, target: str) -> int:
+    """Start the watcher that unmounts ``target`` once the returned fd (the write end of its
+    stdin) is closed everywhere. It runs in its own session: a terminal's ^C reaches the
+    daemon, not it."""
+    read_end, write_end = os.pipe()
+    try:
+        subprocess.Popen(
+            ["/bin/sh", "-c", _WATCHER, helper, target],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return write_end
 
 
 def _receive_fd(sock: socket.socket) -> int | None:

@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from fsd.allowlist import Allowlist
-from fsd.allowlist.server import serve_allowlist
+from fsd.allowlist.server import bind_allowlist_socket, serve_allowlist
 from fsd.daemon import systemd
 from fsd.daemon.queues import ChainHandler
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
@@ -22,13 +22,14 @@ from fsd.fuse import FuseServer
 from fsd.hookinfo import DaemonInfo, VmmInfo
 from fsd.hooks_fuse import make_request_handler
 from fsd.plugins import Plugins
+from fsd.sandbox import Sandbox, accept_signals
 from fsd.status import DaemonStatus, RequestLatency, StatusConfig, timed_handler
-from fsd.status.server import serve_status
-from fsd.unix_sockets import bind_private, unlink_if_ours
+from fsd.status.server import bind_status_socket, serve_status
+from fsd.unix_sockets import Listener, listen_unix
 from fsd.vhost_user.backend import DeviceSpec
 from fsd.virtio_fs import NUM_QUEUES, virtio_fs_device
 
-__all__ = ["ServeConfig", "serve"]
+__all__ = ["Listeners", "ServeConfig", "bind_listeners", "open_vhost_user_listener", "serve"]
 
 log = logging.getLogger("fsd")
 
@@ -56,33 +57,57 @@ class ServeConfig:
     reconnect: bool = False
 
 
-def open_vhost_user_listener(
-    config: ServeConfig,
-) -> tuple[trio.socket.SocketType, tuple[int, int] | None]:
+def open_vhost_user_listener(config: ServeConfig) -> Listener:
     """Bind the vhost-user socket or adopt ``--fd`` (listening or already connected:
     :func:`serve` tells them apart). A socket file is created 0600 (0660 with
-    ``socket_group``), replaces only a stale one, and its identity is returned so that only
-    our own file is removed at exit."""
+    ``socket_group``) and replaces only a stale one; only a file bound here is removed at
+    exit (:meth:`Listener.remove`)."""
     if config.listen_fd is not None:
-        return trio.socket.from_stdlib_socket(socket.socket(fileno=config.listen_fd)), None
+        return Listener(socket.socket(fileno=config.listen_fd))
     assert config.socket_path is not None
     # Socket activation: the .socket unit's listener at this path is used, not replaced.
     activated = systemd.adopt_unix_listener(config.socket_path, systemd.listen_fds())
     if activated is not None:
-        return trio.socket.from_stdlib_socket(activated), None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        return Listener(activated)
+    return listen_unix(config.socket_path, socket.SOCK_STREAM, 1, group=config.socket_group)
+
+
+@attrs.define
+class Listeners:
+    """Every socket ``fsd serve`` serves on, bound before it serves: the command line binds
+    them before it enters the sandbox, where their directories do not exist."""
+
+    vhost_user: Listener
+    allowlist: Listener | None = None
+    status: Listener | None = None
+
+    def all(self) -> list[Listener]:
+        return [x for x in (self.vhost_user, self.allowlist, self.status) if x is not None]
+
+    def remove(self) -> None:
+        """Remove the socket files bound here (at exit, from outside the sandbox)."""
+        for listener in self.all():
+            listener.remove()
+
+    def close(self) -> None:
+        for listener in self.all():
+            listener.sock.close()
+
+
+def bind_listeners(config: ServeConfig) -> Listeners:
+    """Bind (or adopt) the vhost-user socket, then the allowlist and status sockets if asked
+    for. An OSError names the path; nothing is left bound then."""
+    listeners = Listeners(open_vhost_user_listener(config))
     try:
-        identity = bind_private(sock, config.socket_path, group=config.socket_group)
-        sock.listen(1)
-    except OSError as exc:
-        sock.close()
-        if exc.filename is None:  # bind(2) errors do not say which path
-            raise OSError(exc.errno, exc.strerror, config.socket_path) from exc
-        raise
+        if config.allowlist_socket_path is not None:
+            listeners.allowlist = bind_allowlist_socket(config.allowlist_socket_path)
+        if config.status.socket_path is not None:
+            listeners.status = bind_status_socket(config.status.socket_path)
     except BaseException:
-        sock.close()
+        listeners.remove()
+        listeners.close()
         raise
-    return trio.socket.from_stdlib_socket(sock), identity
+    return listeners
 
 
 def _socket_name(config: ServeConfig) -> str:
@@ -98,9 +123,16 @@ class _Shutdown:
     reason = "vmm disconnected"
 
 
-async def _handle_signals(scope: trio.CancelScope, plugins: Plugins, shutdown: _Shutdown) -> None:
+async def _handle_signals(
+    scope: trio.CancelScope,
+    plugins: Plugins,
+    shutdown: _Shutdown,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """SIGINT/SIGTERM stop the daemon; SIGHUP asks plugins to reload their configuration."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
@@ -113,13 +145,20 @@ async def _handle_signals(scope: trio.CancelScope, plugins: Plugins, shutdown: _
             return
 
 
-def _peer(sock: trio.socket.SocketType) -> VmmInfo:
+def _peer(sock: trio.socket.SocketType, sandbox: Sandbox | None) -> VmmInfo:
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     except OSError:
         return VmmInfo()
     pid, uid, gid = struct.unpack("3i", creds)
-    return VmmInfo(pid, uid, gid)
+    if pid == 0 and sandbox is not None and sandbox.supervisor is not None:
+        # A process outside our pid namespace (the namespace sandbox's): the supervisor,
+        # in the host's, can tell.
+        try:
+            pid = sandbox.supervisor.peer_pid(sock.fileno())
+        except OSError as exc:
+            log.debug("cannot learn the front-end's pid from the supervisor: %s", exc)
+    return VmmInfo(pid or -1, uid, gid)
 
 
 async def _serve_frontend(
@@ -129,9 +168,10 @@ async def _serve_frontend(
     config: ServeConfig,
     plugins: Plugins,
     status: DaemonStatus,
+    sandbox: Sandbox | None,
 ) -> None:
     """One front-end's connection, from accept to disconnect."""
-    vmm = _peer(sock)
+    vmm = _peer(sock, sandbox)
     log.info(
         "vhost-user: front-end connected (pid %d, uid %d, gid %d)",
         vmm.pid,
@@ -160,6 +200,8 @@ async def serve(
     *,
     plugins: Plugins | None = None,
     handle_signals: bool = True,
+    listeners: Listeners | None = None,
+    sandbox: Sandbox | None = None,
     task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one VMM over vhost-user until it disconnects (or, with ``reconnect``, each VMM
@@ -167,13 +209,17 @@ async def serve(
 
     Process-wide set-up is the caller's: :func:`fsd.cli.process.prepare_process` (umask 0
     above all: the guest kernel has already applied the caller's umask to every mode it
-    sends, and the host must not apply another one).
+    sends, and the host must not apply another one). ``listeners``: the sockets the caller
+    bound (:func:`bind_listeners`), whose files it then removes; without, they are bound
+    and removed here. ``sandbox``: what the status view says about the sandbox.
     """
     plugins = plugins if plugins is not None else Plugins()
     shutdown = _Shutdown()
     # With a control socket the guest starts seeing nothing (crosvm); without, everything.
     allowlist = Allowlist() if config.allowlist_socket_path is not None else None
-    fs = PassthroughFs(config.shared_dir, config.fs_options, allowlist=allowlist)
+    # Inside the sandbox the shared directory is where it says (chroot: /).
+    root = sandbox.shared_dir if sandbox is not None else config.shared_dir
+    fs = PassthroughFs(root, config.fs_options, allowlist=allowlist)
     server = FuseServer(fs, transport="vhost-user")
     # server.handle itself unless a plugin implements a FUSE hook: no cost without plugins.
     handler = make_request_handler(server, plugins)
@@ -190,14 +236,18 @@ async def serve(
         socket=_socket_name(config),
         thread_pool_size=config.thread_pool_size,
         latency=latency,
+        sandbox=sandbox,
     )
     plugin_check, plugin_after = plugins.allowlist_callbacks()
     device = virtio_fs_device(config.tag)
-    listener, identity = open_vhost_user_listener(config)
+    owned = listeners is None
+    if listeners is None:
+        listeners = bind_listeners(config)
+    listener = trio.socket.from_stdlib_socket(listeners.vhost_user.sock)
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals:
-                nursery.start_soon(_handle_signals, nursery.cancel_scope, plugins, shutdown)
+                await nursery.start(_handle_signals, nursery.cancel_scope, plugins, shutdown)
             if allowlist is not None:
                 assert config.allowlist_socket_path is not None
                 await nursery.start(
@@ -207,13 +257,23 @@ async def serve(
                         allowlist,
                         check=plugin_check,
                         after=plugin_after,
+                        listener=listeners.allowlist.sock if listeners.allowlist else None,
                     )
                 )
             if config.status.socket_path is not None:
-                await nursery.start(serve_status, config.status.socket_path, status)
+                await nursery.start(
+                    functools.partial(
+                        serve_status,
+                        config.status.socket_path,
+                        status,
+                        listener=listeners.status.sock if listeners.status else None,
+                    )
+                )
             where = config.socket_path or f"fd {config.listen_fd}"
             log.info("vhost-user: listening on %s", where, extra={"socket": where})
             systemd.notify_ready(f"listening on {where}")
+            # Signals a sandboxed start-up held back arrive now, to the handlers above.
+            accept_signals()
             task_status.started(config.socket_path)
             await plugins.daemon_started(
                 DaemonInfo(config.shared_dir, "vhost-user", config.socket_path)
@@ -229,7 +289,9 @@ async def serve(
                             socket.socket(fileno=os.dup(listener.fileno()))
                         )
                     with sock:
-                        await _serve_frontend(sock, device, handler, config, plugins, status)
+                        await _serve_frontend(
+                            sock, device, handler, config, plugins, status, sandbox
+                        )
                     # Whatever the guest held goes: its files (and with them its locks),
                     # its inodes. A reconnecting front-end is a new guest that sends INIT.
                     server.reset()
@@ -241,5 +303,6 @@ async def serve(
     finally:
         systemd.notify_stopping(shutdown.reason)
         await plugins.daemon_stopping(shutdown.reason)
-        if config.socket_path is not None and identity is not None:
-            unlink_if_ours(config.socket_path, identity)
+        listener.close()
+        if owned:
+            listeners.remove()

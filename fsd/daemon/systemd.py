@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
 import attrs
 
@@ -43,6 +43,7 @@ __all__ = [
     "notify_status",
     "notify_stopping",
     "parse_listen_env",
+    "send_notifications_through",
 ]
 
 log = logging.getLogger("fsd")
@@ -52,6 +53,8 @@ LISTEN_FDS_START = 3
 
 _LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 _warned_unsendable = False
+#: What sends the notifications instead of this process (:func:`send_notifications_through`).
+_sender: Callable[[bytes], None] | None = None
 
 
 class SocketActivationError(OSError):
@@ -93,16 +96,28 @@ def notify(*assignments: str, environ: Mapping[str, str] | None = None) -> bool:
     address = notify_address(value)
     message = "\n".join(_one_line(item) for item in assignments).encode()
     try:
+        if _sender is not None:
+            _sender(message)
+            return True
         if address is None:
             raise OSError(errno.EAFNOSUPPORT, "unsupported NOTIFY_SOCKET address", value)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(message, address)
+            # Never wait for a service manager that does not read (a full queue): drop it.
+            sock.sendto(message, socket.MSG_DONTWAIT, address)
     except OSError as exc:
         level = logging.DEBUG if _warned_unsendable else logging.WARNING
         _warned_unsendable = True
         log.log(level, "cannot notify the service manager at %s: %s", value, exc.strerror)
         return False
     return True
+
+
+def send_notifications_through(sender: Callable[[bytes], None] | None) -> None:
+    """Hand every later notification to ``sender`` (the sandbox's supervisor, which relays
+    it from the pid systemd started: a sandboxed server is a child of that pid, and inside
+    the sandbox the socket's path does not exist either); None sends them directly again."""
+    global _sender
+    _sender = sender
 
 
 def notify_ready(status: str | None = None) -> bool:

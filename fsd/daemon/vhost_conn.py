@@ -16,6 +16,7 @@ import trio
 from fsd.daemon.guest_memory import map_region
 from fsd.daemon.pool import WorkerPool
 from fsd.daemon.queues import ChainHandler, QueueRunner
+from fsd.fs import procfd
 from fsd.vhost_user.backend import (
     BackendState,
     CloseFd,
@@ -271,9 +272,9 @@ def prepare_kick_fd(fd: int) -> None:
     if stat.S_IFMT(os.fstat(fd).st_mode) != 0:  # an anonymous inode has no file type
         raise ValueError(f"fd {fd} is not an eventfd")
     try:
-        kind = os.readlink(f"/proc/self/fd/{fd}")
+        kind = procfd.readlink(fd)
     except OSError:
-        kind = None  # no /proc (a chroot sandbox): the file-type check above has to do
+        kind = None  # no /proc at all: the file-type check above has to do
     if kind is not None and kind != "anon_inode:[eventfd]":
         raise ValueError(f"fd {fd} is {kind}, not an eventfd")
     os.set_blocking(fd, False)

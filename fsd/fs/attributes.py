@@ -8,6 +8,7 @@ import stat
 import time
 from collections.abc import Callable
 
+from fsd.fs import procfd
 from fsd.fuse.abi import (
     FATTR_ATIME,
     FATTR_ATIME_NOW,
@@ -29,37 +30,53 @@ HostIds = Callable[[int, int], tuple[int, int]]
 
 
 def apply_setattr(
-    target: int | str, kind: int, attrs: SetattrArgs, current: Callable[[], os.stat_result],
-    host_ids: HostIds,
+    fd: int, opened: bool, kind: int, attrs: SetattrArgs,
+    current: Callable[[], os.stat_result], host_ids: HostIds,
 ) -> None:  # fmt: skip
-    """Change what ``attrs.valid`` selects on ``target`` (an open fd or a /proc/self/fd path
-    of an inode of type ``kind``), in the order the kernel applies them. ``current`` stats
-    the inode (for a time the guest leaves unchanged); ``host_ids`` translates chown ids."""
+    """Change what ``attrs.valid`` selects on the file ``fd`` refers to, of type ``kind``, in
+    the order the kernel applies them: through the open file when ``opened`` (the guest named
+    one), else through the inode's O_PATH fd (:mod:`fsd.fs.procfd`). ``current`` stats the
+    inode (for a time the guest leaves unchanged); ``host_ids`` translates chown ids."""
     valid = attrs.valid
     if valid & FATTR_MODE:
-        os.chmod(target, stat.S_IMODE(attrs.mode))
+        if opened:
+            os.fchmod(fd, stat.S_IMODE(attrs.mode))
+        else:
+            procfd.chmod(fd, stat.S_IMODE(attrs.mode))
     if valid & (FATTR_UID | FATTR_GID):
         uid = attrs.uid if valid & FATTR_UID else -1
         gid = attrs.gid if valid & FATTR_GID else -1
         uid, gid = host_ids(uid, gid)
-        os.chown(target, uid, gid)
+        if opened:
+            os.fchown(fd, uid, gid)
+        else:
+            procfd.chown(fd, uid, gid)
     if valid & FATTR_SIZE:
         if kind != stat.S_IFREG:
             raise OSError(errno.EINVAL if kind != stat.S_IFDIR else errno.EISDIR, "")
-        os.truncate(target, attrs.size)
+        if opened:
+            os.ftruncate(fd, attrs.size)
+        else:
+            procfd.truncate(fd, attrs.size)
     if valid & (FATTR_ATIME | FATTR_MTIME):
-        if valid & _TOUCH == _TOUCH:
-            # touch: the kernel's "now" needs only write access, not ownership.
-            os.utime(target)
-            return
-        now = time.time_ns() if valid & (FATTR_ATIME_NOW | FATTR_MTIME_NOW) else 0
-        old = current()
-        if valid & FATTR_ATIME:
-            atime = now if valid & FATTR_ATIME_NOW else attrs.atime_ns
+        times: tuple[int, int] | None = None
+        if valid & _TOUCH != _TOUCH:
+            now = time.time_ns() if valid & (FATTR_ATIME_NOW | FATTR_MTIME_NOW) else 0
+            old = current()
+            if valid & FATTR_ATIME:
+                atime = now if valid & FATTR_ATIME_NOW else attrs.atime_ns
+            else:
+                atime = old.st_atime_ns
+            if valid & FATTR_MTIME:
+                mtime = now if valid & FATTR_MTIME_NOW else attrs.mtime_ns
+            else:
+                mtime = old.st_mtime_ns
+            times = (atime, mtime)
+        # None: touch; the kernel's "now" needs only write access, not ownership.
+        if opened:
+            if times is None:
+                os.utime(fd)
+            else:
+                os.utime(fd, ns=times)
         else:
-            atime = old.st_atime_ns
-        if valid & FATTR_MTIME:
-            mtime = now if valid & FATTR_MTIME_NOW else attrs.mtime_ns
-        else:
-            mtime = old.st_mtime_ns
-        os.utime(target, ns=(atime, mtime))
+            procfd.utime(fd, times)

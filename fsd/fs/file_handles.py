@@ -30,6 +30,7 @@ import resource
 import stat
 from typing import Final, Literal, NamedTuple
 
+from fsd.fs import procfd
 from fsd.fs.inodes import O_PATH_FLAGS, Inode, InodeTable
 
 __all__ = ["FileHandle", "HandleInodeTable", "handle_of", "open_handle", "probe"]
@@ -95,7 +96,7 @@ def probe(root_fd: int) -> str | None:
         handle = handle_of(root_fd)
         if handle is None:
             return "the filesystem of the shared directory gives no file handles"
-        mount_fd = os.open(f"/proc/self/fd/{root_fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        mount_fd = procfd.reopen(root_fd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.close(open_handle(mount_fd, handle, O_PATH_FLAGS))
         finally:
@@ -113,7 +114,7 @@ def open_fds_budget() -> int:
     if soft == resource.RLIM_INFINITY:
         return 4096
     try:
-        in_use = len(os.listdir("/proc/self/fd"))
+        in_use = procfd.open_fds()
     except OSError:
         in_use = 0
     return max(16, min(4096, (soft - in_use) // 4))
@@ -278,7 +279,7 @@ class HandleInodeTable(InodeTable):
             flags = os.O_RDONLY | os.O_NONBLOCK
         else:
             return False
-        self._mount_fds[mount_id] = os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC)
+        self._mount_fds[mount_id] = procfd.reopen(fd, flags | os.O_CLOEXEC)
         return True
 
     def _opened(self, inode: Inode) -> None:

@@ -60,11 +60,6 @@ class Inode:
         self._share_of = b""
         self._share: tuple[str, ...] = ()
 
-    @property
-    def proc_path(self) -> str:
-        """``/proc/self/fd/N``: reopens or changes the inode itself; never follows a symlink."""
-        return f"/proc/self/fd/{self.fd}"
-
     def share_path(self) -> tuple[str, ...]:
         """``path`` as the allowlist's name tuple, decoded once per path (renames replace it)."""
         path = self.path

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Final
 
+from fsd.fs import procfd
 from fsd.fuse.abi import OFFSET_MAX
 from fsd.fuse.deferred import Deferred
 
@@ -391,4 +392,4 @@ def _reopen(handle_fd: int, mode: int) -> int:
     O_NONBLOCK: a host lease must not make the open wait.
     """
     flags = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
-    return os.open(f"/proc/self/fd/{handle_fd}", mode | flags)
+    return procfd.reopen(handle_fd, mode | flags)

@@ -4,7 +4,8 @@
 operation is relative to the parent's O_PATH fd with one validated name component and never
 follows a symlink on the host, so the guest cannot walk out of the share (a symlink in the
 share is returned as a symlink; the guest's kernel resolves it in the guest). Files are opened
-for I/O by reopening the inode's O_PATH fd through ``/proc/self/fd/N``, and only regular files
+for I/O by reopening the inode's O_PATH fd through its ``/proc/self/fd/N`` magic link
+(:mod:`fsd.fs.procfd`, the same in every sandbox mode), and only regular files
 and directories are ever opened (CVE-2020-35517: a host device node or fifo in the share must
 not be opened by the daemon).
 
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from fsd.allowlist.trie import Allowlist
-from fsd.fs import linux, listing, xattrs
+from fsd.fs import linux, listing, procfd, xattrs
 from fsd.fs.attributes import apply_setattr
 from fsd.fs.credentials import Credentials, MappedCredentials
 from fsd.fs.file_handles import HandleInodeTable, probe
@@ -122,6 +123,7 @@ class PassthroughFs:
         self.allowlist = allowlist if allowlist is not None else Allowlist.allow_all()
         #: What the allowlist lets the guest see and change (fsd.fs.gate).
         self.gate = gate_for(self.allowlist)
+        procfd.directory()  # now, not at the first reopen: the daemon's fds stay constant
         fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self.inodes = _inode_table(fd, options)
@@ -304,12 +306,13 @@ class PassthroughFs:
         by the host, as the caller's host ids."""
         inode = self.inodes.get(nodeid)
         self.gate.changeable(inode, is_root=inode is self.inodes.root)
-        target: int | str = inode.proc_path
-        if attrs.valid & FATTR_FH:
-            target = self._fd(nodeid, attrs.fh)
+        opened = bool(attrs.valid & FATTR_FH)
+        fd = self._fd(nodeid, attrs.fh) if opened else inode.fd
         creds = self._creds
         with creds.confined(ctx.uid, ctx.gid):
-            apply_setattr(target, inode.kind, attrs, lambda: os.fstat(inode.fd), creds.chown_ids)
+            apply_setattr(
+                fd, opened, inode.kind, attrs, lambda: os.fstat(inode.fd), creds.chown_ids
+            )
         return os.fstat(inode.fd)
 
     def readlink(self, ctx: Context, nodeid: int) -> bytes:
@@ -381,7 +384,7 @@ class PassthroughFs:
         inode = self.inodes.get(nodeid)
         pinode = self._new_parent(newparent, newname)
         with self._creds.confined(ctx.uid, ctx.gid):
-            os.link(inode.proc_path, newname, dst_dir_fd=pinode.fd, follow_symlinks=True)
+            procfd.link(inode.fd, newname, pinode.fd)
         return self._lookup_child(pinode, newname)
 
     def unlink(self, ctx: Context, parent: int, name: bytes) -> None:
@@ -426,7 +429,7 @@ class PassthroughFs:
         inode = self.inodes.get(nodeid)
         self._openable(inode, stat.S_IFREG)
         with self._creds.confined(ctx.uid, ctx.gid):
-            fd = os.open(inode.proc_path, self._open_flags(flags))
+            fd = procfd.reopen(inode.fd, self._open_flags(flags))
         return self.handles.add(fd, nodeid), self.file_open_flags
 
     def create(
@@ -459,7 +462,7 @@ class PassthroughFs:
     def _adopt_open(self, pinode: Inode, name: bytes, fd: int) -> tuple[Entry, Opened]:
         """Enter a file just created and opened as ``fd`` into both tables."""
         try:
-            pfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+            pfd = procfd.reopen(fd, os.O_PATH | os.O_CLOEXEC)
         except BaseException:
             os.close(fd)
             raise
@@ -487,7 +490,7 @@ class PassthroughFs:
         try:
             inode = self.inodes.get(nodeid)
             self._openable(inode, stat.S_IFREG)
-            fd = os.open(inode.proc_path, self._open_flags(flags))
+            fd = procfd.reopen(inode.fd, self._open_flags(flags))
             try:
                 st = os.fstat(fd)
             except BaseException:
@@ -508,7 +511,7 @@ class PassthroughFs:
         # O_EXCL here means "never linkable"; _open_flags would drop it.
         oflags = self._open_flags(flags) | os.O_TMPFILE | (flags & os.O_EXCL)
         with self._creds.acting_as(ctx.uid, ctx.gid):
-            fd = os.open(pinode.proc_path, oflags, stat.S_IMODE(mode))
+            fd = procfd.reopen(pinode.fd, oflags, stat.S_IMODE(mode))
         return self._adopt_open(pinode, b"", fd)
 
     def read(
@@ -533,7 +536,7 @@ class PassthroughFs:
             return
         inode = self.inodes.get(nodeid)
         if inode.kind == stat.S_IFREG:
-            xattrs.kill_suidgid(inode.proc_path)
+            xattrs.kill_suidgid(inode.fd, opened=False)
 
     def flush(self, ctx: Context, nodeid: int, fh: int, lock_owner: int) -> None:
         """A guest process closed an fd: POSIX semantics drop its locks on the file.
@@ -636,7 +639,7 @@ class PassthroughFs:
         inode = self.inodes.get(nodeid)
         self._openable(inode, stat.S_IFDIR)
         with self._creds.confined(ctx.uid, ctx.gid):
-            fd = os.open(inode.proc_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = procfd.reopen(inode.fd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         return self.handles.add(fd, nodeid), self.dir_open_flags
 
     def readdir(self, ctx: Context, nodeid: int, fh: int, offset: int) -> list[DirEntry | None]:
@@ -677,8 +680,10 @@ class PassthroughFs:
 
     # --- extended attributes (fsd/fs/xattrs.py) --------------------------------------------
 
-    def _xattr_change(self, ctx: Context, inode: Inode, name: bytes) -> bool:
-        """Gate SETXATTR/REMOVEXATTR and, under id maps, switch to the caller (True if so).
+    def _xattr_change(self, ctx: Context, inode: Inode, name: bytes) -> tuple[int, bool]:
+        """Gate SETXATTR/REMOVEXATTR, open the inode for it (as the daemon: the open only
+        names it) and, under id maps, switch to the caller: ``(fd, switched)`` for
+        :meth:`_xattr_done`.
 
         The host refuses ``trusted.*`` and ``security.*`` by capabilities that setfsuid does
         not drop (CAP_SYS_ADMIN, CAP_SETFCAP), so they are refused here for a caller whose
@@ -686,12 +691,22 @@ class PassthroughFs:
         host.
         """
         self.gate.changeable(inode, is_root=inode is self.inodes.root)
-        if not self._creds.confines:
-            return False
-        privileged = name.startswith((b"trusted.", b"security."))
-        if privileged and self._creds.host_uid(ctx.uid) != 0:
-            raise OSError(errno.EPERM, "privileged xattr namespace")
-        return self._creds.switch(ctx.uid, ctx.gid)
+        confines = self._creds.confines
+        if confines:
+            privileged = name.startswith((b"trusted.", b"security."))
+            if privileged and self._creds.host_uid(ctx.uid) != 0:
+                raise OSError(errno.EPERM, "privileged xattr namespace")
+        fd = xattrs.opened(inode)
+        try:
+            return fd, confines and self._creds.switch(ctx.uid, ctx.gid)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _xattr_done(self, fd: int, switched: bool) -> None:
+        if switched:
+            self._creds.restore()
+        os.close(fd)
 
     def getxattr(self, ctx: Context, nodeid: int, name: bytes) -> bytes:
         """The value of xattr ``name`` (ENODATA if unset); the server does the size probe."""
@@ -707,23 +722,21 @@ class PassthroughFs:
         """Set xattr ``name`` (``flags``: XATTR_CREATE / XATTR_REPLACE)."""
         host = self._xattr_names.to_host(name, setting=True)
         inode = self.inodes.get(nodeid)
-        switched = self._xattr_change(ctx, inode, host)
+        fd, switched = self._xattr_change(ctx, inode, host)
         try:
-            xattrs.setxattr(inode, host, value, flags)
+            xattrs.setxattr(fd, host, value, flags)
         finally:
-            if switched:
-                self._creds.restore()
+            self._xattr_done(fd, switched)
 
     def removexattr(self, ctx: Context, nodeid: int, name: bytes) -> None:
         """Remove xattr ``name`` (ENODATA if unset)."""
         host = self._xattr_names.to_host(name)
         inode = self.inodes.get(nodeid)
-        switched = self._xattr_change(ctx, inode, host)
+        fd, switched = self._xattr_change(ctx, inode, host)
         try:
-            xattrs.removexattr(inode, host)
+            xattrs.removexattr(fd, host)
         finally:
-            if switched:
-                self._creds.restore()
+            self._xattr_done(fd, switched)
 
 
 def _inode_table(root_fd: int, options: FsOptions) -> InodeTable:

@@ -1,9 +1,10 @@
 """Extended attributes of shared inodes, and how their names map between guest and host.
 
-Every call goes through the inode's ``/proc/self/fd/N`` magic link: the kernel resolves it to
-the inode the O_PATH fd pins, without opening it and without following a symlink any further
-(a symlink's own xattrs are read, never its target's), so this is safe for every file type and
-the answers match a plain directory (``user.*`` on a symlink is EPERM from the host itself).
+Every call goes to an fd of the inode itself, opened read-only and non-blocking through its
+``/proc/self/fd/N`` magic link (:func:`fsd.fs.procfd.xattr_fd`): regular files and directories
+only. A symlink or a special file (fifo, socket, device) is never opened, so its xattrs answer
+EOPNOTSUPP, as from a file system without xattrs: there is no way to name it for the xattr
+calls that works in every sandbox mode without changing the process's working directory.
 
 With ``rewrite_security_xattrs``, guest ``security.*`` names other than ``security.selinux``
 are stored as ``user.virtiofs.security.*``, so an unprivileged host user can hold them and the
@@ -22,6 +23,7 @@ import os
 import stat
 from typing import Final
 
+from fsd.fs import procfd
 from fsd.fs.inodes import Inode
 from fsd.fs.xattrmap import XattrMap
 from fsd.fuse.abi import XATTR_NAME_MAX, XATTR_SIZE_MAX
@@ -35,6 +37,7 @@ __all__ = [
     "getxattr",
     "kill_suidgid",
     "listxattr",
+    "opened",
     "removexattr",
     "setxattr",
     "xattr_names",
@@ -150,38 +153,58 @@ def checked_name(name: bytes) -> bytes:
 
 def getxattr(inode: Inode, name: bytes) -> bytes:
     """The value of host xattr ``name`` (ENODATA if unset)."""
-    return os.getxattr(inode.proc_path, name)
+    fd = procfd.xattr_fd(inode.fd, inode.kind)
+    try:
+        return os.getxattr(fd, name)
+    finally:
+        os.close(fd)
 
 
 def listxattr(inode: Inode) -> list[bytes]:
     """Host xattr names of the inode."""
-    return [os.fsencode(n) for n in os.listxattr(inode.proc_path)]
+    fd = procfd.xattr_fd(inode.fd, inode.kind)
+    try:
+        return [os.fsencode(n) for n in os.listxattr(fd)]
+    finally:
+        os.close(fd)
 
 
-def setxattr(inode: Inode, name: bytes, value: bytes, flags: int) -> None:
-    """Set host xattr ``name``; ``flags`` is XATTR_CREATE, XATTR_REPLACE or 0."""
+def opened(inode: Inode) -> int:
+    """An fd of ``inode`` for :func:`setxattr` and :func:`removexattr` (the caller closes
+    it), opened as the daemon before any switch to the caller's ids: the open only names the
+    inode, and the host checks the change itself against whoever makes it."""
+    return procfd.xattr_fd(inode.fd, inode.kind)
+
+
+def setxattr(fd: int, name: bytes, value: bytes, flags: int) -> None:
+    """Set host xattr ``name`` on open file ``fd``; ``flags`` is XATTR_CREATE,
+    XATTR_REPLACE or 0."""
     if flags & ~(_CREATE | _REPLACE):
         raise OSError(errno.EINVAL, f"unknown setxattr flags {flags:#x}")
     if len(value) > XATTR_SIZE_MAX:
         raise OSError(errno.E2BIG, "xattr value too large")
-    os.setxattr(inode.proc_path, name, value, flags)
+    os.setxattr(fd, name, value, flags)
 
 
-def removexattr(inode: Inode, name: bytes) -> None:
-    """Remove host xattr ``name`` (ENODATA if unset)."""
-    os.removexattr(inode.proc_path, name)
+def removexattr(fd: int, name: bytes) -> None:
+    """Remove host xattr ``name`` from open file ``fd`` (ENODATA if unset)."""
+    os.removexattr(fd, name)
 
 
-def kill_suidgid(target: int | str) -> None:
-    """Clear set-user-ID, and set-group-ID if group-executable, as a write by a user would.
+def kill_suidgid(fd: int, *, opened: bool = True) -> None:
+    """Clear set-user-ID, and set-group-ID if group-executable, as a write by a user would,
+    on the file ``fd`` refers to: an open file, or (``opened=False``) an inode's O_PATH fd.
 
     The daemon writes as root with CAP_FSETID, so the host kernel keeps these bits; with
     HANDLE_KILLPRIV_V2 the guest asks the server to drop them (WRITE_KILL_SUIDGID,
     FATTR_KILL_SUIDGID, OPEN_KILL_SUIDGID). The host write itself drops security.capability.
     """
-    mode = os.stat(target).st_mode
+    mode = os.fstat(fd).st_mode
     new = mode & ~stat.S_ISUID
     if mode & stat.S_IXGRP:
         new &= ~stat.S_ISGID
     if new != mode:
-        os.chmod(target, stat.S_IMODE(new))
+        if opened:
+            os.fchmod(fd, stat.S_IMODE(new))
+        else:
+            procfd.chmod(fd, stat.S_IMODE(new))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import inspect
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from fsd.allowlist.handler import AllowlistChange
     from fsd.allowlist.protocol import Response
     from fsd.hookinfo import DaemonInfo, FuseRequestInfo, VmmInfo
+    from fsd.sandbox import HostPath
 
 __all__ = [
     "LIFECYCLE_TIMEOUT",
@@ -148,6 +150,35 @@ class Plugins:
         except Exception as exc:
             raise PluginError(f"plugin configuration failed: {exc}") from exc
         return self.config
+
+    def sandbox_paths(self) -> list[tuple[str, HostPath]]:
+        """``(plugin name, path)`` for every host path a plugin declared it opens after
+        start-up (``fsd_sandbox_paths``, after :meth:`configure`). Raises
+        :class:`PluginError` for an answer that is not a list of absolute ``HostPath``."""
+        from fsd.sandbox import HostPath
+
+        out: list[tuple[str, HostPath]] = []
+        for name, fn, args, _ in self._impls("fsd_sandbox_paths"):
+            try:
+                result = fn(*_pick(args))
+            except Exception as exc:
+                raise PluginError(f"plugin {name!r}: fsd_sandbox_paths raised {exc!r}") from exc
+            if result is None:
+                continue
+            _close(result)
+            if isinstance(result, (str, bytes)) or not isinstance(result, (list, tuple)):
+                raise PluginError(
+                    f"plugin {name!r}: fsd_sandbox_paths returned {result!r}, not a list of "
+                    "fsd.sandbox.HostPath"
+                )
+            for path in result:
+                if not isinstance(path, HostPath) or not os.path.isabs(path.path):
+                    raise PluginError(
+                        f"plugin {name!r}: fsd_sandbox_paths gave {path!r}, not an "
+                        "fsd.sandbox.HostPath with an absolute path"
+                    )
+                out.append((name, path))
+        return out
 
     # --- FUSE (hot path) ---------------------------------------------------------------------
 

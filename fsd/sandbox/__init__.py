@@ -10,6 +10,7 @@ from fsd.sandbox.capabilities import FILE_SERVER_CAPABILITIES, CapabilityError, 
 from fsd.sandbox.enter import Sandbox, SandboxConfig, SandboxError, SandboxMode, enter_sandbox
 from fsd.sandbox.mounts import HostPath
 from fsd.sandbox.seccomp import SeccompAction
+from fsd.sandbox.supervisor import accept_signals
 
 __all__ = [
     "FILE_SERVER_CAPABILITIES",
@@ -20,6 +21,7 @@ __all__ = [
     "SandboxError",
     "SandboxMode",
     "SeccompAction",
+    "accept_signals",
     "enter_sandbox",
     "parse_modcaps",
 ]

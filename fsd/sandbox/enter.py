@@ -6,7 +6,6 @@ import enum
 import functools
 import logging
 import os
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from fsd.sandbox import _linux, capabilities, seccomp
 from fsd.sandbox.mounts import HostPath, build_root, code_paths
 from fsd.sandbox.preload import preload_late_imports
 from fsd.sandbox.seccomp import SeccompAction
-from fsd.sandbox.supervisor import fork_supervised
+from fsd.sandbox.supervisor import Relay, SupervisorChannel, fork_supervised
 from fsd.sandbox.syscalls import ALLOWED
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxError", "SandboxMode", "enter_sandbox"]
@@ -69,12 +68,25 @@ class Sandbox:
     user_namespace: bool
     capabilities: frozenset[str]
     seccomp: seccomp.SeccompFilter | None
-    #: An O_PATH fd of this process's /proc/self/fd directory, for chroot mode, where the
-    #: path /proc/self/fd does not exist (None elsewhere: the path works).
-    proc_self_fd: int | None = None
+    #: An O_PATH fd of this process's own /proc/self/fd directory, opened where that path
+    #: still existed (in chroot mode it does not any more): what fsd reaches inodes through
+    #: (fsd.fs.procfd.use). The caller owns it.
+    proc_self_fd: int = -1
+    #: The line to the supervising parent that waits outside (namespace and chroot modes)
+    #: and runs the cleanup; None in mode none, where the caller runs its own at exit.
+    supervisor: SupervisorChannel | None = None
+
+    @property
+    def supervised(self) -> bool:
+        return self.supervisor is not None
 
 
-def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None = None) -> Sandbox:
+def enter_sandbox(
+    config: SandboxConfig,
+    *,
+    cleanup: Callable[[], None] | None = None,
+    relay: Relay | None = None,
+) -> Sandbox:
     """Confine this process as ``config`` says and return in the confined one.
 
     Call it once, from the main thread, before any other thread exists (before ``trio.run``,
@@ -82,14 +94,18 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
     privileges: binding the vhost-user and allowlist sockets, opening log files, loading
     plugins, and the process set-up (umask, supplementary groups, rlimits).
 
-    Namespace mode forks: the caller's process becomes a supervisor that never returns from
-    here (it forwards signals, waits, runs ``cleanup`` when the server has exited, and exits
-    with the server's status); the child returns, as pid 1 of a new pid namespace. Other
-    modes do not fork and ignore ``cleanup`` (the caller runs its own at exit).
+    Namespace and chroot modes fork: the caller's process becomes a supervisor that never
+    returns from here (it forwards signals, waits, runs ``cleanup`` when the server has
+    exited, and exits with the server's status); the child returns, in namespace mode as
+    pid 1 of a new pid namespace. ``cleanup`` runs outside the sandbox, where the host's
+    paths (socket files to remove) still exist. Mode none does not fork and ignores
+    ``cleanup`` (the caller runs its own at exit). ``relay`` (systemd's ``notify``) is what
+    the supervisor calls with the notifications the server sends through
+    :attr:`Sandbox.supervisor`.
 
     Raises :class:`SandboxError` with a message for the user when the sandbox cannot be set
-    up; in namespace mode that may happen in the child, which then exits with status 1
-    after the caller has logged it, and the supervisor exits 1 too.
+    up; that may happen in the child, which then exits with status 1 after the caller has
+    logged it, and the supervisor exits 1 too.
     """
     _check_single_threaded()
     shared_dir = _shared_dir(config.shared_dir)
@@ -113,12 +129,27 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
         except OSError as exc:
             raise SandboxError(str(exc)) from None
     unprivileged = os.geteuid() != 0
+    if config.mode is SandboxMode.CHROOT and not _capable("SYS_CHROOT"):
+        raise SandboxError(
+            "sandbox: chroot mode needs root (CAP_SYS_CHROOT); unprivileged, use --sandbox "
+            "namespace"
+        )
     host_pid = os.getpid()
-    proc_self_fd = None
+    supervisor = None
+    drop = functools.partial(_drop_privileges, config.supervisor_capabilities)
     match config.mode:
         case SandboxMode.NAMESPACE:
-            host_pid = _enter_namespaces(shared_dir, config, code, unprivileged, cleanup)
+            supervisor, host_pid = _enter_namespaces(
+                shared_dir,
+                config,
+                code,
+                unprivileged,
+                functools.partial(fork_supervised, cleanup, drop, relay),
+            )
+            proc_self_fd = _open_proc_self_fd()  # ours, inside the new root
         case SandboxMode.CHROOT:
+            supervisor = fork_supervised(cleanup, drop, relay)
+            host_pid = os.getpid()
             proc_self_fd = _enter_chroot(shared_dir)
             shared_dir = "/"
         case SandboxMode.NONE:
@@ -126,6 +157,7 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
                 "sandbox: none: fsd sees the whole host file system; a flaw in it is not "
                 "contained (use --sandbox namespace, or chroot inside a container)"
             )
+            proc_self_fd = _open_proc_self_fd()
     try:
         kept = capabilities.drop_capabilities(keep)
         capabilities.set_no_new_privs()
@@ -141,6 +173,7 @@ def enter_sandbox(config: SandboxConfig, *, cleanup: Callable[[], None] | None =
         capabilities=kept,
         seccomp=installed,
         proc_self_fd=proc_self_fd,
+        supervisor=supervisor,
     )
     log.info(
         "sandbox: %s (host pid %d%s); capabilities: %s; seccomp: %s",
@@ -183,10 +216,11 @@ def _enter_namespaces(
     config: SandboxConfig,
     code: Sequence[str],
     unprivileged: bool,
-    cleanup: Callable[[], None] | None,
-) -> int:
+    fork: Callable[[], SupervisorChannel],
+) -> tuple[SupervisorChannel, int]:
     """Fork into new pid, mount, network and IPC namespaces (and a user namespace when not
-    root) and pivot into the tmpfs root; returns the server's host pid, in the server."""
+    root) and pivot into the tmpfs root; returns, in the server, its line to the supervisor
+    and its host pid."""
     uid, gid = os.geteuid(), os.getegid()
     # The pid namespace (and the user namespace that must own it for the child to mount a
     # proc) is unshared by the parent, since it applies to children only; the rest by the
@@ -199,13 +233,9 @@ def _enter_namespaces(
             f"sandbox: cannot create namespaces ({exc}); inside a container that forbids "
             "them use --sandbox chroot (as root) or --sandbox none"
         ) from None
-    fork_supervised(cleanup, functools.partial(_drop_privileges, config.supervisor_capabilities))
+    supervisor = fork()
     # The server, pid 1 of the new pid namespace.
     host_pid = _host_pid()
-    if os.getpid() == 1 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        # pid 1 ignores signals it has no handler for: until trio takes SIGTERM over, a
-        # SIGTERM (forwarded by the supervisor) ends the start-up.
-        signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if unprivileged:
             _map_ids(uid, gid)
@@ -213,11 +243,7 @@ def _enter_namespaces(
         build_root(shared_dir, config.extra_paths, code)
     except OSError as exc:
         raise SandboxError(f"sandbox: cannot build the namespace sandbox: {exc}") from None
-    return host_pid
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    return supervisor, host_pid
 
 
 def _host_pid() -> int:
@@ -241,8 +267,22 @@ def _map_ids(uid: int, gid: int) -> None:
             f.write(text)
 
 
+def _capable(name: str) -> bool:
+    effective, _, _ = _linux.capget()
+    return bool(effective >> capabilities.CAPABILITIES.index(name) & 1)
+
+
+def _open_proc_self_fd() -> int:
+    try:
+        return os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxError(f"sandbox: cannot open /proc/self/fd: {exc.strerror}") from None
+
+
 def _enter_chroot(shared_dir: str) -> int:
-    proc_self_fd = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    """In the supervised child: chroot into the shared directory, keeping an fd of the
+    child's own /proc/self/fd (opened first: the path is gone after the chroot)."""
+    proc_self_fd = _open_proc_self_fd()
     try:
         os.chroot(shared_dir)
         os.chdir("/")

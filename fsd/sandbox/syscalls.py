@@ -42,10 +42,16 @@ SERVE: Final = frozenset(
         "eventfd2",
         "fallocate",
         "fchmod",
+        "fchmodat",
         "fchown",
+        "fchownat",
         "fcntl",
         "fdatasync",
+        "fgetxattr",
+        "flistxattr",
         "flock",
+        "fremovexattr",
+        "fsetxattr",
         "fstatfs",
         "fsync",
         "ftruncate",
@@ -108,6 +114,7 @@ SERVE: Final = frozenset(
         "unlinkat",
         "utimensat",
         "write",
+        "writev",
         # END SERVE
     )
 )
@@ -126,7 +133,9 @@ MOUNT: Final = frozenset(
         "epoll_create1",
         "epoll_ctl",
         "epoll_wait",
+        "eventfd2",
         "fcntl",
+        "fgetxattr",
         "futex",
         "getdents64",
         "getegid",
@@ -182,6 +191,15 @@ ADDED: Final = frozenset(
         "rt_sigreturn",  # returning from any signal handler (SIGTERM, SIGHUP, SIGCHLD)
         "tgkill",  # --seccomp trap: faulthandler re-raises SIGSYS after the tracebacks
         "getpid",  # ... and asks for its own pid to do so
+        # The server's line to its supervisor (fsd.sandbox.supervisor.SupervisorChannel):
+        # a front-end's socket sent for its pid, which only the host's pid namespace knows.
+        "sendmsg",
+        # glibc's malloc asks how many CPUs it may run on when many threads allocate at once
+        # (a new arena: --thread-pool-size=16 in libvirt's command line).
+        "sched_getaffinity",
+        # --inode-file-handles (virtiofsd's vocabulary), which landed after the measurement.
+        "name_to_handle_at",
+        "open_by_handle_at",
     }
 )
 

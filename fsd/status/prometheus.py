@@ -207,6 +207,15 @@ def render(doc: Mapping[str, Any]) -> str:
         "gauge",
         [("fsd_plugin_info", {"name": name}, 1) for name in doc["plugins"]],
     )
+    sandbox = doc.get("sandbox")
+    if sandbox is not None:
+        labels = {"mode": sandbox["mode"], "seccomp": sandbox["seccomp"]}
+        out.family(
+            "fsd_sandbox_info",
+            "The sandbox the daemon runs in (--sandbox, --seccomp), 1.",
+            "gauge",
+            [("fsd_sandbox_info", labels, 1)],
+        )
     return "\n".join(out.lines) + "\n"
 
 

@@ -26,9 +26,17 @@ import trio
 from fsd.status import prometheus, text
 from fsd.status.http import MAX_HEAD, HttpError, encode_response, head_complete, parse_request_head
 from fsd.status.snapshot import DaemonStatus
-from fsd.unix_sockets import bind_private, unlink_if_ours
+from fsd.unix_sockets import Listener, listen_unix
 
-__all__ = ["MAX_CLIENTS", "ROUTES", "SOCKET_MODE", "TIMEOUT", "render", "serve_status"]
+__all__ = [
+    "MAX_CLIENTS",
+    "ROUTES",
+    "SOCKET_MODE",
+    "TIMEOUT",
+    "bind_status_socket",
+    "render",
+    "serve_status",
+]
 
 log = logging.getLogger("fsd.status")
 
@@ -77,21 +85,19 @@ async def serve_status(
     status: DaemonStatus,
     *,
     mode: int = SOCKET_MODE,
+    listener: stdlib_socket.socket | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve the status socket at ``socket_path`` until cancelled, then remove it (a stale
-    file is replaced, a live socket or another file refused, as for the other sockets)."""
+    file is replaced, a live socket or another file refused, as for the other sockets).
+    ``listener``: the socket already bound there (:func:`bind_status_socket`, before the
+    sandbox); its file is then the binder's to remove."""
     path = os.fspath(socket_path)
-    sock = stdlib_socket.socket(
-        stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM | stdlib_socket.SOCK_CLOEXEC
-    )
-    try:
-        identity = bind_private(sock, path, mode=mode)  # restricted before listen()
-        sock.listen(MAX_CLIENTS)
-    except BaseException:
-        sock.close()
-        raise
-    listener = trio.socket.from_stdlib_socket(sock)
+    owned = None
+    if listener is None:
+        owned = bind_status_socket(path, mode=mode)
+        listener = owned.sock
+    sock = trio.socket.from_stdlib_socket(listener)
     try:
         async with trio.open_nursery() as nursery:
             log.info("status: socket listening on %s", path)
@@ -100,14 +106,20 @@ async def serve_status(
             while True:
                 await slots.acquire()
                 try:
-                    connection = await _accept(listener)
+                    connection = await _accept(sock)
                 except BaseException:
                     slots.release()
                     raise
                 nursery.start_soon(_serve_client, connection, status, slots)
     finally:
-        listener.close()
-        unlink_if_ours(path, identity)
+        sock.close()
+        if owned is not None:
+            owned.remove()
+
+
+def bind_status_socket(path: str, *, mode: int = SOCKET_MODE) -> Listener:
+    """Bind the status socket, restricted before it listens."""
+    return listen_unix(path, stdlib_socket.SOCK_STREAM, MAX_CLIENTS, mode=mode)
 
 
 async def _accept(listener: trio.socket.SocketType) -> trio.socket.SocketType:

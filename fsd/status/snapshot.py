@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from fsd.fuse.server import FuseServer
     from fsd.hookinfo import VmmInfo
     from fsd.plugins import Plugins
+    from fsd.sandbox import Sandbox
 
 __all__ = ["SCHEMA", "DaemonStatus", "Frontend", "flag_names"]
 
@@ -97,6 +98,7 @@ class DaemonStatus:
         mountpoint: str | None = None,
         thread_pool_size: int = 0,
         latency: RequestLatency | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         from fsd.cli.version import fsd_version
 
@@ -111,6 +113,9 @@ class DaemonStatus:
         self.mountpoint = mountpoint
         self.thread_pool_size = thread_pool_size
         self.latency = latency
+        #: The sandbox the daemon entered (None: not sandboxed by fsd, e.g. in a test).
+        self.sandbox = sandbox
+        self.pid = sandbox.host_pid if sandbox is not None else os.getpid()
         self.started_at = time.time()
         self._started = time.monotonic()
         self.frontend: Frontend | None = None
@@ -135,7 +140,7 @@ class DaemonStatus:
         now = time.monotonic()
         return {
             "schema": SCHEMA,
-            "fsd": {"version": self.version, "pid": os.getpid()},
+            "fsd": {"version": self.version, "pid": self.pid},
             "transport": self.transport,
             "shared_dir": self.shared_dir,
             "socket": self.socket,
@@ -151,6 +156,18 @@ class DaemonStatus:
             "open": {"inodes": len(self.tables.inodes), "handles": len(self.tables.handles)},
             "allowlist": self._allowlist(),
             "plugins": self.plugins.names() if self.plugins is not None else [],
+            "sandbox": self._sandbox(),
+        }
+
+    def _sandbox(self) -> dict[str, Any] | None:
+        sandbox = self.sandbox
+        if sandbox is None:
+            return None
+        return {
+            "mode": sandbox.mode.value,
+            "seccomp": sandbox.seccomp.action.value if sandbox.seccomp is not None else "none",
+            "user_namespace": sandbox.user_namespace,
+            "capabilities": sorted(sandbox.capabilities),
         }
 
     def _frontend(self, now: float) -> dict[str, Any] | None:

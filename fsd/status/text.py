@@ -100,6 +100,13 @@ def render(doc: Mapping[str, Any]) -> str:
     else:
         lines.append("allowlist: empty (nothing is visible)")
     lines.append("plugins: " + (" ".join(doc["plugins"]) or "none"))
+    sandbox = doc.get("sandbox")
+    if sandbox is not None:
+        userns = ", user namespace" if sandbox["user_namespace"] else ""
+        lines.append(
+            f"sandbox: {sandbox['mode']}{userns}, seccomp {sandbox['seccomp']}, capabilities "
+            + (" ".join(sandbox["capabilities"]) or "none")
+        )
     lines += _requests(doc["requests"], doc["latency"])
     return "\n".join(lines) + "\n"
 

@@ -612,11 +612,14 @@ async def running_backend(
     env: Mapping[str, str] | None = None,
     stop_timeout: float = 5.0,
     pass_fds: Sequence[int] = (),
+    ready_text: str | None = None,
 ) -> AsyncIterator[Backend]:
     """Start a vhost-user backend, wait until its socket listens, stop it (SIGTERM) on exit.
 
     ``pass_fds`` are inherited by the backend under their own numbers (``--fd N``: a socket
-    the caller made listen at ``socket_path``, as libvirt and Kata do)."""
+    the caller made listen at ``socket_path``, as libvirt and Kata do). ``ready_text``:
+    also wait for this in its log (a sandboxed fsd's socket listens before the server runs:
+    ``vhost-user: listening on`` says it does)."""
     with _open_log(log_path) as log_file:
         process = await trio.lowlevel.open_process(
             list(argv),
@@ -631,6 +634,10 @@ async def running_backend(
             try:
                 with trio.fail_after(listen_timeout):
                     await wait_listening(socket_path, process=process)
+                    while ready_text is not None and ready_text not in backend.log():
+                        if process.returncode is not None:
+                            raise BackendError(f"exited {process.returncode}")
+                        await trio.sleep(0.02)
             except (BackendError, trio.TooSlowError) as exc:
                 what = str(exc) or f"no listener on {socket_path} after {listen_timeout} s"
                 raise BackendError(f"{what}\n--- backend log ---\n{backend.log()}") from exc

@@ -49,8 +49,3 @@ async def test_usage_errors_exit_2(control_socket: str) -> None:
     assert code == 2
     code, _, _ = await cli("--socket", control_socket, "frob", "/a")
     assert code == 2
-
-
-async def test_the_older_module_spelling_is_the_same_command(control_socket: str) -> None:
-    args = ("--socket", control_socket, "add", "/a")
-    assert await cli(*args, module="fsd.allowlist.client") == (0, '"Ok"\n', "")

@@ -140,7 +140,8 @@ class Daemon:
                 stderr=err, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
             )  # fmt: skip
         deadline = time.monotonic() + 20
-        while not is_listening(self.socket):
+        # The socket listens before the sandbox is entered; the server says when it serves.
+        while not is_listening(self.socket) or "listening on" not in self.log.read_text():
             assert self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, "fsd serve did not listen"
             time.sleep(0.02)

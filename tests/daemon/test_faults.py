@@ -170,7 +170,7 @@ def test_reconnect_serves_each_vmm_from_a_clean_state_and_leaks_nothing(
     daemon holds exactly the fds it held before the first one came, no guest memory, and
     its resident memory does not grow with the number of front-ends."""
     with serving(shared_dir, socket_path, reconnect=True, pool=pool) as daemon:
-        pid = daemon.proc.pid
+        pid = daemon.server_pid
         idle = usage(pid)
 
         frontend, client = connect(socket_path)
@@ -227,7 +227,7 @@ def test_shared_directory_removed(shared_dir: Path, socket_path: Path) -> None:
         frontend, client = connect(socket_path)
         f = client.lookup(ROOT_ID, "f")
         fh = client.open(f.nodeid)
-        before = usage(daemon.proc.pid)
+        before = usage(daemon.server_pid)
         shutil.rmtree(shared_dir)
         assert client.read(f.nodeid, fh, 0, 100) == b"still readable"
         assert client.errno_of(fr.lookup(client.next_unique(), ROOT_ID, "f")) == errno.ENOENT
@@ -236,7 +236,7 @@ def test_shared_directory_removed(shared_dir: Path, socket_path: Path) -> None:
         assert client.getattr(ROOT_ID).nlink == 0
         assert {d.name for d in client.listdir(ROOT_ID)} <= {b".", b".."}
         assert client.errno_of(fr.statfs(client.next_unique())) == 0
-        assert usage(daemon.proc.pid).fds == before.fds
+        assert usage(daemon.server_pid).fds == before.fds
         frontend.close()
         exited_cleanly(daemon)
     assert not shared_dir.exists()
@@ -282,7 +282,7 @@ def test_shared_filesystem_remounted_read_only(shared_dir: Path, socket_path: Pa
             client.ok(fr.release(client.next_unique(), f.nodeid, wfh))
             fh = client.open(f.nodeid)
             subprocess.run(remount, check=True)
-            before = usage(daemon.proc.pid)
+            before = usage(daemon.server_pid)
             assert client.errno_of(fr.create(client.next_unique(), ROOT_ID, "new")) == errno.EROFS
             assert client.errno_of(fr.mkdir(client.next_unique(), ROOT_ID, "d")) == errno.EROFS
             assert client.errno_of(fr.unlink(client.next_unique(), ROOT_ID, "f")) == errno.EROFS
@@ -293,7 +293,7 @@ def test_shared_filesystem_remounted_read_only(shared_dir: Path, socket_path: Pa
                 errno.EROFS
             )
             assert client.read(f.nodeid, fh, 0, 10) == b"data"
-            assert usage(daemon.proc.pid).fds == before.fds
+            assert usage(daemon.server_pid).fds == before.fds
             subprocess.run(["mount", "-o", "remount,rw", str(shared_dir)], check=True)
             wfh = client.open(f.nodeid, os.O_RDWR)
             client.write(f.nodeid, wfh, 0, b"DATA")
@@ -336,7 +336,7 @@ def test_enospc_reaches_the_guest_and_the_daemon_goes_on(
     ):
         frontend, client = connect(socket_path)
         entry, fh = client.create(ROOT_ID, "fill")
-        before = usage(daemon.proc.pid)
+        before = usage(daemon.server_pid)
         assert client.write(entry.nodeid, fh, 0, b"x" * (MIB // 2)) == MIB // 2
         req = write_request(client, entry.nodeid, fh, MIB // 2, b"y" * MIB)
         reply = fr.parse_reply(client.call(req))
@@ -358,7 +358,7 @@ def test_enospc_reaches_the_guest_and_the_daemon_goes_on(
         # Room again: the daemon goes on as before.
         client.ok(fr.setattr(client.next_unique(), entry.nodeid, size=0))
         assert client.write(entry.nodeid, fh, 0, b"ok") == 2
-        assert usage(daemon.proc.pid).fds <= before.fds + len(created)
+        assert usage(daemon.server_pid).fds <= before.fds + len(created)
         frontend.close()
         exited_cleanly(daemon)
 
@@ -398,7 +398,7 @@ def test_open_files_limit_exhausted_answers_emfile(shared_dir: Path, socket_path
     for index in range(40):
         (shared_dir / f"f{index}").write_text(str(index))
     with serving(shared_dir, socket_path, reconnect=True) as daemon:
-        pid = daemon.proc.pid
+        pid = daemon.server_pid
         idle = usage(pid)
         frontend, client = connect(socket_path)
         serving_fds = usage(pid).fds

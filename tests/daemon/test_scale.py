@@ -116,7 +116,7 @@ def test_100k_lookups_forgotten_leave_no_fds_and_no_growth(
 ) -> None:
     names = make_files(shared_dir / "many", "f", FILES)
     parent = fr.parse_entry(driver.call(fr.lookup(driver.next(), 1, "many")).payload).nodeid
-    pid = daemon.proc.pid
+    pid = daemon.server_pid
     _, base_fds = footprint(pid)
     after: list[tuple[int, int]] = []
     for first in range(0, FILES, WAVE):
@@ -138,7 +138,7 @@ def test_10k_entry_directory_listed_once_each_and_forgotten(
 ) -> None:
     names = make_files(shared_dir / "wide", "w", WIDE)
     wide = fr.parse_entry(driver.call(fr.lookup(driver.next(), 1, "wide")).payload).nodeid
-    pid = daemon.proc.pid
+    pid = daemon.server_pid
     _, base_fds = footprint(pid)
     fh, _ = fr.parse_open(driver.call(fr.opendir(driver.next(), wide)).payload)
     seen: Counter[bytes] = Counter()

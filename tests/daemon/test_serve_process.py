@@ -40,8 +40,8 @@ def test_the_daemon_applies_no_umask_and_holds_no_groups(
         os.umask(old_umask)
     try:
         if os.geteuid() == 0:
-            assert _status_field(daemon.proc.pid, "Groups") == ""  # CVE-2022-0358
-        limits = Path(f"/proc/{daemon.proc.pid}/limits").read_text()
+            assert _status_field(daemon.server_pid, "Groups") == ""  # CVE-2022-0358
+        limits = Path(f"/proc/{daemon.server_pid}/limits").read_text()
         soft = next(line for line in limits.splitlines() if line.startswith("Max open files"))
         assert soft.split()[3] != str(lowered)
         frontend = VhostUserFrontend(str(socket_path))

@@ -107,7 +107,6 @@ def test_refuses_an_unknown_cfg_key(share: Path, mountpoint: Path) -> None:
     [
         (signal.SIGTERM, "fsd mount"),
         (signal.SIGINT, "fsd mount"),
-        (signal.SIGTERM, "fsd.daemon.devfuse"),  # the older spelling still works
     ],
 )
 def test_signal_unmounts_and_exits_zero(

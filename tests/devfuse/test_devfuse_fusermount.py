@@ -250,7 +250,7 @@ def test_user_mounts_through_fusermount3(user_site: Path, user_dirs: tuple[Path,
     finally:
         status, err = stop(proc)
     assert status == 0, err
-    assert str(mnt) not in mount_points()  # fusermount3 -u took it away
+    assert str(mnt) not in mount_points(), err  # fusermount3 -u took it away
 
 
 @pytest.mark.usefixtures("stock_dev_fuse")

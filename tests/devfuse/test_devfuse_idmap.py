@@ -63,7 +63,7 @@ def idmapped(share: Path) -> Iterator[Path]:
     # Under /tmp itself: pytest's tmp_path is not traversable by uid 1000.
     mountpoint = Path(tempfile.mkdtemp(prefix="fsd-idmap-"))
     os.chmod(mountpoint, 0o755)
-    command = [sys.executable, "-m", "fsd.daemon.devfuse", str(share), str(mountpoint)]
+    command = [sys.executable, "-m", "fsd", "mount", str(share), str(mountpoint)]
     command += ["--cfg", "timeout=0", "--uid-map", MAP, "--gid-map", MAP]
     repo = str(Path(fsd.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": repo}
@@ -127,7 +127,7 @@ def test_chown_through_the_mount(idmapped: Path, share: Path) -> None:
 def test_refuses_a_bad_map(share: Path, tmp_path: Path) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    command = [sys.executable, "-m", "fsd.daemon.devfuse", str(share), str(mountpoint)]
+    command = [sys.executable, "-m", "fsd", "mount", str(share), str(mountpoint)]
     repo = str(Path(fsd.__file__).resolve().parent.parent)
     done = subprocess.run(
         [*command, "--uid-map", "0 0 10,5 100 1"],

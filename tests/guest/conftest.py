@@ -55,17 +55,14 @@ def shared_dir(tmp_path: Path) -> Path:
 
 
 def backend_command(socket_path: Path, shared_dir: Path) -> list[str]:
-    """The backend selected by FSD_GUEST_BACKEND (fsd by default; fsd-sandbox: fsd serve in
-    the namespace sandbox with seccomp kill, until the command line does that itself)."""
+    """The backend selected by FSD_GUEST_BACKEND: fsd serve by default (in its sandbox, as
+    by default), or QEMU's C virtiofsd."""
     which = os.environ.get("FSD_GUEST_BACKEND", "fsd")
     if which == "virtiofsd":
         return virtiofsd_command(socket_path, shared_dir)
     if which == "fsd":
         return fsd_serve_command(socket_path, shared_dir)
-    if which == "fsd-sandbox":
-        return [sys.executable, "-m", "tests.sandbox.serve_sandboxed",
-                "--socket-path", str(socket_path), "--shared-dir", str(shared_dir)]  # fmt: skip
-    raise pytest.UsageError(f"FSD_GUEST_BACKEND={which!r}: expected fsd, fsd-sandbox or virtiofsd")
+    raise pytest.UsageError(f"FSD_GUEST_BACKEND={which!r}: expected fsd or virtiofsd")
 
 
 @pytest.fixture

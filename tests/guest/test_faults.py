@@ -27,6 +27,7 @@ from fsd.testing.guest import (
     run_guest,
     running_backend,
 )
+from fsd.testing.serve import server_pid
 from tests.daemon.faults import btrfs_with_quota, usage
 
 pytestmark = pytest.mark.guest
@@ -40,7 +41,9 @@ async def reconnecting(
     socket_path = socket_dir / "fs.sock"
     argv = [*fsd_serve_command(socket_path, shared_dir), "--reconnect"]
     log_path = tmp_path / "backend.log"
-    async with running_backend(argv, socket_path, log_path=log_path, env=fsd_env()) as backend:
+    async with running_backend(
+        argv, socket_path, log_path=log_path, env=fsd_env(), ready_text="listening on"
+    ) as backend:
         yield backend
 
 
@@ -115,7 +118,7 @@ async def test_guest_sees_enospc_edquot_and_erofs(
 ) -> None:
     small, _ = backing_mounts
     (small / "kept").write_text("kept")
-    pid = reconnecting.process.pid
+    pid = server_pid(reconnecting.process.pid)
     idle = usage(pid)
 
     async def on_step(name: str, args: list[str]) -> str:
@@ -170,7 +173,7 @@ async def test_guest_sees_emfile_when_the_daemon_runs_out_of_fds(
     (shared_dir / "big").mkdir()
     for index in range(150):
         (shared_dir / "big" / f"f{index}").write_text(str(index))
-    pid = reconnecting.process.pid
+    pid = server_pid(reconnecting.process.pid)
     idle = usage(pid)
     # Room for the connection (eventfds, epolls) and about 60 inodes.
     limit = idle.fds + 80
@@ -212,7 +215,7 @@ async def test_vmm_killed_holding_locks_then_a_new_vmm(
     drops all of it (the host can lock the files), holds what it held before, and serves the
     next QEMU, whose guest takes the same locks."""
     (shared_dir / "flocked.txt").touch()
-    pid = reconnecting.process.pid
+    pid = server_pid(reconnecting.process.pid)
     idle = usage(pid)
     with trio.CancelScope() as killer:
 

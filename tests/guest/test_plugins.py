@@ -42,9 +42,13 @@ async def plugged_backend(
         (shared_dir / name).mkdir()
     (shared_dir / "ro" / "readable.txt").write_text("read me\n")
     (shared_dir / "secret" / "key.txt").write_text("hidden\n")
-    rules = tmp_path / "policy.toml"
+    # Each in a directory of its own beside the share: the plugins keep those directories
+    # in the sandbox, which refuses one around the share.
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "log").mkdir()
+    rules = tmp_path / "policy" / "policy.toml"
     rules.write_text('read_only = ["/ro"]\ndeny = ["/secret"]\n')
-    audit = tmp_path / "audit.jsonl"
+    audit = tmp_path / "log" / "audit.jsonl"
     socket_path = socket_dir / "fs.sock"
     argv = fsd_serve_command(
         socket_path,

@@ -1,4 +1,4 @@
-"""A real guest against ``fsd serve`` in the namespace sandbox with seccomp ``kill``.
+"""A real guest against ``fsd serve`` in its default sandbox: namespaces, seccomp ``kill``.
 
 The workload touches every kind of operation (data, metadata, xattrs, links, special files,
 locks, a large write); a syscall missing from the allowlist would kill the daemon and fail
@@ -58,8 +58,9 @@ async def test_guest_workload_in_the_sandbox(
     os.symlink("/etc", shared_dir / "link_abs_etc")
     os.symlink("../" * len(shared_dir.parts) + "etc", shared_dir / "link_rel_etc")
     socket_path = socket_dir / "fs.sock"
-    argv = [sys.executable, "-m", "tests.sandbox.serve_sandboxed", "--socket-path",
-            str(socket_path), "--shared-dir", str(shared_dir), "--seccomp", "kill"]  # fmt: skip
+    # fsd serve as a VMM starts it: the namespace sandbox and seccomp kill are its defaults.
+    argv = [sys.executable, "-m", "fsd", "serve", "--socket-path", str(socket_path),
+            "--shared-dir", str(shared_dir)]  # fmt: skip
     seen: dict[str, str] = {}
 
     async with running_backend(

@@ -14,8 +14,8 @@ serving a real guest that reads and writes through the share (issue 9).
   --cache=never --thread-pool-size=$N``.
 
 ``--fd`` is replayed as the managers do it: the caller makes the listening socket and the
-daemon inherits it as fd 3. The lines with a sandbox are
-refused until those land (xfail, strict: they must start failing the day they work).
+daemon inherits it as fd 3. ``--sandbox chroot`` (libvirt's line) runs the server chrooted
+into the share; the others get fsd's default, the namespace sandbox.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from fsd.testing.guest import BackendError, GuestImage
+from fsd.testing.guest import GuestImage
 from tests.guest.replay import FSD_VHOST_USER, check_share, outcome, serve_guest
 
 pytestmark = pytest.mark.guest
@@ -89,11 +89,6 @@ async def test_libvirt_separate_options_unprivileged_id_maps(
     assert (st.st_uid, st.st_gid) == (1000, 1000)  # on the host
 
 
-# The refused lines are plain tests around trio.run, so that the BackendError reaches
-# pytest as itself (pytest-trio would wrap it in an ExceptionGroup) and xfail can name it.
-
-
-@pytest.mark.xfail(raises=BackendError, strict=True, reason="--sandbox chroot: not yet")
 def test_libvirt_separate_options_as_in_issue_9(
     guest_image: GuestImage, share: Path, socket_dir: Path, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 
 from fsd.sandbox import (
@@ -23,6 +24,7 @@ from fsd.sandbox import (
     SandboxError,
     SandboxMode,
     SeccompAction,
+    accept_signals,
     enter_sandbox,
 )
 
@@ -85,11 +87,8 @@ def main() -> int:
         "etc": _look("/etc"),
         "proc": _look("/proc"),
     }
-    # fsd's way of reopening an inode: through /proc/self/fd/N (chroot: the fd it was given).
-    if sandbox.proc_self_fd is None:
-        reopened = os.open(f"/proc/self/fd/{marker}", os.O_RDONLY)
-    else:
-        reopened = os.open(str(marker), os.O_RDONLY, dir_fd=sandbox.proc_self_fd)
+    # fsd's way of reopening an inode: its magic link in the fd directory the sandbox kept.
+    reopened = os.open(str(marker), os.O_RDONLY, dir_fd=sandbox.proc_self_fd)
     report["reopened"] = os.fstat(reopened).st_ino == os.fstat(marker).st_ino
     kept: dict[str, str] = {}
     for path in (p.removesuffix(":rw") for p in args.keep):
@@ -103,11 +102,19 @@ def main() -> int:
     report["kept"] = kept
     print(json.dumps(report), flush=True)
     if args.then == "wait":
+        # As a server does: take SIGTERM itself (pid 1 of a pid namespace would ignore it
+        # otherwise), then let in the signals the sandbox held back.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        accept_signals()
         sys.stdin.read()
     elif args.then == "forbidden":
         value = os.getpriority(os.PRIO_PROCESS, 0)
         print(json.dumps({"forbidden_returned": value}), flush=True)
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

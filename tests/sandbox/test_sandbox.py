@@ -224,15 +224,16 @@ def test_a_missing_extra_path_is_refused_before_anything(share: Path, tmp_path: 
 @root_only
 @pytest.mark.parametrize("keeps", [(), ("SYS_ADMIN",)])
 def test_supervisor_holds_nothing(share: Path, keeps: tuple[str, ...]) -> None:
-    """No fd but stdio and its liveness pipe (a listening socket left open in it would let a
-    second VMM connect to nobody), no capability but what its cleanup needs (fsd mount's
-    unmount), no_new_privs."""
+    """No fd but stdio, its liveness pipe and its line to the server (a listening socket left
+    open in it would let a second VMM connect to nobody), no capability but what its cleanup
+    needs (fsd mount's unmount), no_new_privs."""
     probe = Probe("namespace", "kill", share, supervisor_keeps=keeps)
     try:
         supervisor = probe.proc.pid
         fds = sorted(int(fd) for fd in os.listdir(f"/proc/{supervisor}/fd"))
-        assert fds[:3] == [0, 1, 2] and len(fds) == 4, fds
-        assert os.readlink(f"/proc/{supervisor}/fd/{fds[3]}").startswith("pipe:")
+        assert fds[:3] == [0, 1, 2] and len(fds) == 5, fds
+        kinds = sorted(os.readlink(f"/proc/{supervisor}/fd/{fd}").split(":")[0] for fd in fds[3:])
+        assert kinds == ["pipe", "socket"], kinds  # the liveness pipe, the line to the server
         status = dict(
             line.split(":\t", 1)
             for line in Path(f"/proc/{supervisor}/status").read_text().splitlines()

@@ -7,12 +7,17 @@ SIGHUP reloads the file without a restart: the daemon owns its signals and calls
 ``fsd_reload`` hook, which rereads the file here. A file that fails to parse keeps the rules
 in force and logs why. Every denial is logged (logger ``fsd_access_policy``). The plugin also
 refuses allowlist additions of denied paths.
+
+In fsd's sandbox the rules file's directory is kept read-only (``fsd_sandbox_paths``): an
+editor replaces the file by renaming a new one over it, which a kept file alone would not
+show. A relative ``rules`` path is taken from the directory fsd was started in.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 import tomllib
@@ -20,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from fsd.hookspecs import hookimpl
+from fsd.sandbox import HostPath
 from fsd_access_policy.bucket import TokenBucket
 from fsd_access_policy.rules import PolicyError, Rules, parse_rules
 
@@ -76,6 +82,7 @@ class AccessPolicy:
 
     def load(self, path: str) -> None:
         """Load ``path`` and remember it for reloads; raise if it is invalid."""
+        path = os.path.abspath(path)  # the working directory changes in the sandbox
         self.use(load_rules(path))
         self.path = path
         log.info("access policy loaded from %s", path)
@@ -103,6 +110,13 @@ class AccessPolicy:
         if not path:
             raise ValueError(f"{NAMESPACE}: --plugin-cfg {NAMESPACE}:rules=FILE is required")
         self.load(path)
+
+    @hookimpl
+    def fsd_sandbox_paths(self) -> list[HostPath]:
+        """The rules file's directory, read-only, for reloads on SIGHUP."""
+        if self.path is None:
+            return []
+        return [HostPath(os.path.dirname(self.path))]
 
     @hookimpl
     def fsd_reload(self) -> None:

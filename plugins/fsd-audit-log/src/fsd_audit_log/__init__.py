@@ -17,16 +17,22 @@ A FUSE line::
 ``path2`` is added for RENAME/RENAME2/LINK (the new name) and COPY_FILE_RANGE (the
 destination). An allowlist line has ``"op": "allowlist_add"``/``"allowlist_remove"``,
 ``"paths"`` and ``"error"`` (the refusal message, or 0). SIGHUP reopens the file, for logrotate.
+
+In fsd's sandbox the log file's directory is kept writable (``fsd_sandbox_paths``), so that
+rotating and reopening go on working; a relative ``path`` is taken from the directory fsd
+was started in.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import TYPE_CHECKING, Any, Final
 
 from fsd.hookinfo import OP_CLASSES
 from fsd.hookspecs import hookimpl
+from fsd.sandbox import HostPath
 from fsd_audit_log.sink import Sink
 
 if TYPE_CHECKING:
@@ -78,6 +84,8 @@ class AuditLog:
         """Open the sink and set the filter (what ``fsd_configure`` does with the options)."""
         self.classes = parse_classes(classes)
         self.close()
+        if path != "-":
+            path = os.path.abspath(path)  # the working directory changes in the sandbox
         self.sink = Sink(path, max_bytes=max_bytes, backups=backups)
 
     def close(self) -> None:
@@ -110,6 +118,15 @@ class AuditLog:
             backups=_int(options, "backups"),
             classes=options["classes"],
         )
+
+    @hookimpl
+    def fsd_sandbox_paths(self) -> list[HostPath]:
+        """The log's directory, writable: rotating renames and creates files there, and
+        SIGHUP reopens the file by its path."""
+        sink = self.sink
+        if sink is None or sink.is_stderr:
+            return []
+        return [HostPath(os.path.dirname(sink.path), writable=True)]
 
     @hookimpl
     def fsd_fuse_audit(self, request: FuseRequestInfo, error: int, bytes_moved: int) -> None:
