@@ -37,7 +37,6 @@ from fsd.daemon.devfuse import (
 )
 from fsd.daemon.fusermount import FuseMount, FuseMountError, mount_fuse, unmount_fuse
 from fsd.plugins import PluginError, setup_plugins
-from fsd.sandbox import SandboxMode
 from fsd.status.server import bind_status_socket
 from fsd.unix_sockets import Listener
 
@@ -144,7 +143,7 @@ def main(argv: Sequence[str]) -> int:
             shared,
             target,
             allow_other=root,
-            auto_unmount=sandbox_config.mode is not SandboxMode.NONE,
+            auto_unmount=True,  # the server, under seccomp in every mode, runs no helper
         )
         sandbox = sandboxing.enter(
             sandbox_config, cleanup=functools.partial(_cleanup, listeners, mounted)

@@ -22,6 +22,7 @@ LATE_IMPORTS: Final[tuple[str, ...]] = (
     "email.feedparser",
     "email.parser",
     "fsd.cli.version",
+    "fsd.fs.readonly",
     "tomllib",
     "tomllib._parser",
     "tomllib._re",
