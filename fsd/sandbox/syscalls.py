@@ -75,6 +75,7 @@ SERVE: Final = frozenset(
         "openat",
         "prctl",
         "preadv2",
+        "prlimit64",
         "pwritev2",
         "read",
         "readlinkat",
