@@ -83,8 +83,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("shared_dir", metavar="SHARED_DIR")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     add_filesystem_arguments(p, default_log_level="info")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="worker threads reading /dev/fuse, each on its own clone of the session's fd "
+        "(default 1: cheapest per request; more let requests that wait on the disk overlap)",
+    )
     sandboxing.add_sandbox_arguments(p, default_mode="namespace")
     return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return value
 
 
 def main(argv: Sequence[str]) -> int:
@@ -170,6 +185,7 @@ def main(argv: Sequence[str]) -> int:
                 allowlist_listener=by_name.get(args.allowlist_socket_path),
                 status_listener=by_name.get(status.socket_path),
                 sandbox=sandbox,
+                threads=args.threads,
             )
         )
     except* (MountError, OSError) as group:  # OSError: the allowlist socket was refused

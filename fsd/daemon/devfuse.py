@@ -365,9 +365,11 @@ async def mount_until_signal(
     allowlist_listener: socket.socket | None = None,
     status_listener: socket.socket | None = None,
     sandbox: Sandbox | None = None,
+    threads: int = 1,
 ) -> None:
     """Serve until SIGINT/SIGTERM (then detach) or until unmounted from outside; SIGHUP asks
-    plugins to reload their configuration. ``status_config`` adds the status socket.
+    plugins to reload their configuration. ``status_config`` adds the status socket;
+    ``threads``: worker threads (:func:`serve_mount`).
 
     ``mounted``, ``allowlist_listener``, ``status_listener``: made by the caller before its
     sandbox (:func:`serve_mount`); the mount is then the caller's to detach. ``sandbox``:
@@ -421,6 +423,7 @@ async def mount_until_signal(
                         plugins=plugins,
                         mounted=mounted,
                         allowlist_listener=allowlist_listener,
+                        threads=threads,
                         task_status=task_status,
                     )
                     nursery.cancel_scope.cancel()  # unmounted from outside

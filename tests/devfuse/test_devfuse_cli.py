@@ -174,3 +174,45 @@ def test_the_mount_applies_no_umask_of_its_own(share: Path, mountpoint: Path) ->
     assert process.returncode == 0, stderr
     assert stat.S_IMODE((share / "f").stat().st_mode) == 0o666
     assert stat.S_IMODE((share / "d").stat().st_mode) == 0o777
+
+
+def test_threads_serve_the_mount_together(share: Path, mountpoint: Path) -> None:
+    """``--threads 4``: four workers read /dev/fuse (sharing the session's fd inside the
+    sandbox, where /dev/fuse cannot be opened again to clone it), and requests from four
+    host threads at once are all answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fsd.testing.serve import server_pid
+
+    for i in range(40):
+        (share / f"f{i}").write_text(str(i))
+    process = subprocess.Popen(
+        _command(str(share), str(mountpoint), "--threads", "4", "--cfg", "timeout=0"),
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_until(lambda: mount_syscalls.is_mount_point(str(mountpoint)), "the mount")
+        with ThreadPoolExecutor(4) as pool:
+            texts = list(pool.map(lambda i: (mountpoint / f"f{i}").read_text(), range(40)))
+        assert texts == [str(i) for i in range(40)]
+        server = server_pid(process.pid)
+        names = [
+            Path(f"/proc/{server}/task/{task}/comm").read_text().strip()
+            for task in os.listdir(f"/proc/{server}/task")
+        ]
+        assert sum(name.startswith("fsd-fuse-") for name in names) == 4, names
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+
+
+def test_threads_must_be_at_least_one(share: Path, mountpoint: Path) -> None:
+    result = _run(str(share), str(mountpoint), "--threads", "0")
+    assert result.returncode == 2
+    assert "--threads" in result.stderr and "at least 1" in result.stderr
