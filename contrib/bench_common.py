@@ -96,17 +96,20 @@ def tree_cpu(pid: int) -> tuple[float, float]:
 
 
 def threads_cpu_ns(pid: int) -> int:
-    """CPU nanoseconds of the live threads of ``pid`` (schedstat: exact, not 10 ms ticks)."""
+    """CPU nanoseconds of the live threads of ``pid`` and its descendants (schedstat: exact,
+    not 10 ms ticks). The tree, because a sandboxed daemon serves from a child: fsd's and
+    the C virtiofsd's supervisors fork the server."""
     total = 0
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return 0
-    for task in tasks:
+    for member in process_tree(pid):
         try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+            tasks = list(Path(f"/proc/{member}/task").iterdir())
+        except OSError:
             continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
     return total
 
 
@@ -248,10 +251,13 @@ def vhost_argv(
     if key == "fsd":
         argv = [sys.executable, "-m", "fsd", "serve", "--socket-path", str(socket_path),
                 "--shared-dir", str(shared)]  # fmt: skip
+        # fsd runs with its defaults (the namespace sandbox, seccomp kill); FSD_BENCH_ARGS
+        # adds options, e.g. "--sandbox none --seccomp none" to see what the sandbox costs.
+        argv += os.environ.get("FSD_BENCH_ARGS", "").split()
         return [*argv, "--log-level", "warning"] if serial else argv
     if key == "rust":
-        # --sandbox=none: no sandbox, like fsd (its default, namespace, forks a child that
-        # does the work behind a pid namespace; as root here chroot and namespace also run).
+        # --sandbox=none, as the Rust virtiofsd must run here (its default, namespace, forks
+        # a child that does the work behind a pid namespace); its seccomp filter stays on.
         argv = [str(RUST_VIRTIOFSD), f"--socket-path={socket_path}", f"--shared-dir={shared}",
                 "--cache=auto", "--sandbox=none"]  # fmt: skip
         if serial:
