@@ -3,8 +3,9 @@
 ``fsd serve --plugin bench_request_log:plugin`` with contrib/ on PYTHONPATH and
 ``FSD_BENCH_REQUEST_LOG`` naming the file. The audit hook sees every request, FORGETs
 included; each line is one ``write(2)`` to an ``O_APPEND`` file, so the host can count the
-requests between two of the guest's steps while the daemon runs. The references count theirs
-from their debug logs; neither way is used in a timed run.
+requests between two of the guest's steps while the daemon runs. The file is opened at
+start-up (``fsd_configure``), before the sandbox: inside it the path no longer exists. The
+references count theirs from their debug logs; neither way is used in a timed run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 
 from fsd.hookinfo import FuseRequestInfo
 from fsd.hookspecs import hookimpl
+from fsd.plugins import PluginConfig
 
 ENV = "FSD_BENCH_REQUEST_LOG"
 
@@ -30,6 +32,10 @@ class RequestLog:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         self.fd = os.open(path, flags, 0o644)
         return self.fd
+
+    @hookimpl
+    def fsd_configure(self, config: PluginConfig) -> None:
+        self._open()
 
     @hookimpl
     def fsd_fuse_audit(self, request: FuseRequestInfo, error: int, bytes_moved: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -47,6 +48,20 @@ def _wait_until(predicate: object, what: str, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _mounted(argv: list[str], mountpoint: Path) -> Iterator[subprocess.Popen[str]]:
+    """``fsd mount`` started and waited for until ``mountpoint`` is mounted; killed at the end
+    if the test left it running."""
+    process = subprocess.Popen(argv, env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until(lambda: mount_syscalls.is_mount_point(str(mountpoint)), "the mount")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture
@@ -113,38 +128,20 @@ def test_signal_unmounts_and_exits_zero(
     share: Path, mountpoint: Path, signum: signal.Signals, module: str
 ) -> None:
     (share / "hello").write_text("hello")
-    process = subprocess.Popen(
-        _command(str(share), str(mountpoint), "--cfg", "timeout=0", module=module),
-        env=_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_until(lambda: mount_syscalls.is_mount_point(str(mountpoint)), "the mount")
+    argv = _command(str(share), str(mountpoint), "--cfg", "timeout=0", module=module)
+    with _mounted(argv, mountpoint) as process:
         assert (mountpoint / "hello").read_text() == "hello"
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert process.returncode == 0, stderr
     assert not mount_syscalls.is_mount_point(str(mountpoint))
 
 
 def test_exits_zero_when_unmounted_from_outside(share: Path, mountpoint: Path) -> None:
-    process = subprocess.Popen(
-        _command(str(share), str(mountpoint)), env=_env(), stderr=subprocess.PIPE, text=True
-    )
-    try:
-        _wait_until(lambda: mount_syscalls.is_mount_point(str(mountpoint)), "the mount")
+    with _mounted(_command(str(share), str(mountpoint)), mountpoint) as process:
         os.listdir(mountpoint)
         mount_syscalls.umount(str(mountpoint))
         _, stderr = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert process.returncode == 0, stderr
 
 
@@ -186,14 +183,8 @@ def test_threads_serve_the_mount_together(share: Path, mountpoint: Path) -> None
 
     for i in range(40):
         (share / f"f{i}").write_text(str(i))
-    process = subprocess.Popen(
-        _command(str(share), str(mountpoint), "--threads", "4", "--cfg", "timeout=0"),
-        env=_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_until(lambda: mount_syscalls.is_mount_point(str(mountpoint)), "the mount")
+    argv = _command(str(share), str(mountpoint), "--threads", "4", "--cfg", "timeout=0")
+    with _mounted(argv, mountpoint) as process:
         with ThreadPoolExecutor(4) as pool:
             texts = list(pool.map(lambda i: (mountpoint / f"f{i}").read_text(), range(40)))
         assert texts == [str(i) for i in range(40)]
@@ -205,10 +196,6 @@ def test_threads_serve_the_mount_together(share: Path, mountpoint: Path) -> None
         assert sum(name.startswith("fsd-fuse-") for name in names) == 4, names
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert process.returncode == 0, stderr
 
 
