@@ -16,9 +16,13 @@ import logging
 import os
 import socket
 import stat
+from typing import Final
+
+import trio
 
 __all__ = [
     "Listener",
+    "accept_client",
     "bind_private",
     "is_listening",
     "listen_unix",
@@ -134,3 +138,25 @@ def listen_unix(
         sock.close()
         raise
     return Listener(sock, path, identity)
+
+
+#: accept(2) errors that pass: out of fds or memory for a moment (retried after a pause), or a
+#: client that went away before it was accepted.
+_RETRY_LATER: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_CLIENT_GONE: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR})
+
+
+async def accept_client(listener: trio.socket.SocketType, what: str) -> trio.socket.SocketType:
+    """The next client of a control socket (``what`` names it in the log), riding out fd
+    exhaustion and connections aborted meanwhile: neither may end the daemon's server."""
+    while True:
+        try:
+            connection, _ = await listener.accept()
+        except OSError as exc:
+            if exc.errno in _RETRY_LATER:
+                log.error("%s: accept failed, retrying in 100 ms: %s", what, exc)
+                await trio.sleep(0.1)
+            elif exc.errno not in _CLIENT_GONE:
+                raise
+        else:
+            return connection

@@ -22,14 +22,13 @@ from fsd.allowlist._sockbuf import enlarge_send_buffer
 from fsd.allowlist.handler import AfterHook, CheckHook, handle_packet
 from fsd.allowlist.protocol import MAX_PACKET, Err, encode_response
 from fsd.allowlist.trie import Allowlist
-from fsd.unix_sockets import Listener, listen_unix
+from fsd.unix_sockets import Listener, accept_client, listen_unix
 
 logger = logging.getLogger("fsd.allowlist")
 
 SOCKET_MODE = 0o600
 """Only the daemon's user may connect: the socket grants the guest access to host files."""
 
-_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _clients = itertools.count(1)
 
 
@@ -64,7 +63,7 @@ async def serve_allowlist(
             task_status.started(path)
             serialize = trio.Lock()  # batches apply in order, one at a time
             while True:
-                connection = await _accept(sock)
+                connection = await accept_client(sock, "allowlist")
                 nursery.start_soon(
                     _serve_client, connection, allowlist, check, after, max_packet, serialize
                 )
@@ -78,23 +77,6 @@ def bind_allowlist_socket(path: str, *, mode: int = SOCKET_MODE) -> Listener:
     """Bind the SOCK_SEQPACKET control socket, restrict its permissions, then listen, so
     nobody can connect before the chmod."""
     return listen_unix(path, stdlib_socket.SOCK_SEQPACKET, 128, mode=mode)
-
-
-async def _accept(listener: trio.socket.SocketType) -> trio.socket.SocketType:
-    """Accept the next client, riding out fd exhaustion and aborted connections."""
-    while True:
-        try:
-            connection, _ = await listener.accept()
-        except OSError as exc:
-            if exc.errno in _RESOURCE_ERRORS:
-                logger.error("allowlist: accept failed, retrying in 100 ms: %s", exc)
-                await trio.sleep(0.1)
-            elif exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-                continue
-            else:
-                raise
-        else:
-            return connection
 
 
 def _peer(connection: trio.socket.SocketType) -> str:

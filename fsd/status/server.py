@@ -14,7 +14,6 @@ backlog), so a stuck or flooding client costs bounded memory and no request time
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import trio
 from fsd.status import prometheus, text
 from fsd.status.http import MAX_HEAD, HttpError, encode_response, head_complete, parse_request_head
 from fsd.status.snapshot import DaemonStatus
-from fsd.unix_sockets import Listener, listen_unix
+from fsd.unix_sockets import Listener, accept_client, listen_unix
 
 __all__ = [
     "MAX_CLIENTS",
@@ -50,7 +49,6 @@ ROUTES: Final = {
     "/metrics": "the Prometheus text exposition",
     "/": "the status for a person (what `fsd status` prints)",
 }
-_RESOURCE_ERRORS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 def render(doc: dict[str, Any], path: str) -> tuple[bytes, str]:
@@ -106,7 +104,7 @@ async def serve_status(
             while True:
                 await slots.acquire()
                 try:
-                    connection = await _accept(sock)
+                    connection = await accept_client(sock, "status")
                 except BaseException:
                     slots.release()
                     raise
@@ -120,21 +118,6 @@ async def serve_status(
 def bind_status_socket(path: str, *, mode: int = SOCKET_MODE) -> Listener:
     """Bind the status socket, restricted before it listens."""
     return listen_unix(path, stdlib_socket.SOCK_STREAM, MAX_CLIENTS, mode=mode)
-
-
-async def _accept(listener: trio.socket.SocketType) -> trio.socket.SocketType:
-    """The next client, riding out fd exhaustion and connections aborted meanwhile."""
-    while True:
-        try:
-            connection, _ = await listener.accept()
-        except OSError as exc:
-            if exc.errno in _RESOURCE_ERRORS:
-                log.error("status: accept failed, retrying in 100 ms: %s", exc)
-                await trio.sleep(0.1)
-            elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-                raise
-        else:
-            return connection
 
 
 async def _serve_client(
