@@ -37,6 +37,7 @@ from fsd.daemon.devfuse import (
 )
 from fsd.daemon.fusermount import FuseMount, FuseMountError, mount_fuse, unmount_fuse
 from fsd.plugins import PluginError, setup_plugins
+from fsd.sandbox import hold_signals
 from fsd.status.server import bind_status_socket
 from fsd.unix_sockets import Listener
 
@@ -138,6 +139,7 @@ def main(argv: Sequence[str]) -> int:
     except (MountError, StartupError) as e:
         report(PROG, str(e))
         return 2
+    hold_signals()  # from here, a signal ends the daemon through its handlers
     listeners: list[Listener] = []
     try:
         if args.allowlist_socket_path is not None:

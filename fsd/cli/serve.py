@@ -46,6 +46,7 @@ from fsd.cli.virtiofsd import (
     parse_compat_options,
 )
 from fsd.plugins import PluginError, setup_plugins
+from fsd.sandbox import hold_signals
 
 if TYPE_CHECKING:
     from fsd.daemon.serve import ServeConfig
@@ -268,6 +269,7 @@ def main(argv: Sequence[str], *, profile: Profile = "fsd", prog: str = "fsd serv
     except StartupError as exc:
         report(prog, str(exc))
         return 2
+    hold_signals()  # from here, a signal ends the daemon through its handlers
     try:
         listeners = bind_listeners(config)
     except (OSError, LookupError) as exc:  # a socket that cannot be made

@@ -10,7 +10,7 @@ from fsd.sandbox.capabilities import FILE_SERVER_CAPABILITIES, CapabilityError, 
 from fsd.sandbox.enter import Sandbox, SandboxConfig, SandboxError, SandboxMode, enter_sandbox
 from fsd.sandbox.mounts import HostPath
 from fsd.sandbox.seccomp import SeccompAction
-from fsd.sandbox.supervisor import accept_signals
+from fsd.sandbox.supervisor import accept_signals, hold_signals
 
 __all__ = [
     "FILE_SERVER_CAPABILITIES",
@@ -23,5 +23,6 @@ __all__ = [
     "SeccompAction",
     "accept_signals",
     "enter_sandbox",
+    "hold_signals",
     "parse_modcaps",
 ]

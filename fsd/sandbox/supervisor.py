@@ -48,6 +48,7 @@ __all__ = [
     "SupervisorChannel",
     "accept_signals",
     "fork_supervised",
+    "hold_signals",
 ]
 
 log = logging.getLogger("fsd.sandbox")
@@ -140,6 +141,13 @@ def fork_supervised(
     # has no handler for, and a handler meanwhile could only end the start-up abruptly.
     signal.pthread_sigmask(signal.SIG_SETMASK, set(previous_mask) | DEFERRED)
     return SupervisorChannel(server_end)
+
+
+def hold_signals() -> None:
+    """Block SIGTERM, SIGINT and SIGHUP until :func:`accept_signals`: once the command line
+    has bound its sockets, an early signal must end the daemon through its handlers (which
+    remove the socket files), not by the default action half-way through start-up."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
 
 
 def accept_signals() -> None:

@@ -15,7 +15,9 @@ import errno
 import json
 import logging
 import os
+import select
 import signal
+import socket
 import sys
 
 from fsd.sandbox import (
@@ -102,15 +104,31 @@ def main() -> int:
     report["kept"] = kept
     print(json.dumps(report), flush=True)
     if args.then == "wait":
-        # As a server does: take SIGTERM itself (pid 1 of a pid namespace would ignore it
-        # otherwise), then let in the signals the sandbox held back.
-        signal.signal(signal.SIGTERM, _exit_on_signal)
-        accept_signals()
-        sys.stdin.read()
+        _wait_for_stdin_or_sigterm()
     elif args.then == "forbidden":
         value = os.getpriority(os.PRIO_PROCESS, 0)
         print(json.dumps({"forbidden_returned": value}), flush=True)
     return 0
+
+
+def _wait_for_stdin_or_sigterm() -> None:
+    """As a server does: take SIGTERM itself (pid 1 of a pid namespace would ignore it
+    otherwise), then let in the signals the sandbox held back. A signal that lands just
+    before a blocking read would not interrupt it, so wait on a wakeup fd too, as trio does
+    (with the calls the seccomp allowlist has: a socket pair and epoll)."""
+    wake_r, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno())
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    accept_signals()
+    with select.epoll() as poller:
+        poller.register(sys.stdin.fileno(), select.EPOLLIN | select.EPOLLHUP)
+        poller.register(wake_r.fileno(), select.EPOLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == sys.stdin.fileno():
+                    return  # stdin has data or was closed: the test is done with us
+                wake_r.recv(64)  # the handler has run, or runs right after this
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

@@ -136,3 +136,33 @@ def test_a_plugin_making_a_forbidden_system_call_is_killed(
         assert not daemon.socket_path.exists()
     else:
         assert status_code == -signal.SIGSYS, log
+
+
+@pytest.mark.parametrize("mode", ["namespace", "none"])
+def test_sigterm_as_soon_as_the_socket_exists_is_a_clean_exit(
+    share: Path, tmp_path: Path, mode: str
+) -> None:
+    """The socket is bound before the sandbox and the plugins: a VMM manager that stops fsd
+    the moment it sees the socket gets exit status 0 and no socket file left, not a daemon
+    killed half-way through its start-up."""
+    import subprocess
+    import sys
+    import time
+
+    if mode == "namespace" and os.geteuid() != 0:
+        pytest.skip("the namespace sandbox of a root daemon")
+    socket_path = tmp_path / "vhost.sock"
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "fsd", "serve", "--socket-path", str(socket_path),
+         "--shared-dir", str(share), "--sandbox", mode],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not socket_path.exists():
+        assert daemon.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    daemon.send_signal(signal.SIGTERM)
+    _, log = daemon.communicate(timeout=20)
+    assert daemon.returncode == 0, log
+    assert not socket_path.exists()
