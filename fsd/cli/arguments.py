@@ -36,6 +36,7 @@ __all__ = [
     "check_socket_path",
     "count",
     "filesystem_options",
+    "positive",
     "refuse_unsupported",
     "status_config",
 ]
@@ -175,6 +176,14 @@ def count(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative number")
     return int(text)
+
+
+def positive(text: str) -> int:
+    """A decimal number of at least 1."""
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
+    return value
 
 
 def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:

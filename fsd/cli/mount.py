@@ -22,6 +22,7 @@ from fsd.cli.arguments import (
     check_file_handles,
     check_socket_path,
     filesystem_options,
+    positive,
     status_config,
 )
 from fsd.cli.errors import StartupError, report
@@ -86,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
     add_filesystem_arguments(p, default_log_level="info")
     p.add_argument(
         "--threads",
-        type=_positive,
+        type=positive,
         default=1,
         metavar="N",
         help="worker threads reading /dev/fuse, each on its own clone of the session's fd "
@@ -94,13 +95,6 @@ def parser() -> argparse.ArgumentParser:
     )
     sandboxing.add_sandbox_arguments(p, default_mode="namespace")
     return p
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: at least 1")
-    return value
 
 
 def main(argv: Sequence[str]) -> int:
