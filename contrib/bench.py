@@ -94,7 +94,7 @@ TESTS = [
 # back-end. After each test, `host_step cpu NAME` lets the host sample the back-end.
 WORKLOAD = r"""
 set -u
-MB=@MB@ FILES=@FILES@ FIO_SECONDS=@FIO_SECONDS@ DIRECT_4K=@DIRECT_4K@
+MB=@MB@ FILES=@FILES@ FIO_READS=@FIO_READS@ DIRECT_4K=@DIRECT_4K@
 FIO=@GUEST_BIN@/fio
 # After drop_caches the FORGETs trickle out through the 128-entry hiprio queue: let them land
 # before the next test rather than inside it.
@@ -112,11 +112,14 @@ timed() {  # timed NAME AMOUNT CMD...: the guest's wall time for CMD, then the b
     cpu "$name"
 }
 fio_test() {  # fio_test NAME ENGINE DEPTH: fio's own runtime and I/O count
+    # A fixed number of reads, not a fixed time: every back-end then serves the same requests,
+    # and the workload's CPU compares the same work (a faster back-end would otherwise serve
+    # more reads in the time, and pay for them).
     name=$1
     drop
     cpu "$name-setup"
     "$FIO" --name="$name" --filename=big --readonly --rw=randread --bs=4k --direct=1 \
-        --ioengine="$2" --iodepth="$3" --thread --time_based --runtime="$FIO_SECONDS" \
+        --ioengine="$2" --iodepth="$3" --thread --number_ios="$FIO_READS" \
         --minimal > /tmp/bench.out 2>&1 || fail "$name: fio"
     awk -F';' -v n="$name" 'NF > 9 { printf "BENCH %s %.3f %d\n", n, $9 / 1000, $6 / 4 }' \
         /tmp/bench.out
@@ -130,6 +133,10 @@ cpu start
 timed seq_write $bytes dd if=/dev/zero of=big bs=1M count=$MB conv=fsync
 drop; cpu seq_read_cold-setup
 timed seq_read_cold $bytes dd if=big of=/dev/null bs=1M
+# The file exists before dd opens it with O_DIRECT, so that the flag reaches every back-end
+# through OPEN: the Rust virtiofsd drops O_DIRECT there but keeps it in CREATE, and would write
+# a file dd creates past the host's page cache while the others write through it.
+: > direct
 timed direct_write $bytes dd if=/dev/zero of=direct bs=1M count=$MB oflag=direct
 drop; cpu direct_read-setup
 timed direct_read $bytes dd if=direct of=/dev/null bs=1M iflag=direct
@@ -613,8 +620,7 @@ def report(res: Results, args: argparse.Namespace, has_fio: bool) -> str:
         "/proc, 10 ms ticks."
         + (
             " Requests per operation counted in the counting pass (fsd: a plugin logging each "
-            "request; Rust: --log-level=debug; C: -d) and scaled to each timed round's amounts "
-            "(fio runs for a fixed time)."
+            "request; Rust: --log-level=debug; C: -d) and scaled to each timed round's amounts."
             if res.count
             else ""
         ),
@@ -672,7 +678,7 @@ async def main(args: argparse.Namespace) -> int:
     workload = (
         WORKLOAD.replace("@MB@", str(args.mb))
         .replace("@FILES@", str(args.files))
-        .replace("@FIO_SECONDS@", str(args.fio_seconds))
+        .replace("@FIO_READS@", str(args.fio_reads))
         .replace("@DIRECT_4K@", str(args.direct_4k))
         .replace("@GUEST_BIN@", GUEST_BIN)
     )
@@ -694,7 +700,7 @@ async def main(args: argparse.Namespace) -> int:
     print(
         f"fsd guest benchmark under TCG (-smp 1, guest 1G), {args.rounds} round(s) rotating "
         f"the order, file {args.mb} MiB, {args.files} files"
-        + (f", fio {args.fio_seconds} s per job" if has_fio else ", no fio")
+        + (f", fio {args.fio_reads} reads per job" if has_fio else ", no fio")
         + (", plus a counting pass" if args.count else "")
         + f"; {elapsed / 60:.0f} min in all."
     )
@@ -718,7 +724,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 round, 64 MiB, short fio")
     parser.add_argument("--mb", type=int, default=None, help="file size in MiB (default 256)")
     parser.add_argument("--files", type=int, default=2000, help="files in the metadata tests")
-    parser.add_argument("--fio-seconds", type=int, default=None, help="fio runtime per job")
+    parser.add_argument(
+        "--fio-reads", type=int, default=None, help="4k reads per fio job (default: the file's)"
+    )
     parser.add_argument("--direct-4k", type=int, default=10000, help="4k O_DIRECT dd reads")
     parser.add_argument("--no-fio", action="store_true", help="do not copy fio into the guest")
     parser.add_argument(
@@ -743,8 +751,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rounds = 1 if args.quick else 4
     if args.mb is None:
         args.mb = 64 if args.quick else 256
-    if args.fio_seconds is None:
-        args.fio_seconds = 3 if args.quick else 8
+    if args.fio_reads is None:
+        args.fio_reads = args.mb * 256  # every 4 KiB block of the file once, in random order
     if args.count is None:
         args.count = not args.quick
     return args
