@@ -20,6 +20,7 @@ from typing import NoReturn
 from fsd.cli.errors import StartupError, report
 from fsd.cli.logs import add_logging_arguments
 from fsd.cli.virtiofsd import CACHE_TIMEOUTS, REFUSED, CompatOptions
+from fsd.daemon.polling import DEFAULT_POLL_MAX_NS
 from fsd.fs.file_handles import probe
 from fsd.fs.idmap import IdMaps, parse_id_maps, parse_translations
 from fsd.fs.options import FsOptions, parse_cfg_values
@@ -184,6 +185,21 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
     return value
+
+
+def add_polling_argument(parser: argparse.ArgumentParser, *, default: int) -> None:
+    """Add ``--poll-max-ns``: how long a worker may spin for the next request (QEMU's name
+    for its iothreads' limit). Defaults differ by transport: see docs/performance.md."""
+    parser.add_argument(
+        "--poll-max-ns",
+        type=count,
+        default=default,
+        metavar="NS",
+        help="the longest a worker spins for the next request before it sleeps; the window "
+        "adapts to how far apart requests come and stays 0 while they are further apart "
+        f"than this (default {default}; 0: always sleep; fsd mount's default is "
+        f"{DEFAULT_POLL_MAX_NS})",
+    )
 
 
 def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:

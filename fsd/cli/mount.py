@@ -19,6 +19,7 @@ from fsd.cli import sandboxing
 from fsd.cli.arguments import (
     OneLineParser,
     add_filesystem_arguments,
+    add_polling_argument,
     check_file_handles,
     check_socket_path,
     filesystem_options,
@@ -37,6 +38,7 @@ from fsd.daemon.devfuse import (
     mount_until_signal,
 )
 from fsd.daemon.fusermount import FuseMount, FuseMountError, mount_fuse, unmount_fuse
+from fsd.daemon.polling import DEFAULT_POLL_MAX_NS
 from fsd.plugins import PluginError, setup_plugins
 from fsd.sandbox import hold_signals
 from fsd.status.server import bind_status_socket
@@ -93,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
         help="worker threads reading /dev/fuse, each on its own clone of the session's fd "
         "(default 1: cheapest per request; more let requests that wait on the disk overlap)",
     )
+    add_polling_argument(p, default=DEFAULT_POLL_MAX_NS)
     sandboxing.add_sandbox_arguments(p, default_mode="namespace")
     return p
 
@@ -182,6 +185,7 @@ def main(argv: Sequence[str]) -> int:
                 status_listener=by_name.get(status.socket_path),
                 sandbox=sandbox,
                 threads=args.threads,
+                poll_max_ns=args.poll_max_ns,
             )
         )
     except* (MountError, OSError) as group:  # OSError: the allowlist socket was refused

@@ -27,6 +27,7 @@ from fsd.allowlist.handler import AfterHook, CheckHook, chain_afters, chain_chec
 from fsd.allowlist.server import serve_allowlist
 from fsd.daemon import fusermount, mount_syscalls
 from fsd.daemon.pending import PendingReplies
+from fsd.daemon.polling import SpinningWait, Waiter, make_waiter
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fuse import FuseServer
 from fsd.fuse.replies import DEFERRED
@@ -122,6 +123,7 @@ async def serve_mount(
     plugins: Plugins | None = None,
     allow_other: bool | None = None,
     threads: int = 1,
+    poll_max_ns: int = 0,
     mounted: fusermount.FuseMount | None = None,
     allowlist_listener: socket.socket | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -143,7 +145,8 @@ async def serve_mount(
     for whom it needs ``user_allow_other`` in /etc/fuse.conf.
 
     ``threads`` worker threads serve the requests (data operations on open files then run
-    concurrently; the rest one at a time, see ``fsd.fuse.server.CONCURRENT``).
+    concurrently; the rest one at a time, see ``fsd.fuse.server.CONCURRENT``);
+    ``poll_max_ns`` how long each may spin for the next request (:mod:`fsd.daemon.polling`).
 
     ``mounted``: a mount the caller made already (the command line, before its sandbox,
     where mounting and unmounting are no longer possible): it is served, not checked, made
@@ -169,7 +172,9 @@ async def serve_mount(
         allowlist_check = chain_checks(allowlist_check, plugin_check)
         allowlist_after = chain_afters(allowlist_after, plugin_after)
     if allowlist_socket_path is None:
-        await _mount_and_serve(shared, target, handler, task_status, allow_other, threads, mounted)
+        await _mount_and_serve(
+            shared, target, handler, task_status, allow_other, threads, poll_max_ns, mounted
+        )
         return
     assert allowlist is not None
     async with trio.open_nursery() as nursery:
@@ -183,7 +188,9 @@ async def serve_mount(
                 listener=allowlist_listener,
             )
         )
-        await _mount_and_serve(shared, target, handler, task_status, allow_other, threads, mounted)
+        await _mount_and_serve(
+            shared, target, handler, task_status, allow_other, threads, poll_max_ns, mounted
+        )
         nursery.cancel_scope.cancel()
 
 
@@ -194,6 +201,7 @@ async def _mount_and_serve(
     task_status: trio.TaskStatus[str],
     allow_other: bool,
     threads: int,
+    poll_max_ns: int,
     premounted: fusermount.FuseMount | None,
 ) -> None:
     """Mount (unless the caller did), report the mount point, serve until unmounted or
@@ -211,7 +219,7 @@ async def _mount_and_serve(
     try:
         log.info("serving %s on %s", shared, target)
         task_status.started(target)
-        await _serve_requests(fd, handler, pending, threads)
+        await _serve_requests(fd, handler, pending, threads, poll_max_ns)
         mounted = False  # unmounted from outside: nothing left to detach
         log.info("%s was unmounted", target)
     finally:
@@ -226,7 +234,7 @@ async def _mount_and_serve(
 
 
 async def _serve_requests(
-    fd: int, handler: RequestHandler, pending: PendingReplies, threads: int
+    fd: int, handler: RequestHandler, pending: PendingReplies, threads: int, poll_max_ns: int
 ) -> None:
     """Serve the mount from ``threads`` worker threads until it is gone (ENODEV) or this task
     is cancelled; trio stays off the per-request path, as it does for virtqueues.
@@ -238,7 +246,7 @@ async def _serve_requests(
     """
     stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     fds = [fd] + [_clone(fd) for _ in range(threads - 1)]
-    workers = [_Worker(i, fds[i], handler, pending, stop) for i in range(threads)]
+    workers = [_Worker(i, fds[i], handler, pending, stop, poll_max_ns) for i in range(threads)]
     try:
         async with trio.open_nursery() as nursery:
 
@@ -280,16 +288,24 @@ class _Worker:
     """One thread serving a /dev/fuse fd: read a request, answer it, write the reply."""
 
     def __init__(
-        self, index: int, fd: int, handler: RequestHandler, pending: PendingReplies, stop: int
+        self,
+        index: int,
+        fd: int,
+        handler: RequestHandler,
+        pending: PendingReplies,
+        stop: int,
+        poll_max_ns: int = 0,
     ) -> None:
         self.index = index
         self.fd = fd
         self.handler = handler
         self.pending = pending
         self.stop = stop
+        self.poll_max_ns = poll_max_ns
 
     def serve_blocking(self) -> None:
-        """Serve until the mount is gone (then tell the other workers) or ``stop`` is set.
+        """Serve until the mount is gone (then tell the other workers) or ``stop`` is set;
+        between requests, spin a short adaptive window before sleeping (``poll_max_ns``).
 
         A deferred request (SETLKW) keeps its reply buffer until it is answered, from
         another thread (``os.write`` on the fuse fd is atomic per message); the loop takes a
@@ -304,34 +320,46 @@ class _Worker:
         with select.epoll(2) as poller:
             poller.register(fd, select.EPOLLIN)
             poller.register(stop, select.EPOLLIN)
-            poll = poller.poll
-            while True:
-                # Wait first, then read one request: a client that waits for each reply
-                # (most do) costs epoll, read and write per request, where reading until
-                # EAGAIN would add a failed read and an exception to each.
-                for ready, _ in poll():
-                    if ready == stop:
-                        return
-                try:
-                    n = readv(fd, buffers)
-                except (BlockingIOError, InterruptedError):
-                    continue  # another worker sharing this fd took it
+            wait = make_waiter(poller.poll, self.poll_max_ns)
+            try:
+                while True:
+                    # Wait first, then read one request: a client that waits for each reply
+                    # (most do) costs epoll, read and write per request, where reading until
+                    # EAGAIN would add a failed read and an exception to each.
+                    for ready, _ in wait():
+                        if ready == stop:
+                            return
+                    try:
+                        n = readv(fd, buffers)
+                    except (BlockingIOError, InterruptedError):
+                        continue  # another worker sharing this fd took it
 
-                except OSError as e:
-                    if e.errno == errno.ENOENT:  # interrupted before we read it
-                        continue
-                    if e.errno != errno.ENODEV:
-                        log.error("reading %s failed: %s", DEV_FUSE, e.strerror)
-                    break  # ENODEV: the mount is gone
-                size = handler([request[:n]], reply_segments)
-                if size == DEFERRED:
-                    self.pending.adopt(functools.partial(_send_deferred, fd, reply))
-                    reply = memoryview(bytearray(BUFFER_SIZE))
-                    reply_segments = [reply]
-                elif size > 0 and not _write_reply(fd, reply[:size]):
-                    break
+                    except OSError as e:
+                        if e.errno == errno.ENOENT:  # interrupted before we read it
+                            continue
+                        if e.errno != errno.ENODEV:
+                            log.error("reading %s failed: %s", DEV_FUSE, e.strerror)
+                        break  # ENODEV: the mount is gone
+                    size = handler([request[:n]], reply_segments)
+                    if size == DEFERRED:
+                        self.pending.adopt(functools.partial(_send_deferred, fd, reply))
+                        reply = memoryview(bytearray(BUFFER_SIZE))
+                        reply_segments = [reply]
+                    elif size > 0 and not _write_reply(fd, reply[:size]):
+                        break
+            finally:
+                self._log_polling(wait)
         with contextlib.suppress(OSError):
             os.eventfd_write(stop, 1)  # the others stop too
+
+    def _log_polling(self, wait: Waiter) -> None:
+        if isinstance(wait, SpinningWait):
+            log.info(
+                "fuse worker %d: %d waits caught while polling, %d slept",
+                self.index,
+                wait.caught,
+                wait.slept,
+            )
 
 
 def _send_deferred(fd: int, reply: memoryview, size: int) -> None:
@@ -366,10 +394,11 @@ async def mount_until_signal(
     status_listener: socket.socket | None = None,
     sandbox: Sandbox | None = None,
     threads: int = 1,
+    poll_max_ns: int = 0,
 ) -> None:
     """Serve until SIGINT/SIGTERM (then detach) or until unmounted from outside; SIGHUP asks
     plugins to reload their configuration. ``status_config`` adds the status socket;
-    ``threads``: worker threads (:func:`serve_mount`).
+    ``threads``, ``poll_max_ns``: the worker threads (:func:`serve_mount`).
 
     ``mounted``, ``allowlist_listener``, ``status_listener``: made by the caller before its
     sandbox (:func:`serve_mount`); the mount is then the caller's to detach. ``sandbox``:
@@ -424,6 +453,7 @@ async def mount_until_signal(
                         mounted=mounted,
                         allowlist_listener=allowlist_listener,
                         threads=threads,
+                        poll_max_ns=poll_max_ns,
                         task_status=task_status,
                     )
                     nursery.cancel_scope.cancel()  # unmounted from outside

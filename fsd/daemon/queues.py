@@ -22,6 +22,7 @@ from collections.abc import Callable
 import trio
 
 from fsd.daemon.pending import PendingReplies
+from fsd.daemon.polling import SpinningWait, make_waiter
 from fsd.daemon.pool import WorkerPool
 from fsd.fuse.replies import DEFERRED
 from fsd.sgbuf import Segments
@@ -57,6 +58,7 @@ class QueueRunner:
         handler: ChainHandler,
         *,
         pool: WorkerPool | None = None,
+        poll_max_ns: int = 0,
     ) -> None:
         self.index = index
         self.queue = queue
@@ -64,6 +66,10 @@ class QueueRunner:
         self.handler = handler
         #: Where requests are served (--thread-pool-size); None: inline, one at a time.
         self._pool = pool
+        #: --poll-max-ns: how long the worker may spin for the next kick before it sleeps.
+        self._poll_max_ns = poll_max_ns
+        #: The worker's spinning wait once it runs with polling (its counts are logged).
+        self.spin: SpinningWait | None = None
         # Requests handed to the pool and not answered yet: a stop waits for them.
         self._in_flight = 0
         self._idle = threading.Condition()
@@ -187,7 +193,8 @@ class QueueRunner:
             self.interrupt()
 
     def serve_blocking(self) -> None:
-        """The worker thread: drain, then sleep in epoll until a kick or a stop.
+        """The worker thread: drain, then wait in epoll until a kick or a stop (spinning a
+        short adaptive window first with ``poll_max_ns``, see :mod:`fsd.daemon.polling`).
 
         The kick eventfd is watched edge-triggered and never read: every write to an eventfd
         wakes its waiters, so each kick is an event without a read(2) per wake-up to reset
@@ -199,10 +206,13 @@ class QueueRunner:
                 poller.register(kick, select.EPOLLIN | select.EPOLLET)
                 poller.register(stop, select.EPOLLIN)
                 poll = poller.poll
+                wait = make_waiter(poll, self._poll_max_ns)
+                if isinstance(wait, SpinningWait):
+                    self.spin = wait
                 drain = self.drain
                 while not self._stopping:
                     # Chains left over from a capped batch: look again without sleeping.
-                    for fd, _ in poll(0 if drain() else -1):
+                    for fd, _ in poll(0) if drain() else wait():
                         if fd == stop:
                             return
         except QueueBroken as exc:

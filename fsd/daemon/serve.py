@@ -50,6 +50,8 @@ class ServeConfig:
     fs_options: FsOptions = attrs.field(factory=FsOptions)
     #: ``--thread-pool-size``: threads serving the requests (0: each queue's own thread).
     thread_pool_size: int = 0
+    #: ``--poll-max-ns``: how long a queue worker may spin for the next kick (0: never).
+    poll_max_ns: int = 0
     #: ``--status-socket``, ``--latency-histogram``: the read-only status view.
     status: StatusConfig = attrs.field(factory=StatusConfig)
     #: ``--reconnect``: after the front-end disconnects, wait for the next one (a restarted
@@ -188,6 +190,7 @@ async def _serve_frontend(
             device,
             [handler] * NUM_QUEUES,
             thread_pool_size=config.thread_pool_size,
+            poll_max_ns=config.poll_max_ns,
             on_connection=status.connection_opened,
         )
     finally:

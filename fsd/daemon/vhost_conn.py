@@ -101,12 +101,15 @@ class VhostUserConnection:
         handlers: Sequence[ChainHandler],
         nursery: trio.Nursery,
         pool: WorkerPool | None = None,
+        poll_max_ns: int = 0,
     ) -> None:
         self.sock = sock
         self.state = BackendState(device)
         self.handlers = handlers
         #: Where the queues' requests are served (--thread-pool-size); None: inline.
         self.pool = pool
+        #: --poll-max-ns: how long each queue worker may spin for the next kick.
+        self.poll_max_ns = poll_max_ns
         self.nursery = nursery
         self.memory = GuestMemory()
         self.runners: dict[int, QueueRunner] = {}
@@ -227,6 +230,7 @@ class VhostUserConnection:
             self.call_fds.get(index),
             self.handlers[index],
             pool=self.pool,
+            poll_max_ns=self.poll_max_ns,
         )
         self.runners[index] = runner
         self.nursery.start_soon(runner.run, name=f"fsd-queue-{index}")
@@ -242,12 +246,14 @@ class VhostUserConnection:
         self.retired[index] = (chains + runner.chains, interrupts + runner.interrupts)
         next_avail = runner.queue.next_avail
         self.state.queue_stopped(index, next_avail)
+        spin = runner.spin
         log.info(
-            "queue %d stopped at avail index %d: %d requests, %d interrupts",
+            "queue %d stopped at avail index %d: %d requests, %d interrupts%s",
             index,
             next_avail,
             runner.chains,
             runner.interrupts,
+            f", {spin.caught} waits caught while polling, {spin.slept} slept" if spin else "",
         )
         return next_avail
 
@@ -296,17 +302,19 @@ async def serve_vhost_user_connection(
     handlers: Sequence[ChainHandler],
     *,
     thread_pool_size: int = 0,
+    poll_max_ns: int = 0,
     on_connection: Callable[[VhostUserConnection], None] | None = None,
 ) -> None:
     """Serve one front-end until it disconnects; queue tasks (and the request thread pool,
-    if ``thread_pool_size``) live in a child nursery. ``on_connection`` gets the connection
-    before its first message (the status view reads its state)."""
+    if ``thread_pool_size``) live in a child nursery. ``poll_max_ns``: how long a queue
+    worker may spin for the next kick. ``on_connection`` gets the connection before its
+    first message (the status view reads its state)."""
     async with trio.open_nursery() as nursery:
         pool = None
         if thread_pool_size:
             pool = WorkerPool(thread_pool_size)
             await nursery.start(pool.run)
-        conn = VhostUserConnection(sock, device, handlers, nursery, pool)
+        conn = VhostUserConnection(sock, device, handlers, nursery, pool, poll_max_ns)
         if on_connection is not None:
             on_connection(conn)
         await conn.run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -203,3 +204,37 @@ def test_threads_must_be_at_least_one(share: Path, mountpoint: Path) -> None:
     result = _run(str(share), str(mountpoint), "--threads", "0")
     assert result.returncode == 2
     assert "--threads" in result.stderr and "at least 1" in result.stderr
+
+
+def test_poll_max_ns_workers_catch_requests_while_spinning(share: Path, mountpoint: Path) -> None:
+    """``--poll-max-ns``: after each reply the worker spins for the next request before it
+    sleeps; a program that waits for each reply gets its requests caught awake (a 5 ms limit
+    catches nearly all), and the files are right."""
+    argv = _command(str(share), str(mountpoint), "--poll-max-ns", "5000000")
+    with _mounted(argv, mountpoint) as process:
+        for i in range(100):
+            (mountpoint / f"f{i}").write_text(str(i))
+        assert [(share / f"f{i}").read_text() for i in range(100)] == [str(i) for i in range(100)]
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
+    counts = re.search(r"fuse worker 0: (\d+) waits caught while polling, (\d+) slept", stderr)
+    assert counts is not None, stderr
+    assert int(counts[1]) > int(counts[2]), stderr
+
+
+def test_poll_max_ns_zero_never_spins(share: Path, mountpoint: Path) -> None:
+    argv = _command(str(share), str(mountpoint), "--poll-max-ns", "0")
+    with _mounted(argv, mountpoint) as process:
+        (mountpoint / "f").write_text("x")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
+    assert (share / "f").read_text() == "x"
+    assert "while polling" not in stderr
+
+
+def test_poll_max_ns_must_be_a_count(share: Path, mountpoint: Path) -> None:
+    result = _run(str(share), str(mountpoint), "--poll-max-ns", "-5")
+    assert result.returncode == 2
+    assert "--poll-max-ns" in result.stderr
