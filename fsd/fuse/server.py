@@ -676,4 +676,6 @@ def _payload_views(reply: Segments, size: int) -> list[memoryview]:
         if sum(map(len, rest)) <= size:
             return list(rest)
         return views(rest, 0, size)
+    if len(reply) == 1:  # /dev/fuse's buffer, or a chain whose pages follow the header
+        return [first[_HDR : _HDR + size]]
     return views(reply, _HDR, min(size, capacity(reply) - _HDR))
