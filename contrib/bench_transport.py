@@ -77,7 +77,10 @@ def vhost_session(
             fe = VhostUserFrontend(str(sock))
             fe.start()
             session = Session(fe)
-            init = session.call(fr.init_request(session.next()))
+            try:
+                init = session.call(fr.init_request(session.next()))
+            except TimeoutError as exc:
+                raise NoInitReply(f"{bc.VHOST_LABELS[key]}: {exc}") from None
             assert init.error == 0, f"INIT: {init.error}"
             yield session, proc
             fe.stop()
@@ -89,6 +92,10 @@ def vhost_session(
                 proc.wait()
             if log_path:
                 log.close()  # type: ignore[union-attr]
+
+
+class NoInitReply(Exception):
+    """The back-end never answered INIT (the Rust virtiofsd, now and then, here)."""
 
 
 def run_backend(key: str, shared: Path, requests: int) -> dict[str, tuple[float, float]]:
@@ -172,12 +179,20 @@ def main() -> int:
         shared = Path(share)
         (shared / "data.bin").write_bytes(os.urandom(BIG_PAGES * PAGE))
         runs: dict[str, list[dict[str, tuple[float, float]]]] = {k: [] for k in keys}
+        restarts: list[str] = []
         for round_no in range(args.rounds):
             # Rotate the order round by round: no back-end always runs first or last.
             shift = round_no % len(keys)
             for key in keys[shift:] + keys[:shift]:
                 print(f"round {round_no + 1}: {bc.VHOST_LABELS[key]}", file=sys.stderr)
-                runs[key].append(run_backend(key, shared, args.requests))
+                try:
+                    runs[key].append(run_backend(key, shared, args.requests))
+                except NoInitReply as exc:  # once more, with a fresh process
+                    print(f"!! {exc}; started again", file=sys.stderr)
+                    restarts.append(key)
+                    runs[key].append(run_backend(key, shared, args.requests))
+    if restarts:
+        print(f"(no INIT reply, started again: {', '.join(restarts)})\n")
     print(report(runs, args))
     print()
     print("; ".join(f"{bc.VHOST_LABELS[k]}: {bc.vhost_version(k)}" for k in keys))

@@ -200,9 +200,9 @@ def test_buffers_that_continue_each_other_become_one_view() -> None:
         (0x302000, 4096, True),  # a gap
         (0x303000, 4096, True),  # continues it
     ]
-    for i, (addr, length, writable) in enumerate(layout):
+    for i, (addr, length, to_guest) in enumerate(layout):
         last = i == len(layout) - 1
-        flags = (F_WRITE if writable else 0) | (0 if last else F_NEXT)
+        flags = (F_WRITE if to_guest else 0) | (0 if last else F_NEXT)
         write_desc(mem, table, i, addr, length, flags, i + 1)
         mem[addr : addr + length] = bytes([i + 1]) * length
     write_desc(mem, driver.desc_gpa, 0, table, 16 * len(layout), F_INDIRECT, 0)
