@@ -246,7 +246,12 @@ async def _serve_requests(
     """
     stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     fds = [fd] + [_clone(fd) for _ in range(threads - 1)]
-    workers = [_Worker(i, fds[i], handler, pending, stop, poll_max_ns) for i in range(threads)]
+    # One worker spins, the others sleep: every worker's fd turns readable with each request,
+    # so N spinning workers would burn N CPUs to catch one request (and starve the client).
+    workers = [
+        _Worker(i, fds[i], handler, pending, stop, poll_max_ns if i == 0 else 0)
+        for i in range(threads)
+    ]
     try:
         async with trio.open_nursery() as nursery:
 

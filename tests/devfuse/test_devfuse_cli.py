@@ -198,6 +198,8 @@ def test_threads_serve_the_mount_together(share: Path, mountpoint: Path) -> None
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr
+    # Polling is on by default, for the first worker only (the others would spin in vain).
+    assert "fuse worker 0: " in stderr and "fuse worker 1: " not in stderr, stderr
 
 
 def test_threads_must_be_at_least_one(share: Path, mountpoint: Path) -> None:
