@@ -24,7 +24,7 @@ DEFAULT_POLL_MAX_NS = 65536
 """The limit ``fsd mount`` uses by default (65.536 µs, twice QEMU's iothread default).
 
 Measured on a 2-core VM (docs/performance.md): a client's next request comes 30-60 µs after
-the reply it waited for (its own wake-up is that slow there), so 32 µs caught none and 64 µs
+the reply it waited for (its own wake-up is that slow there), so 32 µs caught few and 64 µs
 most: creating files went 1.8x faster for the same CPU. ``fsd serve`` does not poll by
 default: a TCG guest's next request comes later than any useful window."""
 
