@@ -359,12 +359,7 @@ class _Worker:
 
     def _log_polling(self, wait: Waiter) -> None:
         if isinstance(wait, SpinningWait):
-            log.info(
-                "fuse worker %d: %d waits caught while polling, %d slept",
-                self.index,
-                wait.caught,
-                wait.slept,
-            )
+            log.info("fuse worker %d: %s", self.index, wait.summary())
 
 
 def _send_deferred(fd: int, reply: memoryview, size: int) -> None:

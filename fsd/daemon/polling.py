@@ -95,6 +95,10 @@ class SpinningWait:
         window.slept(clock() - start)
         return events
 
+    def summary(self) -> str:
+        """What the window bought, for a worker's last log line."""
+        return f"{self.caught} waits caught while polling, {self.slept} slept"
+
 
 def make_waiter(poll: Callable[[float], Events], limit_ns: int) -> Waiter:
     """A wait on ``poll`` (an ``epoll.poll``): :class:`SpinningWait`, or with ``limit_ns`` 0

@@ -253,7 +253,7 @@ class VhostUserConnection:
             next_avail,
             runner.chains,
             runner.interrupts,
-            f", {spin.caught} waits caught while polling, {spin.slept} slept" if spin else "",
+            f", {spin.summary()}" if spin else "",
         )
         return next_avail
 
