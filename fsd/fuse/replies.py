@@ -12,7 +12,7 @@ from typing import Final
 from fsd.fuse.abi import OUT_HEADER
 from fsd.sgbuf import Segments, scatter
 
-__all__ = ["DEFERRED", "NO_REPLY", "write_reply"]
+__all__ = ["DEFERRED", "NO_REPLY", "write_header", "write_reply"]
 
 #: The request is answered later, from another thread (SETLKW; see ``fsd.fuse.deferred``).
 DEFERRED: Final = -1
@@ -48,3 +48,13 @@ def write_reply(
             return total
     scatter(out, 0, OUT_HEADER.pack(total, -error, unique) + bytes(payload))
     return total
+
+
+def write_header(out: Segments, length: int, unique: int) -> None:
+    """Write a success ``fuse_out_header`` for a ``length``-byte reply whose payload is in
+    place already (READ's), wherever the header's 16 bytes fall in the segments."""
+    first = out[0]
+    if len(first) >= _HDR:
+        _pack_header(first, 0, length, 0, unique)
+    else:
+        scatter(out, 0, OUT_HEADER.pack(length, 0, unique))

@@ -9,6 +9,7 @@ request bytes in tests/fs/.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -214,3 +215,68 @@ def test_requests_and_errors_are_counted_per_opcode(fake: FakeFs, client: FuseCl
     assert stats.by_opcode()["LOOKUP"] == (1, 1)
     assert stats.by_opcode()["INIT"] == (1, 0)
     assert stats.malformed == 1
+
+
+def _cut(buffer: bytes | bytearray, *cuts: int) -> list[memoryview]:
+    """Views of ``buffer`` cut at the given offsets (empty views kept: a chain may have them)."""
+    view = memoryview(buffer)
+    points = [0, *cuts, len(buffer)]
+    return [view[a:b] for a, b in itertools.pairwise(points)]
+
+
+@pytest.mark.parametrize(
+    "request_cuts",
+    [(), (40,), (20,), (40, 60), (40, 80)],
+    ids=["one buffer", "virtio_fs", "header split", "arguments split", "empty tail"],
+)
+@pytest.mark.parametrize(
+    ("reply_cuts", "size"),
+    [((), 100), ((16,), 100), ((16,), 4), ((16, 19), 100), ((10,), 100)],
+    ids=["one buffer", "virtio_fs", "short read", "data pages", "header split"],
+)
+def test_read_is_answered_alike_in_every_layout(
+    fake: FakeFs, request_cuts: tuple[int, ...], reply_cuts: tuple[int, ...], size: int
+) -> None:
+    """READ skips the general decode in the layouts transports give it (handle()'s direct
+    path) and takes it in every other: the answer, the context and the counts are the same."""
+    server = FuseServer(fake)
+    FuseClient(server).init()
+    data = fr.request(Opcode.READ, 8, 2, abi.READ_IN.pack(5, 2, size, 0, 0, 0, 0), uid=7, gid=9)
+    space = bytearray(4096)
+    n = server.handle(_cut(data, *request_cuts), _cut(space, *reply_cuts))
+    reply = fr.parse_reply(bytes(space[:n]))
+    assert (reply.error, reply.unique, reply.payload) == (0, 8, b"cdefgh"[:size])
+    assert fake.calls[-1] == ("read", (7, 9, 0, 8), (2, 5, 2))
+    assert server.stats.by_opcode()["READ"] == (1, 0)
+
+
+def test_read_failures_are_answered_and_counted_like_any_request(
+    fake: FakeFs, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = FuseServer(fake)
+    space = bytearray(256)
+
+    def read_errno(*cuts: int, length: int | None = None) -> int:
+        data = bytearray(fr.read(10, 2, 5, 0, 100))
+        if length is not None:
+            abi.IN_HEADER.pack_into(data, 0, length, *abi.IN_HEADER.unpack_from(data)[1:])
+        n = server.handle(_cut(data, *cuts), [memoryview(space)])
+        reply = fr.parse_reply(bytes(space[:n]))
+        assert reply.unique == 10
+        return -reply.error
+
+    assert read_errno(40) == errno.EIO  # before INIT: nothing but INIT is served
+    assert fake.calls == []
+    FuseClient(server).init()
+    fake.fail = OSError(errno.EBADF, "not open")
+    assert read_errno() == read_errno(40) == errno.EBADF
+    fake.fail = RuntimeError("a bug")
+    with caplog.at_level(logging.ERROR, logger="fsd.fuse"):
+        assert read_errno(40) == errno.EIO
+    assert "internal error serving READ" in caplog.text
+    fake.fail = None
+    assert read_errno(40, length=70) == errno.EINVAL  # in_header.len and the bytes disagree
+    assert server.stats.by_opcode()["READ"] == (4, 4)  # the one before INIT counts too
+    assert server.stats.malformed == 1
+    server.reset()
+    assert read_errno(40) == errno.EIO  # DESTROY ends the session: READ is refused again
