@@ -4,11 +4,14 @@ Transports (virtqueues, ``/dev/fuse``) hand :meth:`FuseServer.handle` a request 
 for its reply. The request is decoded once (:func:`fsd.fuse.requests.decode`) into a
 :class:`~fsd.fuse.requests.Request`, which :meth:`FuseServer.execute` serves through a
 :class:`~fsd.fuse.filesystem.Filesystem`, encoding the answer. Plugins get between the two
-(``fsd.hooks_fuse``) and read the same decoded request.
+(``fsd.hooks_fuse``) and read the same decoded request. READ, most of what a guest sends,
+is decoded by :meth:`~FuseServer.handle` itself and handed to the same handler, without the
+generic dispatch (see docs/performance.md for what each Python call costs per request).
 
-:meth:`FuseServer.execute` and :meth:`FuseServer.refuse` are the one place where exceptions
-become errnos: ``OSError`` → its errno, a malformed request → its errno (EINVAL), a value out
-of range → EINVAL, anything else → EIO and a log line. Nothing escapes :meth:`~FuseServer.handle`.
+``FuseServer._errno`` (for :meth:`~FuseServer.execute`, :meth:`~FuseServer.refuse` and the
+READ path) is the one place where exceptions become errnos: ``OSError`` → its errno, a
+malformed request → its errno (EINVAL), a value out of range → EINVAL, anything else → EIO and
+a log line. Nothing escapes :meth:`~FuseServer.handle`.
 
 The server keeps no per-request state: everything about a request is in its ``Request``.
 """
