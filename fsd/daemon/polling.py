@@ -15,6 +15,7 @@ counted in the daemon's CPU like any other (docs/performance.md measures both).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -102,7 +103,8 @@ class SpinningWait:
 
 def make_waiter(poll: Callable[[float], Events], limit_ns: int) -> Waiter:
     """A wait on ``poll`` (an ``epoll.poll``): :class:`SpinningWait`, or with ``limit_ns`` 0
-    the plain blocking ``poll`` with no clock read at all."""
+    the plain blocking ``poll`` with no clock read at all (a ``partial``: no Python frame
+    per wake-up)."""
     if not limit_ns:
-        return lambda: poll(-1)
+        return functools.partial(poll, -1)
     return SpinningWait(poll, limit_ns)

@@ -117,8 +117,11 @@ class Credentials:
         _setfsuid(self.uid)
         _setfsgid(self.gid)
 
-    def acting_as(self, uid: int, gid: int) -> ActingAs:
-        """A ``with`` block run as ``uid``/``gid`` (see :meth:`switch`), restored on exit."""
+    def acting_as(self, uid: int, gid: int) -> AbstractContextManager[None]:
+        """A ``with`` block run as ``uid``/``gid`` (see :meth:`switch`), restored on exit;
+        a shared no-op block when nothing would switch (CREATE and MKDIR pay no object)."""
+        if not self.enabled or (uid == self.uid and gid == self.gid):
+            return _UNCHANGED
         return ActingAs(self, uid, gid)
 
     #: Whether permission-relevant operations (not only creating ones) run as the caller:
@@ -165,6 +168,10 @@ class MappedCredentials(Credentials):
         self.maps = maps
 
     confines = True
+
+    def acting_as(self, uid: int, gid: int) -> AbstractContextManager[None]:
+        # Guest ids: equal to the daemon's or not, they are translated before the switch.
+        return ActingAs(self, uid, gid)
 
     def confined(self, uid: int, gid: int) -> AbstractContextManager[None]:
         return self.acting_as(uid, gid)

@@ -283,9 +283,9 @@ class FuseServer:
             if handler is None:
                 raise OSError(self._missing, "not implemented" if self._missing == errno.ENOSYS
                               else "request before INIT")  # fmt: skip
-            if opcode in _MIN_REPLY and capacity(reply) < _MIN_REPLY[opcode]:
+            if opcode in _MIN_REPLY and sum(map(len, reply)) < _MIN_REPLY[opcode]:
                 # Checked before acting: an open handle or a lookup count whose reply cannot
-                # be written would never be released by the client.
+                # be written would never be released by the client. (capacity(), inline.)
                 raise ProtocolError(f"{capacity(reply)} bytes of reply space are too few")
             result = handler(req, reply)
             if isinstance(result, int):
