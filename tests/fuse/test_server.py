@@ -280,3 +280,20 @@ def test_read_failures_are_answered_and_counted_like_any_request(
     assert server.stats.malformed == 1
     server.reset()
     assert read_errno(40) == errno.EIO  # DESTROY ends the session: READ is refused again
+
+
+@pytest.mark.parametrize(
+    "request_cuts", [(), (40,), (20,)], ids=["one buffer", "virtio_fs", "split"]
+)
+@pytest.mark.parametrize("reply_cuts", [(), (4,)], ids=["one segment", "two segments"])
+def test_a_read_without_room_for_a_reply_is_dropped_not_raised(
+    fake: FakeFs, request_cuts: tuple[int, ...], reply_cuts: tuple[int, ...]
+) -> None:
+    """Ten bytes of reply space hold no fuse_out_header: nothing is written and nothing
+    escapes handle(), whichever path the READ takes."""
+    server = FuseServer(fake)
+    FuseClient(server).init()
+    space = bytearray(10)
+    data = fr.read(8, 2, 5, 0, 100)
+    assert server.handle(_cut(data, *request_cuts), _cut(space, *reply_cuts)) == NO_REPLY
+    assert space == bytearray(10)
