@@ -90,6 +90,7 @@ _HDR: Final = OUT_HEADER.size
 _IN_HDR: Final = IN_HEADER.size
 _unpack_in_header: Final = IN_HEADER.unpack_from
 _READ: Final = int(Opcode.READ)
+_OPCODE_LOW_BYTE: Final = 4  # fuse_in_header.opcode is the little-endian u32 after len
 #: in_header.len of every READ: the header and a fuse_read_in.
 _READ_LEN: Final = IN_HEADER.size + READ_IN.size
 _READ_IN_SIZE: Final = READ_IN.size
@@ -235,7 +236,8 @@ class FuseServer:
             # path, which says what is wrong. The handler, statistics and errnos are
             # execute()'s.
             first = request[0]
-            if len(first) >= _IN_HDR:
+            # The opcode's low byte first: other requests pay one index, not a header unpack.
+            if len(first) >= _IN_HDR and first[_OPCODE_LOW_BYTE] == _READ:
                 length, opcode, unique, nodeid, uid, gid, pid, _, _ = _unpack_in_header(first)
                 if opcode == _READ and length == _READ_LEN:
                     args = None

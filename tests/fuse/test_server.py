@@ -297,3 +297,13 @@ def test_a_read_without_room_for_a_reply_is_dropped_not_raised(
     data = fr.read(8, 2, 5, 0, 100)
     assert server.handle(_cut(data, *request_cuts), _cut(space, *reply_cuts)) == NO_REPLY
     assert space == bytearray(10)
+
+
+def test_only_read_takes_reads_path(fake: FakeFs, client: FuseClient) -> None:
+    """handle() looks at the opcode's low byte first: an opcode that shares it with READ is
+    not served as a READ."""
+    body = abi.READ_IN.pack(5, 0, 100, 0, 0, 0, 0)
+    assert client.errno_of(fr.request(Opcode.READ + 256, client.next_unique(), 2, body)) == (
+        errno.ENOSYS
+    )
+    assert all(call[0] != "read" for call in fake.calls)
