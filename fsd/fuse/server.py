@@ -739,13 +739,11 @@ class FuseServer:
 
 def _payload_views(reply: Segments, size: int) -> list[memoryview]:
     """Views of the reply's first ``size`` payload bytes (after the header), at most its
-    capacity: READ reads the host file straight into them."""
-    first = reply[0]
-    if len(first) == _HDR:  # Linux's virtio_fs: the data pages are segments of their own
+    capacity, for the layouts ``_read`` does not take itself (several data segments, a
+    header split across segments)."""
+    if len(reply[0]) == _HDR:  # Linux's virtio_fs: the data pages are segments of their own
         rest = reply[1:]
         if sum(map(len, rest)) <= size:
             return list(rest)
         return views(rest, 0, size)
-    if len(reply) == 1:  # /dev/fuse's buffer, or a chain whose pages follow the header
-        return [first[_HDR : _HDR + size]]
     return views(reply, _HDR, min(size, capacity(reply) - _HDR))
