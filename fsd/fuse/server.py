@@ -229,8 +229,8 @@ class FuseServer:
         if self._direct_reads and request:
             # READ, most of what a guest sends, is decoded and served here, without the
             # generic decode and dispatch (tables, lock, reply-space checks it does not need):
-            # in the daemon every request finds the caches cold, and each Python function it
-            # runs through costs about 1 µs more. Only the two layouts transports give it,
+            # in the daemon every request finds the caches cold, and what they run costs ~3 µs
+            # a READ there (docs/performance.md). Only the two layouts transports give it,
             # Linux's virtio_fs (the header and fuse_read_in in segments of their own) and
             # /dev/fuse (one buffer); anything else, malformed included, takes the general
             # path, which says what is wrong. The handler, statistics and errnos are
