@@ -6,7 +6,7 @@ for its reply. The request is decoded once (:func:`fsd.fuse.requests.decode`) in
 :class:`~fsd.fuse.filesystem.Filesystem`, encoding the answer. Plugins get between the two
 (``fsd.hooks_fuse``) and read the same decoded request. READ, most of what a guest sends,
 is decoded by :meth:`~FuseServer.handle` itself and handed to the same handler, without the
-generic dispatch (see docs/performance.md for what each Python call costs per request).
+generic dispatch (docs/performance.md measures what that saves per request).
 
 ``FuseServer._errno`` (for :meth:`~FuseServer.execute`, :meth:`~FuseServer.refuse` and the
 READ path) is the one place where exceptions become errnos: ``OSError`` → its errno, a
@@ -286,9 +286,9 @@ class FuseServer:
             if handler is None:
                 raise OSError(self._missing, "not implemented" if self._missing == errno.ENOSYS
                               else "request before INIT")  # fmt: skip
-            if opcode in _MIN_REPLY and sum(map(len, reply)) < _MIN_REPLY[opcode]:
+            if opcode in _MIN_REPLY and capacity(reply) < _MIN_REPLY[opcode]:
                 # Checked before acting: an open handle or a lookup count whose reply cannot
-                # be written would never be released by the client. (capacity(), inline.)
+                # be written would never be released by the client.
                 raise ProtocolError(f"{capacity(reply)} bytes of reply space are too few")
             result = handler(req, reply)
             if isinstance(result, int):
