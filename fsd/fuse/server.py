@@ -552,7 +552,7 @@ class FuseServer:
         if len(first) == _HDR and len(reply) == 2 and len(reply[1]) <= size:
             into = reply[1:]
         elif len(reply) == 1:
-            into = [first[_HDR : _HDR + size]]
+            into = [first[_HDR : _HDR + size]] if len(first) > _HDR else []
         else:
             into = _payload_views(reply, size)
         req.moved = n = self.fs.read(req, req.nodeid, fh, offset, into) if into else 0
@@ -746,4 +746,4 @@ def _payload_views(reply: Segments, size: int) -> list[memoryview]:
         if sum(map(len, rest)) <= size:
             return list(rest)
         return views(rest, 0, size)
-    return views(reply, _HDR, min(size, capacity(reply) - _HDR))
+    return views(reply, _HDR, max(0, min(size, capacity(reply) - _HDR)))
