@@ -95,7 +95,8 @@ class Bench:
             handler = timed_handler(handler, RequestLatency())
         self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.runner = QueueRunner(1, queue, self.kick, self.call, handler)
+        four = server.handle_four if handler == server.handle else None  # as fsd serve does
+        self.runner = QueueRunner(1, queue, self.kick, self.call, handler, four_handler=four)
         self.unique = 0
         self.serve([[fr.init_request(self.next())], [16, abi.INIT_OUT.size]])
 

@@ -15,10 +15,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["BufferTooShort", "Segments", "capacity", "gather", "scatter", "views"]
+__all__ = [
+    "BufferTooShort",
+    "FourBuffers",
+    "Segments",
+    "capacity",
+    "four_segments",
+    "gather",
+    "scatter",
+    "views",
+]
 
 Segments = Sequence[memoryview]
 """A request's readable or a reply's writable memory, in order."""
+
+FourBuffers = tuple[int, memoryview, int, int, int, int, int, int, int, int]
+"""A request in Linux's most common shape, as places in one memory region: (the transport's
+tag for it, the region, then the offset and length of the header, the arguments, the reply
+header and the reply). READ 4 KiB, GETATTR, LOOKUP and OPEN come so; served from these
+numbers a READ needs no list of views for its request (see ``FuseServer.handle_four``). The
+transport has checked every buffer lies inside the region and none is empty."""
 
 
 class BufferTooShort(ValueError):
@@ -28,6 +44,19 @@ class BufferTooShort(ValueError):
 def capacity(segments: Segments) -> int:
     """The number of bytes in ``segments``."""
     return sum(map(len, segments))
+
+
+def four_segments(buffers: FourBuffers) -> tuple[list[memoryview], list[memoryview]]:
+    """The request's and the reply's segments; two buffers that follow each other in memory
+    become one segment (the header and arguments often do)."""
+    _, region, o0, l0, o1, l1, o2, l2, o3, l3 = buffers
+    request = (
+        [region[o0 : o1 + l1]] if o0 + l0 == o1 else [region[o0 : o0 + l0], region[o1 : o1 + l1]]
+    )
+    reply = (
+        [region[o2 : o3 + l3]] if o2 + l2 == o3 else [region[o2 : o2 + l2], region[o3 : o3 + l3]]
+    )
+    return request, reply
 
 
 def gather(segments: Segments, offset: int, n: int) -> bytes:

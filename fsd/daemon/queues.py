@@ -25,10 +25,10 @@ from fsd.daemon.pending import PendingReplies
 from fsd.daemon.polling import SpinningWait, make_waiter
 from fsd.daemon.pool import WorkerPool
 from fsd.fuse.replies import DEFERRED
-from fsd.sgbuf import Segments
-from fsd.virtio.splitq import InvalidChain, QueueBroken, SplitQueue
+from fsd.sgbuf import FourBuffers, Segments
+from fsd.virtio.splitq import OTHER_SHAPE, InvalidChain, QueueBroken, SplitQueue
 
-__all__ = ["ChainHandler", "QueueRunner"]
+__all__ = ["ChainHandler", "FourHandler", "QueueRunner"]
 
 log = logging.getLogger("fsd.virtio")
 
@@ -38,6 +38,10 @@ BATCH = 256
 ChainHandler = Callable[[Segments, Segments], int]
 """Serves one request: reads it, writes the reply, returns the reply length, ``NO_REPLY`` or
 ``DEFERRED`` (``FuseServer.handle``)."""
+
+FourHandler = Callable[[FourBuffers], int]
+"""Serves one request of Linux's most common shape, given as places in guest memory, as the
+:data:`ChainHandler` beside it would (``FuseServer.handle_four``)."""
 
 
 class QueueRunner:
@@ -59,11 +63,15 @@ class QueueRunner:
         *,
         pool: WorkerPool | None = None,
         poll_max_ns: int = 0,
+        four_handler: FourHandler | None = None,
     ) -> None:
         self.index = index
         self.queue = queue
         self.kick_fd = kick_fd
         self.handler = handler
+        #: Serves Linux's most common chains without views (``SplitQueue.pop_four``); only
+        #: when it answers exactly as ``handler`` does, and requests are served inline.
+        self._four_handler = four_handler if pool is None else None
         #: Where requests are served (--thread-pool-size); None: inline, one at a time.
         self._pool = pool
         #: --poll-max-ns: how long the worker may spin for the next kick before it sleeps.
@@ -113,7 +121,10 @@ class QueueRunner:
         chains are handed to it and answered from its threads (:meth:`_serve_pooled`).
         """
         queue = self.queue
-        pop = queue.pop
+        four = self._four_handler
+        pop_four = queue.pop_four
+        # With a four-buffer handler those chains are taken first, the others walked.
+        pop = queue.pop if four is None else queue.pop_walked
         push = queue.push
         handler = self.handler
         pool = self._pool
@@ -122,22 +133,30 @@ class QueueRunner:
         while True:
             while budget and not self._stopping:
                 budget -= 1
-                try:
-                    chain = pop()
-                except InvalidChain as exc:
-                    log.error("queue %d: %s; returned empty", self.index, exc)
-                    self._push(exc.head, 0)
-                    continue
-                if chain is None:
-                    break
+                buffers = pop_four() if four is not None else OTHER_SHAPE
+                if buffers:
+                    head = buffers[0]
+                    size = four(buffers)  # type: ignore[misc]  # set: buffers came from it
+                else:
+                    if buffers is None:
+                        break
+                    try:
+                        chain = pop()
+                    except InvalidChain as exc:
+                        log.error("queue %d: %s; returned empty", self.index, exc)
+                        self._push(exc.head, 0)
+                        continue
+                    if chain is None:
+                        break
+                    head, readable, writable = chain
+                    if pool is not None:
+                        self.chains += 1
+                        with self._idle:
+                            self._in_flight += 1
+                        pool.submit(self._serve_pooled, head, readable, writable)
+                        continue
+                    size = handler(readable, writable)
                 self.chains += 1
-                head, readable, writable = chain
-                if pool is not None:
-                    with self._idle:
-                        self._in_flight += 1
-                    pool.submit(self._serve_pooled, head, readable, writable)
-                    continue
-                size = handler(readable, writable)
                 if size < 0:
                     if size == DEFERRED:
                         # The chain stays ours (its reply space valid) until it is answered.

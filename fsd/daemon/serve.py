@@ -15,7 +15,7 @@ import trio
 from fsd.allowlist import Allowlist
 from fsd.allowlist.server import bind_allowlist_socket, serve_allowlist
 from fsd.daemon import systemd
-from fsd.daemon.queues import ChainHandler
+from fsd.daemon.queues import ChainHandler, FourHandler
 from fsd.daemon.vhost_conn import serve_vhost_user_connection
 from fsd.fs import FsOptions, PassthroughFs
 from fsd.fuse import FuseServer
@@ -167,6 +167,7 @@ async def _serve_frontend(
     sock: trio.socket.SocketType,
     device: DeviceSpec,
     handler: ChainHandler,
+    four_handler: FourHandler | None,
     config: ServeConfig,
     plugins: Plugins,
     status: DaemonStatus,
@@ -189,6 +190,7 @@ async def _serve_frontend(
             sock,
             device,
             [handler] * NUM_QUEUES,
+            four_handler=four_handler,
             thread_pool_size=config.thread_pool_size,
             poll_max_ns=config.poll_max_ns,
             on_connection=status.connection_opened,
@@ -229,6 +231,8 @@ async def serve(
     latency = RequestLatency() if config.status.latency_histogram else None
     if latency is not None:  # only then: the default request path stays as it is
         handler = timed_handler(handler, latency)
+    # Linux's most common chains served from where they lie, when nothing wraps the server.
+    four = server.handle_four if handler == server.handle else None
     status = DaemonStatus(
         transport="vhost-user",
         shared_dir=config.shared_dir,
@@ -293,7 +297,7 @@ async def serve(
                         )
                     with sock:
                         await _serve_frontend(
-                            sock, device, handler, config, plugins, status, sandbox
+                            sock, device, handler, four, config, plugins, status, sandbox
                         )
                     # Whatever the guest held goes: its files (and with them its locks),
                     # its inodes. A reconnecting front-end is a new guest that sends INIT.

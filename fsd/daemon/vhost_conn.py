@@ -15,7 +15,7 @@ import trio
 
 from fsd.daemon.guest_memory import map_region
 from fsd.daemon.pool import WorkerPool
-from fsd.daemon.queues import ChainHandler, QueueRunner
+from fsd.daemon.queues import ChainHandler, FourHandler, QueueRunner
 from fsd.fs import procfd
 from fsd.vhost_user.backend import (
     BackendState,
@@ -102,10 +102,13 @@ class VhostUserConnection:
         nursery: trio.Nursery,
         pool: WorkerPool | None = None,
         poll_max_ns: int = 0,
+        four_handler: FourHandler | None = None,
     ) -> None:
         self.sock = sock
         self.state = BackendState(device)
         self.handlers = handlers
+        #: Serves every queue's four-buffer chains as its handler would (QueueRunner).
+        self.four_handler = four_handler
         #: Where the queues' requests are served (--thread-pool-size); None: inline.
         self.pool = pool
         #: --poll-max-ns: how long each queue worker may spin for the next kick.
@@ -231,6 +234,7 @@ class VhostUserConnection:
             self.handlers[index],
             pool=self.pool,
             poll_max_ns=self.poll_max_ns,
+            four_handler=self.four_handler,
         )
         self.runners[index] = runner
         self.nursery.start_soon(runner.run, name=f"fsd-queue-{index}")
@@ -301,20 +305,22 @@ async def serve_vhost_user_connection(
     device: DeviceSpec,
     handlers: Sequence[ChainHandler],
     *,
+    four_handler: FourHandler | None = None,
     thread_pool_size: int = 0,
     poll_max_ns: int = 0,
     on_connection: Callable[[VhostUserConnection], None] | None = None,
 ) -> None:
     """Serve one front-end until it disconnects; queue tasks (and the request thread pool,
     if ``thread_pool_size``) live in a child nursery. ``poll_max_ns``: how long a queue
-    worker may spin for the next kick. ``on_connection`` gets the connection before its
-    first message (the status view reads its state)."""
+    worker may spin for the next kick. ``four_handler``: serves Linux's most common chains
+    as ``handlers`` would, without views (``FuseServer.handle_four``). ``on_connection``
+    gets the connection before its first message (the status view reads its state)."""
     async with trio.open_nursery() as nursery:
         pool = None
         if thread_pool_size:
             pool = WorkerPool(thread_pool_size)
             await nursery.start(pool.run)
-        conn = VhostUserConnection(sock, device, handlers, nursery, pool, poll_max_ns)
+        conn = VhostUserConnection(sock, device, handlers, nursery, pool, poll_max_ns, four_handler)
         if on_connection is not None:
             on_connection(conn)
         await conn.run()

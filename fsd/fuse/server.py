@@ -72,7 +72,7 @@ from fsd.fuse.replies import DEFERRED, NO_REPLY, write_header, write_reply
 from fsd.fuse.requests import MalformedRequest, Request, decode
 from fsd.fuse.session import FuseSession
 from fsd.fuse.stats import SLOTS, RequestStats
-from fsd.sgbuf import BufferTooShort, Segments, capacity, views
+from fsd.sgbuf import BufferTooShort, FourBuffers, Segments, capacity, four_segments, views
 
 __all__ = ["CONCURRENT", "FuseServer", "Transport"]
 
@@ -250,23 +250,50 @@ class FuseServer:
                     ):
                         args = _unpack_read_in(request[1])
                     if args is not None:
-                        req = Request(opcode, unique, nodeid, uid, gid, pid, args)
-                        self.stats.requests[opcode] += 1
-                        try:
-                            size = self._read(req, reply)
-                            first = reply[0]
-                            if len(first) >= _HDR:  # write_header()'s common case, inline
-                                _pack_header(first, 0, _HDR + size, 0, unique)
-                            else:
-                                write_header(reply, _HDR + size, unique)
-                        except Exception as exc:
-                            return self.error_reply(reply, self._failure(req, exc), unique)
-                        return _HDR + size
+                        return self._serve_read(
+                            Request(opcode, unique, nodeid, uid, gid, pid, args), reply
+                        )
         try:
             req = decode(request)
         except (MalformedRequest, BufferTooShort) as exc:
             return self.refuse(exc, reply)
         return self.execute(req, reply)
+
+    def handle_four(self, buffers: FourBuffers) -> int:
+        """Serve a request given as places in one memory region (a virtqueue's most common
+        chain, see :data:`~fsd.sgbuf.FourBuffers`), as :meth:`handle` would.
+
+        A READ is read where it lies: its header and arguments unpacked from the region, no
+        view or list built for them (in the daemon, where each request finds the caches
+        cold, that is ~2 µs of a READ's ~12 µs of Python). Everything else is handed to
+        :meth:`handle` as segments.
+        """
+        _, region, o0, l0, o1, l1, o2, l2, o3, l3 = buffers
+        if (
+            self._direct_reads and region[o0 + _OPCODE_LOW_BYTE] == _READ
+            and l0 == _IN_HDR and l1 == _READ_IN_SIZE
+        ):  # fmt: skip
+            length, opcode, unique, nodeid, uid, gid, pid, _, _ = _unpack_in_header(region, o0)
+            if opcode == _READ and length == _READ_LEN:
+                req = Request(opcode, unique, nodeid, uid, gid, pid, _unpack_read_in(region, o1))
+                return self._serve_read(req, [region[o2 : o2 + l2], region[o3 : o3 + l3]])
+        request, reply = four_segments(buffers)
+        return self.handle(request, reply)
+
+    def _serve_read(self, req: Request, reply: Segments) -> int:
+        """READ's own path (see :meth:`handle`): ``execute()``'s handler, statistics and
+        errnos, without its tables, lock and reply-space check."""
+        self.stats.requests[_READ] += 1
+        try:
+            size = self._read(req, reply)
+            first = reply[0]
+            if len(first) >= _HDR:  # write_header()'s common case, inline
+                _pack_header(first, 0, _HDR + size, 0, req.unique)
+            else:
+                write_header(reply, _HDR + size, req.unique)
+        except Exception as exc:
+            return self.error_reply(reply, self._failure(req, exc), req.unique)
+        return _HDR + size
 
     def execute(self, req: Request, reply: Segments) -> int:
         """Serve a decoded request (see :meth:`handle`); its outcome is left in ``req.error``

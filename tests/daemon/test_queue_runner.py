@@ -11,7 +11,7 @@ import trio
 
 from fsd.daemon.pool import WorkerPool
 from fsd.daemon.queues import BATCH, QueueRunner
-from fsd.sgbuf import Segments
+from fsd.sgbuf import FourBuffers, Segments
 from fsd.testing.driver import DriverQueue, GuestAllocator
 from fsd.virtio.memory import GuestMemory, GuestRegion
 from fsd.virtio.splitq import SplitQueue
@@ -122,3 +122,48 @@ def _wait_for(condition: Callable[[], bool]) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
         time.sleep(0.005)
+
+
+def test_four_buffer_chains_go_to_the_four_handler_in_order() -> None:
+    """With a four-buffer handler, Linux's most common chains are served through it, every
+    other chain through the handler beside it, in ring order, each answered with its own
+    reply."""
+    driver, queue = ring()
+    served: list[tuple[str, bytes]] = []
+
+    def handler(request: Segments, reply: Segments) -> int:
+        served.append(("segments", bytes(request[0][:4])))
+        reply[0][:2] = b"sg"
+        return 2
+
+    def four_handler(buffers: FourBuffers) -> int:
+        _, region, o0, _, _, _, o2, _, _, _ = buffers
+        served.append(("four", bytes(region[o0 : o0 + 4])))
+        region[o2 : o2 + 2] = b"4b"
+        return 2
+
+    heads = [
+        driver.add_request([b"aaaa", b"args"], [16, 64]),
+        driver.add_request([b"bbbb"], [16, 64]),  # three buffers
+        driver.add_request([b"cccc", b"args", b"name"], [16, 64]),  # five
+        driver.add_request([b"dddd", b"args"], [16, 64], indirect=False),  # not a table
+        driver.add_request([b"eeee", b"args"], [16, 64]),
+    ]
+    kick = os.eventfd(0, os.EFD_NONBLOCK)
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        runner = QueueRunner(1, queue, kick, call, handler, four_handler=four_handler)
+        assert runner.drain() is False
+    finally:
+        os.close(kick)
+        os.close(call)
+    assert served == [
+        ("four", b"aaaa"),
+        ("segments", b"bbbb"),
+        ("segments", b"cccc"),
+        ("segments", b"dddd"),
+        ("four", b"eeee"),
+    ]
+    assert driver.take_used() == [(head, 2) for head in heads]
+    assert [driver.written(head, 2) for head in heads] == [b"4b", b"sg", b"sg", b"sg", b"4b"]
+    assert runner.chains == 5

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fsd.fuse import FuseServer, abi
 from fsd.fuse.abi import Opcode
@@ -23,6 +25,7 @@ from fsd.fuse.errors import HiddenByAllowlist
 from fsd.fuse.filesystem import Context, Entry, Filesystem, FilesystemConfig
 from fsd.fuse.replies import NO_REPLY
 from fsd.fuse.requests import OPS, Request, decode
+from fsd.sgbuf import four_segments
 from fsd.testing import fuse_requests as fr
 from fsd.testing.fuse_requests import FuseClient
 
@@ -307,3 +310,60 @@ def test_only_read_takes_reads_path(fake: FakeFs, client: FuseClient) -> None:
         errno.ENOSYS
     )
     assert all(call[0] != "read" for call in fake.calls)
+
+
+_FOUR_REQUESTS = {
+    "READ": fr.request(Opcode.READ, 8, 2, abi.READ_IN.pack(5, 2, 100, 0, 0, 0, 0), uid=7),
+    "short READ": fr.request(Opcode.READ, 8, 2, abi.READ_IN.pack(5, 6, 1, 0, 0, 0, 0)),
+    "READ of another file": fr.request(Opcode.READ, 8, 3, abi.READ_IN.pack(5, 0, 9, 0, 0, 0, 0)),
+    "READ, bad length": fr.request(Opcode.READ, 8, 2, abi.READ_IN.pack(5, 0, 9, 0, 0, 0, 0))[:70],
+    "READ + 256": fr.request(Opcode.READ + 256, 8, 2, abi.READ_IN.pack(5, 0, 9, 0, 0, 0, 0)),
+    "GETATTR": fr.getattr(8, 2),
+    "LOOKUP": fr.lookup(8, 1, "f"),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(sorted(_FOUR_REQUESTS)),
+    st.one_of(st.just(40), st.integers(1, 79)),  # Linux cuts after fuse_in_header
+    st.booleans(),
+    st.sampled_from([10, 16, 40]),
+    st.sampled_from([1, 4, 120]),
+    st.sampled_from(["before INIT", "served", "after DESTROY"]),
+    st.sampled_from([None, OSError(errno.EBADF, "not open"), RuntimeError("a bug")]),
+)
+def test_four_buffers_are_answered_as_their_segments_would_be(
+    name: str,
+    cut: int,
+    gap: bool,
+    header_room: int,
+    reply_room: int,
+    session: str,
+    fail: BaseException | None,
+) -> None:
+    """handle_four() (a virtqueue's four-buffer chain, read in place) answers exactly as
+    handle() answers the same request given as segments: the same reply bytes and length,
+    the same calls on the filesystem with the same context, the same counts."""
+    data = _FOUR_REQUESTS[name]
+    cut = min(cut, len(data) - 1)
+    outcomes = []
+    for four in (True, False):
+        fake = FakeFs()
+        server = FuseServer(fake)
+        if session != "before INIT":
+            FuseClient(server).init()
+        if session == "after DESTROY":
+            server.reset()
+        fake.fail = fail
+        region = bytearray(1024)
+        o0, l0 = 8, cut
+        o1, l1 = o0 + cut + (16 if gap else 0), len(data) - cut
+        o2, l2 = 512, header_room
+        o3, l3 = o2 + header_room + (8 if gap else 0), reply_room
+        region[o0 : o0 + l0] = data[:cut]
+        region[o1 : o1 + l1] = data[cut:]
+        buffers = (0, memoryview(region), o0, l0, o1, l1, o2, l2, o3, l3)
+        n = server.handle_four(buffers) if four else server.handle(*four_segments(buffers))
+        outcomes.append((n, bytes(region), fake.calls, server.stats.by_opcode()))
+    assert outcomes[0] == outcomes[1]

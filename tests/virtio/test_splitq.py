@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fsd.sgbuf import four_segments
 from fsd.testing.driver import F_INDIRECT, F_NEXT, F_WRITE, DriverQueue, GuestAllocator
 from fsd.virtio.memory import GuestMemory, GuestMemoryError, GuestRegion
-from fsd.virtio.splitq import InvalidChain, QueueBroken, SplitQueue
+from fsd.virtio.splitq import OTHER_SHAPE, InvalidChain, QueueBroken, SplitQueue
 
 MEM = 4 << 20
 
@@ -250,6 +251,15 @@ def test_four_descriptor_tables_walk_as_the_general_walk(
         expected = device._walk(0)
     except InvalidChain:
         expected = None
+    four = device.pop_four()
+    if four:  # taken in place: the same buffers, as places in the one memory region
+        assert expected is not None and device.next_avail == 1
+        request, reply = four_segments(four)
+        assert b"".join(map(bytes, request)) == b"".join(map(bytes, expected[0]))
+        assert b"".join(map(bytes, reply)) == b"".join(map(bytes, expected[1]))
+        device.next_avail = 0  # and again through pop(), the segments it hands everyone else
+    else:
+        assert four == OTHER_SHAPE and device.next_avail == 0, "declined: nothing taken"
     try:
         chain = device.pop()
     except InvalidChain:
@@ -259,3 +269,38 @@ def test_four_descriptor_tables_walk_as_the_general_walk(
     _, readable, writable = chain
     assert b"".join(map(bytes, readable)) == b"".join(map(bytes, expected[0]))
     assert sum(map(len, writable)) == sum(map(len, expected[1]))
+
+
+def test_linux_four_buffer_requests_are_taken_in_place() -> None:
+    """pop_four() takes Linux's most common chain (header and arguments readable, reply
+    header and reply writable) as places in the region, declines every other without
+    taking it, and answers None only when the ring is empty."""
+    driver, device, mem = make()
+    assert device.pop_four() is None
+    head = driver.add_request([b"h" * 40, b"a" * 40], [16, 4096])
+    other = driver.add_request([b"h" * 40, b"a" * 24, b"name\0"], [16, 128])
+    four = device.pop_four()
+    assert four
+    got_head, region, o0, l0, o1, l1, o2, l2, o3, l3 = four
+    assert got_head == head and region.obj is mem.obj
+    assert (l0, l1, l2, l3) == (40, 40, 16, 4096)
+    assert bytes(region[o0 : o0 + l0]) == b"h" * 40 and bytes(region[o1 : o1 + l1]) == b"a" * 40
+    region[o2 : o2 + 2] = b"ok"
+    region[o3 : o3 + 4] = b"data"
+    device.push(head, 20)
+    assert driver.written(head, 20) == b"ok" + bytes(14) + b"data"
+    assert device.pop_four() == OTHER_SHAPE and device.next_avail == 1
+    chain = device.pop_walked()
+    assert chain is not None and chain[0] == other
+    assert device.pop_four() is None
+
+
+def test_pop_four_leaves_a_broken_ring_to_the_walk() -> None:
+    """An avail index more than a ring ahead is not a shape pop_four() judges: it declines,
+    and the walk says the queue is broken."""
+    driver, device, mem = make(size=8)
+    driver.add_request([b"h" * 40, b"a" * 40], [16, 4096])
+    struct.pack_into("<H", mem, driver.avail_gpa + 2, 9)
+    assert device.pop_four() == OTHER_SHAPE and device.next_avail == 0
+    with pytest.raises(QueueBroken):
+        device.pop()
