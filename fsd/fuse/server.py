@@ -269,9 +269,10 @@ class FuseServer:
         :meth:`handle` as segments.
         """
         _, region, o0, l0, o1, l1, o2, l2, o3, l3 = buffers
+        # The lengths first: the opcode's byte is read only inside a whole header.
         if (
-            self._direct_reads and region[o0 + _OPCODE_LOW_BYTE] == _READ
-            and l0 == _IN_HDR and l1 == _READ_IN_SIZE
+            l0 == _IN_HDR and l1 == _READ_IN_SIZE and self._direct_reads
+            and region[o0 + _OPCODE_LOW_BYTE] == _READ
         ):  # fmt: skip
             length, opcode, unique, nodeid, uid, gid, pid, _, _ = _unpack_in_header(region, o0)
             if opcode == _READ and length == _READ_LEN:

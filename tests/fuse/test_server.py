@@ -367,3 +367,19 @@ def test_four_buffers_are_answered_as_their_segments_would_be(
         n = server.handle_four(buffers) if four else server.handle(*four_segments(buffers))
         outcomes.append((n, bytes(region), fake.calls, server.stats.by_opcode()))
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("length", [1, 4, 39])
+def test_a_short_first_buffer_at_the_end_of_memory_is_answered_not_raised(length: int) -> None:
+    """A header buffer shorter than fuse_in_header, ending where guest memory ends: nothing
+    past it is read, and the request is answered as handle() answers its segments."""
+    answers = []
+    for four in (True, False):
+        server = FuseServer(FakeFs())
+        FuseClient(server).init()
+        region = bytearray(256)
+        region[256 - length :] = fr.read(8, 2, 5, 0, 100)[:length]
+        buffers = (0, memoryview(region), 256 - length, length, 0, 40, 64, 16, 80, 100)
+        n = server.handle_four(buffers) if four else server.handle(*four_segments(buffers))
+        answers.append((n, bytes(region), server.stats.malformed))
+    assert answers[0] == answers[1]
