@@ -18,7 +18,7 @@ from typing import Final
 from fsd.sgbuf import FourBuffers, four_segments
 from fsd.virtio.memory import GuestMemory, GuestMemoryError
 
-__all__ = ["InvalidChain", "QueueBroken", "SplitQueue"]
+__all__ = ["OTHER_SHAPE", "InvalidChain", "OtherShape", "QueueBroken", "SplitQueue"]
 
 DESC: Final = struct.Struct("<QIHH")
 USED_ELEM: Final = struct.Struct("<II")
