@@ -27,6 +27,7 @@ __all__ = ["O_PATH_FLAGS", "Inode", "InodeTable"]
 
 #: How inodes are held: never followed, never inherited.
 O_PATH_FLAGS: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_OUT_OF_FDS: Final = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 class Inode:
@@ -76,7 +77,7 @@ class Inode:
 class InodeTable:
     """nodeid ↔ host inode map with lookup counts; the root (nodeid 1) is never forgotten."""
 
-    __slots__ = ("_by_key", "_by_nodeid", "_next_nodeid", "root")
+    __slots__ = ("_by_key", "_by_nodeid", "_new_run", "_next_nodeid", "root")
 
     def __init__(self, root_fd: int) -> None:
         st = os.fstat(root_fd)
@@ -86,6 +87,8 @@ class InodeTable:
         self._by_nodeid: dict[int, Inode] = {ROOT_ID: self.root}
         self._by_key: dict[tuple[int, int], Inode] = {self.root.key: self.root}
         self._next_nodeid = ROOT_ID + 1
+        #: The last lookup_child found a new inode: look up open-first.
+        self._new_run = False
 
     def __len__(self) -> int:
         return len(self._by_nodeid)
@@ -107,11 +110,33 @@ class InodeTable:
     def lookup_child(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
         """Find ``name`` in directory ``parent`` and count one lookup of it.
 
-        One syscall when the guest already knows the inode (the common repeat lookup);
-        otherwise open an O_PATH fd to pin it and stat that fd, the source of truth.
+        A new inode is pinned by an O_PATH fd whose stat is the source of truth. One the
+        table holds needs no fd: stat(2) finds it by number, one syscall (a repeated
+        lookup). Stat-first costs a third syscall for a new inode, though, and new inodes
+        come in runs (a cold ``stat`` or ``ls -l`` of a directory the guest forgot): after a
+        lookup that found a new inode the next goes open-first (open and fstat), until one
+        finds an inode the table holds, or no fd is left to open (a known inode is still
+        found then, as it needs none).
         """
-        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         path = parent.child_path(name)
+        if self._new_run:
+            try:
+                fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_FDS:
+                    raise
+                fd = -1  # none to spare: a known inode needs none (stat-first, below)
+            if fd >= 0:
+                try:
+                    st = os.fstat(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                adopted = self.adopt(fd, st, path)
+                self._new_run = adopted.fd == fd  # else adopt() closed it: it was known
+                return adopted, st
+            self._new_run = False
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         inode = self.ref(st, path)
         if inode is not None:
             return inode, st
@@ -121,6 +146,7 @@ class InodeTable:
         except BaseException:
             os.close(fd)
             raise
+        self._new_run = True
         return self.adopt(fd, st, path), st
 
     def ref(self, st: os.stat_result, path: bytes) -> Inode | None:

@@ -99,3 +99,35 @@ def test_a_released_handle_stays_open_for_an_operation_still_using_it(
         with pytest.raises(OSError, match="Bad file descriptor"):
             os.fstat(fd)
     assert _open_fds() <= before + 1
+
+
+def test_lookups_take_the_cheaper_way_in_runs_of_new_and_known_inodes(
+    client: FuseClient, fs: PassthroughFs, share: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of new inodes is looked up open-first (no stat(2) before the open), known ones
+    stat-first (no fd opened); either way each name gets its own inode, counted once per
+    lookup, and an fd opened for an inode the table held is closed again."""
+    for i in range(4):
+        (share / f"f{i}").touch()
+    os.link(share / "f0", share / "hard")
+    stats = 0
+    real_stat = os.stat
+
+    def counting_stat(*args: object, **kwargs: object) -> os.stat_result:
+        nonlocal stats
+        stats += 1
+        return real_stat(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    before = _open_fds()
+    new = [client.lookup(ROOT_ID, f"f{i}").nodeid for i in range(4)]
+    assert stats == 1, "only the first of a run of new inodes is stat-first"
+    assert _open_fds() == before + 4
+    assert client.lookup(ROOT_ID, "hard").nodeid == new[0]  # known, met open-first
+    assert _open_fds() == before + 4, "the extra fd is closed"
+    stats = 0
+    again = [client.lookup(ROOT_ID, f"f{i}").nodeid for i in range(4)]
+    assert again == new and stats == 4 and _open_fds() == before + 4
+    assert [fs.inodes.get(n).refcount for n in new] == [3, 2, 2, 2]
+    with pytest.raises(FileNotFoundError):  # a missing name: ENOENT either way
+        client.lookup(ROOT_ID, "missing")
