@@ -230,9 +230,10 @@ _FLAGS = st.sampled_from([0, F_NEXT, F_WRITE, F_WRITE | F_NEXT, F_INDIRECT, 8 | 
 def test_four_descriptor_tables_walk_as_the_general_walk(
     descriptors: list[tuple[int, int, int, int]], linux_shape: bool
 ) -> None:
-    """pop() unrolls Linux's most common table (four descriptors: two readable, two writable,
-    in table order); whatever a table holds, it answers as the general walk does: the same
-    bytes readable, the same space writable, or InvalidChain for both."""
+    """pop_four() takes Linux's most common table (four descriptors: two readable, two
+    writable, in table order) in place and pop() builds its views from that; whatever a table
+    holds, both answer as the general walk does: the same bytes readable, the same space
+    writable, or (pop_four declining, taking nothing) InvalidChain for both."""
     if linux_shape:  # mostly valid tables, with the addresses and lengths drawn
         shape = [F_NEXT, F_NEXT, F_WRITE | F_NEXT, F_WRITE]
         descriptors = [
