@@ -119,35 +119,28 @@ class InodeTable:
         found then, as it needs none).
         """
         path = parent.child_path(name)
+        fd = -1
         if self._new_run:
             try:
                 fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
             except OSError as exc:
                 if exc.errno not in _OUT_OF_FDS:
-                    raise
-                fd = -1  # none to spare: a known inode needs none (stat-first, below)
-            if fd >= 0:
-                try:
-                    st = os.fstat(fd)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                adopted = self.adopt(fd, st, path)
-                self._new_run = adopted.fd == fd  # else adopt() closed it: it was known
-                return adopted, st
-            self._new_run = False
-        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        inode = self.ref(st, path)
-        if inode is not None:
-            return inode, st
-        fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
+                    raise  # else none to spare: a known inode needs none (stat-first)
+        if fd < 0:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            inode = self.ref(st, path)
+            if inode is not None:
+                self._new_run = False
+                return inode, st
+            fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
         try:
             st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             raise
-        self._new_run = True
-        return self.adopt(fd, st, path), st
+        inode = self.adopt(fd, st, path)
+        self._new_run = inode.fd == fd  # else adopt() closed it: the inode was known
+        return inode, st
 
     def ref(self, st: os.stat_result, path: bytes) -> Inode | None:
         """Count one more lookup of an inode the table already holds, if it does.
