@@ -278,8 +278,13 @@ class FuseServer:
             if opcode == _READ and length == _READ_LEN:
                 req = Request(opcode, unique, nodeid, uid, gid, pid, _unpack_read_in(region, o1))
                 return self._serve_read(req, [region[o2 : o2 + l2], region[o3 : o3 + l3]])
+        # Decoded and executed here, not through handle(): its READ check would be done twice.
         request, reply = four_segments(buffers)
-        return self.handle(request, reply)
+        try:
+            req = decode(request)
+        except (MalformedRequest, BufferTooShort) as exc:
+            return self.refuse(exc, reply)
+        return self.execute(req, reply)
 
     def _serve_read(self, req: Request, reply: Segments) -> int:
         """READ's own path (see :meth:`handle`): ``execute()``'s handler, statistics and
