@@ -265,8 +265,8 @@ class FuseServer:
 
         A READ is read where it lies: its header and arguments unpacked from the region, no
         view or list built for them (with the ring's ``pop_four``, ~1.5 µs less per READ when
-        the caches are cold, as they are in the daemon). Everything else is handed to
-        :meth:`handle` as segments.
+        the caches are cold, as they are in the daemon). Everything else is decoded and
+        executed from segments, as :meth:`handle` does.
         """
         _, region, o0, l0, o1, l1, o2, l2, o3, l3 = buffers
         # The lengths first: the opcode's byte is read only inside a whole header.
