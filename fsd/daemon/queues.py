@@ -35,6 +35,16 @@ log = logging.getLogger("fsd.virtio")
 BATCH = 256
 """Chains served per wake-up before the worker looks at its stop flag and signals the driver."""
 
+LARGE_REPLY = 64 * 1024
+"""A reply this long is signalled at once, before the next chain is served.
+
+Otherwise a drain interrupts once, at its end: a guest with sixteen 4 KiB reads in flight
+then takes one interrupt for them (under TCG, fio qd16 measured ~5 % faster so than with one
+per chain, as the Rust virtiofsd signals, EVENT_IDX permitting). A reply of 64 KiB or more
+took tens of microseconds to read, though, and the guest can complete it while the next one
+is served: Linux sends a 1 MiB O_DIRECT read as three READs at once, and it measured ~9 %
+faster so (docs/performance.md)."""
+
 ChainHandler = Callable[[Segments, Segments], int]
 """Serves one request: reads it, writes the reply, returns the reply length, ``NO_REPLY`` or
 ``DEFERRED`` (``FuseServer.handle``)."""
@@ -130,12 +140,16 @@ class QueueRunner:
         pool = self._pool
         waiting = self._pending.waiting
         budget = BATCH
+        untold = False  # a large reply pushed that the driver was not signalled for yet
         while True:
             while budget and not self._stopping:
                 budget -= 1
                 buffers = pop_four() if four is not None else OTHER_SHAPE
                 if buffers:
                     head = buffers[0]
+                    if untold:
+                        untold = False
+                        self._signal(locked=bool(waiting))
                     size = four(buffers)  # type: ignore[misc]  # set: buffers came from it
                 else:
                     if buffers is None:
@@ -155,6 +169,9 @@ class QueueRunner:
                             self._in_flight += 1
                         pool.submit(self._serve_pooled, head, readable, writable)
                         continue
+                    if untold:
+                        untold = False
+                        self._signal(locked=bool(waiting))
                     size = handler(readable, writable)
                 self.chains += 1
                 if size < 0:
@@ -167,6 +184,8 @@ class QueueRunner:
                     self._push(head, size)
                 else:
                     push(head, size)
+                if size >= LARGE_REPLY:
+                    untold = True
             left = not budget or self._stopping
             if waiting or pool is not None:
                 with self._ring_lock:
@@ -178,6 +197,17 @@ class QueueRunner:
         if wanted:
             self.interrupt()
         return left
+
+    def _signal(self, *, locked: bool) -> None:
+        """Interrupt now if the driver wants one for the chains pushed so far (no re-arm:
+        the drain goes on). ``locked``: deferred replies may be pushed meanwhile."""
+        if locked:
+            with self._ring_lock:
+                wanted = self.queue.settle(rearm=False)
+        else:
+            wanted = self.queue.settle(rearm=False)
+        if wanted:
+            self.interrupt()
 
     def _serve_pooled(self, head: int, readable: Segments, writable: Segments) -> None:
         """A pool thread: serve one chain and answer it (pushed under the ring lock)."""
@@ -205,11 +235,8 @@ class QueueRunner:
 
     def _complete(self, head: int, size: int) -> None:
         """Push a deferred reply (any thread) and signal the driver if it wants."""
-        with self._ring_lock:
-            self.queue.push(head, size)
-            wanted = self.queue.settle(rearm=False)
-        if wanted:
-            self.interrupt()
+        self._push(head, size)
+        self._signal(locked=True)
 
     def serve_blocking(self) -> None:
         """The worker thread: drain, then wait in epoll until a kick or a stop (spinning a

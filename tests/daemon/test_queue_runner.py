@@ -7,10 +7,11 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 import trio
 
 from fsd.daemon.pool import WorkerPool
-from fsd.daemon.queues import BATCH, QueueRunner
+from fsd.daemon.queues import BATCH, LARGE_REPLY, QueueRunner
 from fsd.sgbuf import FourBuffers, Segments
 from fsd.testing.driver import DriverQueue, GuestAllocator
 from fsd.virtio.memory import GuestMemory, GuestRegion
@@ -167,3 +168,46 @@ def test_four_buffer_chains_go_to_the_four_handler_in_order() -> None:
     assert driver.take_used() == [(head, 2) for head in heads]
     assert [driver.written(head, 2) for head in heads] == [b"4b", b"sg", b"sg", b"sg", b"4b"]
     assert runner.chains == 5
+
+
+def _signals(call: int) -> int:
+    """How many interrupts the call eventfd got since last asked (0 if none)."""
+    try:
+        return os.eventfd_read(call)
+    except BlockingIOError:
+        return 0
+
+
+@pytest.mark.parametrize("first_reply", [LARGE_REPLY, LARGE_REPLY - 1])
+def test_a_large_reply_is_signalled_before_the_next_chain_is_served(first_reply: int) -> None:
+    """Interrupts go once per drain, but a large reply tells the driver at once, so that it
+    completes it while the next chain is served (Linux sends a big O_DIRECT read as several
+    READs at once). EVENT_IDX still decides: the driver re-arms as it takes the reply."""
+    driver, queue = ring()
+    kick = os.eventfd(0, os.EFD_NONBLOCK)
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    seen: list[int] = []
+    sizes = {b"big.": first_reply, b"next": 16, b"last": 16}
+
+    def handler(request: Segments, reply: Segments) -> int:
+        signalled = _signals(call)
+        seen.append(signalled)
+        if signalled:
+            driver.take_used()  # the guest's interrupt handler: takes the reply, re-arms
+        return sizes[bytes(request[0][:4])]
+
+    for tag in sizes:
+        driver.add_request([tag, b"args"], [first_reply, 16])
+    try:
+        runner = QueueRunner(1, queue, kick, call, handler)
+        assert runner.drain() is False
+        if first_reply >= LARGE_REPLY:
+            assert seen == [0, 1, 0], "told of the large reply before the next was served"
+            assert runner.interrupts == 2  # and of the others at the end of the drain
+        else:
+            assert seen == [0, 0, 0], "small replies wait for the end of the drain"
+            assert runner.interrupts == 1
+        assert _signals(call) == 1
+    finally:
+        os.close(kick)
+        os.close(call)
