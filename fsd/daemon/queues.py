@@ -140,16 +140,12 @@ class QueueRunner:
         pool = self._pool
         waiting = self._pending.waiting
         budget = BATCH
-        untold = False  # a large reply pushed that the driver was not signalled for yet
         while True:
             while budget and not self._stopping:
                 budget -= 1
                 buffers = pop_four() if four is not None else OTHER_SHAPE
                 if buffers:
                     head = buffers[0]
-                    if untold:
-                        untold = False
-                        self._signal(locked=bool(waiting))
                     size = four(buffers)  # type: ignore[misc]  # set: buffers came from it
                 else:
                     if buffers is None:
@@ -169,9 +165,6 @@ class QueueRunner:
                             self._in_flight += 1
                         pool.submit(self._serve_pooled, head, readable, writable)
                         continue
-                    if untold:
-                        untold = False
-                        self._signal(locked=bool(waiting))
                     size = handler(readable, writable)
                 self.chains += 1
                 if size < 0:
@@ -184,8 +177,8 @@ class QueueRunner:
                     self._push(head, size)
                 else:
                     push(head, size)
-                if size >= LARGE_REPLY:
-                    untold = True
+                if size >= LARGE_REPLY:  # the guest completes it while the next is served
+                    self._signal(locked=bool(waiting))
             left = not budget or self._stopping
             if waiting or pool is not None:
                 with self._ring_lock:
