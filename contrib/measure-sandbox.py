@@ -69,13 +69,12 @@ def late_imports(out_dir: str) -> set[str]:
     return names
 
 
-def audit_records(since: int) -> set[str]:
-    """System calls seccomp logged (audit type 1326) in kernel log lines after ``since``."""
+def audit_records(lines: list[str]) -> set[str]:
+    """System calls seccomp logged (audit type 1326) in these kernel log lines."""
     from fsd.sandbox.seccomp import syscall_name
 
-    out = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
     names = set()
-    for line in out.splitlines()[since:]:
+    for line in lines:
         match = re.search(r"type=1326 .*comm=\"([^\"]*)\".* syscall=(\d+)", line)
         if match:
             names.add(f"{syscall_name(int(match.group(2)))} (comm {match.group(1)})")
@@ -101,11 +100,11 @@ def main() -> int:
         out_dir = args.keep or scratch
         os.makedirs(out_dir, exist_ok=True)
         if args.verify:
-            since = len(
-                subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
-            )
-            run_suite("verify", out_dir, pytest_args)
-            missing = audit_records(since)
+            from fsd.testing.kmsg import KernelLogFollower
+
+            with KernelLogFollower() as kernel_log:
+                run_suite("verify", out_dir, pytest_args)
+                missing = audit_records(kernel_log.new_lines())
             print(f"calls outside the allowlist: {', '.join(sorted(missing)) or 'none'}")
             return 1 if missing else 0
         status = run_suite("strace", out_dir, pytest_args)
