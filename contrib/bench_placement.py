@@ -96,6 +96,18 @@ class Rep:
     client_migrations: int
 
 
+PLACEMENTS = ("free", "together", "apart")
+
+
+def pinned_cpus(placement: str, cpus: tuple[int, int]) -> tuple[int | None, int | None]:
+    """The daemon's and the client's CPU for ``placement``; None: where the scheduler likes."""
+    if placement == "free":
+        return None, None
+    if placement == "together":
+        return cpus[0], cpus[0]
+    return cpus
+
+
 def stat_reps(key: str, placement: str, cpus: tuple[int, int], files: int, reps: int) -> list[Rep]:
     """Mount ``key``'s daemon placed as ``placement`` says; stat the files cold ``reps`` times."""
     base = OUT_DIR / "run"
@@ -106,7 +118,7 @@ def stat_reps(key: str, placement: str, cpus: tuple[int, int], files: int, reps:
     mnt.mkdir()
     for i in range(files):
         (share / "c" / f"f{i}").touch()
-    daemon_cpu, client_cpu = {"free": (None, None), "together": cpus[:1] * 2}.get(placement, cpus)
+    daemon_cpu, client_cpu = pinned_cpus(placement, cpus)
     everywhere = os.sched_getaffinity(0)
 
     def pin_daemon() -> None:
@@ -208,7 +220,7 @@ def main() -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     cpus = (available[0], available[1])
     rows = []
-    for placement in ("free", "together", "apart"):
+    for placement in PLACEMENTS:
         for key in keys:
             print(f"{DAEMONS[key].label}: {placement}", file=sys.stderr)
             rows.append((key, placement, stat_reps(key, placement, cpus, args.files, args.reps)))
