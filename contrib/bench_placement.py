@@ -9,7 +9,8 @@ microseconds per request is pulled onto its client's CPU, a busier one is left o
 
 This script measures it: ``fsd mount`` and libfuse's passthrough_hp (its default
 multi-threaded loop, and ``--single``, one thread as fsd's default) stat the same cold files
-three ways: placed by the scheduler, pinned to one CPU with the client, pinned apart from it.
+three ways (after a pass that is not counted): placed by the scheduler, pinned to one CPU with
+the client, pinned apart from it.
 It prints the rate, the daemon's CPU per stat, and where each ran. Needs root and two CPUs.
 
     .venv/bin/python contrib/bench_placement.py [--files 5000] [--reps 3]
@@ -140,7 +141,7 @@ def stat_reps(key: str, placement: str, cpus: tuple[int, int], files: int, reps:
             time.sleep(0.05)
         if client_cpu is not None:
             os.sched_setaffinity(0, {client_cpu})
-        for _ in range(reps):
+        for rep in range(reps + 1):  # rep 0 warms up: every daemon's first pass is slower
             bm.drop_caches()
             for i in range(files):
                 os.stat(share / "c" / f"f{i}")
@@ -151,6 +152,8 @@ def stat_reps(key: str, placement: str, cpus: tuple[int, int], files: int, reps:
             for path in paths:
                 os.stat(path)
             seconds = time.perf_counter() - t0
+            if rep == 0:
+                continue
             after, me1 = threads_of(bc.process_tree(proc.pid)), threads_of([me])[me]
             pairs = [(before[tid], t) for tid, t in after.items() if tid in before]
             # Where the daemon ran: its thread that switched most (the one serving requests).
