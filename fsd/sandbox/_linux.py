@@ -12,6 +12,7 @@ import os
 from typing import Final
 
 __all__ = [
+    "CLONE_FS",
     "CLONE_NEWIPC",
     "CLONE_NEWNET",
     "CLONE_NEWNS",
@@ -35,6 +36,7 @@ __all__ = [
     "unshare",
 ]
 
+CLONE_FS: Final = 0x00000200
 CLONE_NEWNS: Final = 0x00020000
 CLONE_NEWIPC: Final = 0x08000000
 CLONE_NEWUSER: Final = 0x10000000

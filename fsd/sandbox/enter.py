@@ -15,7 +15,7 @@ from fsd.sandbox.mounts import HostPath, build_root, code_paths
 from fsd.sandbox.preload import preload_late_imports
 from fsd.sandbox.seccomp import SeccompAction
 from fsd.sandbox.supervisor import Relay, SupervisorChannel, fork_supervised
-from fsd.sandbox.syscalls import ALLOWED
+from fsd.sandbox.syscalls import ALLOWED, ALLOWED_WITH
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxError", "SandboxMode", "enter_sandbox"]
 
@@ -161,7 +161,7 @@ def enter_sandbox(
     try:
         kept = capabilities.drop_capabilities(keep)
         capabilities.set_no_new_privs()
-        installed = seccomp.install_filter(config.seccomp, config.syscalls)
+        installed = seccomp.install_filter(config.seccomp, config.syscalls, ALLOWED_WITH)
     except OSError as exc:
         raise SandboxError(f"sandbox: {exc}") from None
     sandbox = Sandbox(

@@ -29,7 +29,7 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -51,6 +51,7 @@ SCMP_ACT_ALLOW: Final = 0x7FFF0000
 SCMP_FLTATR_CTL_NNP: Final = 3
 SCMP_FLTATR_CTL_TSYNC: Final = 4
 SCMP_ARCH_NATIVE: Final = 0
+SCMP_CMP_EQ: Final = 4
 _NR_SCMP_ERROR: Final = -1
 
 
@@ -66,6 +67,17 @@ _ACTIONS: Final = {
     SeccompAction.TRAP: SCMP_ACT_TRAP,
     SeccompAction.LOG: SCMP_ACT_LOG,
 }
+
+
+class _ArgCmp(ctypes.Structure):
+    """libseccomp's ``struct scmp_arg_cmp``: argument ``arg`` compared by ``op``."""
+
+    _fields_ = (
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    )
 
 
 class SeccompError(OSError):
@@ -96,6 +108,13 @@ def load_library() -> ctypes.CDLL:
     lib.seccomp_release.restype = None
     lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
     lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ArgCmp),
+    ]
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     lib.seccomp_syscall_resolve_num_arch.argtypes = [ctypes.c_uint32, ctypes.c_int]
@@ -114,9 +133,19 @@ def syscall_name(number: int) -> str:
     return name
 
 
-def install_filter(action: SeccompAction, syscalls: Iterable[str]) -> SeccompFilter | None:
+def install_filter(
+    action: SeccompAction,
+    syscalls: Iterable[str],
+    only_with: Mapping[str, tuple[int, int]] | None = None,
+) -> SeccompFilter | None:
     """Allow ``syscalls`` and give every other call ``action``, for this process and every
-    thread it starts later (and, with TSYNC, any it already has). None for ``none``."""
+    thread it starts later (and, with TSYNC, any it already has). None for ``none``.
+
+    ``only_with`` allows a call only when one argument equals a value (name: (argument
+    index, value)); a name there is allowed with that condition alone, even if ``syscalls``
+    lists it too.
+    """
+    conditions = dict(only_with or {})
     if action is SeccompAction.NONE:
         return None
     lib = load_library()
@@ -128,12 +157,18 @@ def install_filter(action: SeccompAction, syscalls: Iterable[str]) -> SeccompFil
     try:
         for attr in (SCMP_FLTATR_CTL_NNP, SCMP_FLTATR_CTL_TSYNC):
             _check(lib.seccomp_attr_set(ctx, attr, 1), "seccomp_attr_set")
-        for name in sorted(set(syscalls)):
+        for name in sorted(set(syscalls) | conditions.keys()):
             number = lib.seccomp_syscall_resolve_name(name.encode())
             if number == _NR_SCMP_ERROR:
                 unknown.add(name)
                 continue
-            _check(lib.seccomp_rule_add(ctx, SCMP_ACT_ALLOW, number, 0), f"allow {name}")
+            if name in conditions:
+                index, value = conditions[name]
+                cmp = _ArgCmp(index, SCMP_CMP_EQ, value, 0)
+                result = lib.seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, number, 1, cmp)
+                _check(result, f"allow {name} with argument {index} = {value:#x}")
+            else:
+                _check(lib.seccomp_rule_add(ctx, SCMP_ACT_ALLOW, number, 0), f"allow {name}")
             allowed.add(name)
         if action is SeccompAction.TRAP:
             # Before the filter: registering handlers makes system calls of its own.

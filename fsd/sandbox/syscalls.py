@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ADDED", "ALLOWED", "MOUNT", "SERVE", "allowed"]
+from fsd.sandbox._linux import CLONE_FS
+
+__all__ = ["ADDED", "ALLOWED", "ALLOWED_WITH", "MOUNT", "SERVE", "allowed"]
 
 SERVE: Final = frozenset(
     (
@@ -182,8 +184,18 @@ ADDED: Final = frozenset(
         # --inode-file-handles (virtiofsd's vocabulary), which landed after the measurement.
         "name_to_handle_at",
         "open_by_handle_at",
+        # --posix-acl: a creating call runs with the caller's umask (fsd.fs.umask); see
+        # ALLOWED_WITH for the unshare(CLONE_FS) that makes the umask the thread's own.
+        "umask",
     }
 )
+
+ALLOWED_WITH: Final = {
+    # A serving thread's own umask, for --posix-acl (fsd.fs.umask): CLONE_FS and nothing
+    # else, so no namespace can be made (a new user namespace is a large attack surface).
+    "unshare": (0, CLONE_FS),
+}
+"""Calls allowed only when one argument equals a value: name -> (argument index, value)."""
 
 
 def allowed(command: str = "serve") -> frozenset[str]:

@@ -11,6 +11,7 @@ mode) writes ``cleanup ran`` on stderr.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import json
 import logging
@@ -29,8 +30,10 @@ from fsd.sandbox import (
     accept_signals,
     enter_sandbox,
 )
+from fsd.sandbox._linux import CLONE_FS
 
 FORBIDDEN_SYSCALL = "getpriority"
+CLONE_NEWUTS = 0x0400_0000
 
 
 def _look(path: str) -> object:
@@ -52,7 +55,7 @@ def main() -> int:
     parser.add_argument("--modcaps")
     parser.add_argument("--keep", action="append", default=[], help="PATH or PATH:rw")
     parser.add_argument("--supervisor-keeps", action="append", default=[])
-    parser.add_argument("--then", default="exit", choices=["wait", "forbidden", "exit"])
+    parser.add_argument("--then", default="exit", choices=["wait", "forbidden", "unshare", "exit"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     marker = os.open(os.path.join(args.share, "marker"), os.O_RDWR | os.O_CREAT, 0o644)
@@ -107,6 +110,12 @@ def main() -> int:
         _wait_for_stdin_or_sigterm()
     elif args.then == "forbidden":
         value = os.getpriority(os.PRIO_PROCESS, 0)
+        print(json.dumps({"forbidden_returned": value}), flush=True)
+    elif args.then == "unshare":
+        # A thread's own umask (fsd.fs.umask) is allowed; any other unshare is not.
+        libc = ctypes.CDLL(None, use_errno=True)
+        print(json.dumps({"unshare_fs": libc.unshare(CLONE_FS)}), flush=True)
+        value = libc.unshare(CLONE_FS | CLONE_NEWUTS)
         print(json.dumps({"forbidden_returned": value}), flush=True)
     return 0
 

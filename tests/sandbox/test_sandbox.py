@@ -303,6 +303,16 @@ def test_seccomp_kill_without_a_supervisor(share: Path) -> None:
     assert "forbidden_returned" not in out
 
 
+def test_seccomp_allows_unshare_for_a_thread_umask_and_nothing_else(share: Path) -> None:
+    """--posix-acl's per-thread umask needs unshare(CLONE_FS); the filter allows that one
+    flag, so a namespace (here the smallest, UTS) cannot be made."""
+    probe = Probe("none", "kill", share, then="unshare")
+    status, out, err = probe.finish()
+    assert '{"unshare_fs": 0}' in out, err
+    assert status == -SIGSYS, err
+    assert "forbidden_returned" not in out
+
+
 @pytest.mark.parametrize("mode", ["none", pytest.param("namespace", marks=root_only)])
 def test_seccomp_trap_writes_the_python_traceback_then_exits(share: Path, mode: str) -> None:
     """In namespace mode too, where the server is pid 1 and would ignore a re-raised SIGSYS."""
