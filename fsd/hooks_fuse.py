@@ -71,7 +71,7 @@ class HookedHandler:
     def handle(self, request: Segments, reply: Segments) -> int:
         """Decode, check, execute, audit one request; see the module docstring."""
         try:
-            req = decode(request)
+            req = decode(request, self.server.decoders)
         except (MalformedRequest, BufferTooShort) as exc:
             # Arguments the hooks cannot see are arguments the server must not act on.
             return self.server.refuse(exc, reply)

@@ -35,6 +35,7 @@ static int usage(void)
     fprintf(stderr,
             "usage: fsdprobe CMD ARGS\n"
             "  setxattr PATH NAME VALUE [create|replace]   getxattr PATH NAME\n"
+            "  setxattrhex PATH NAME HEXVALUE (a binary value, e.g. a POSIX ACL)\n"
             "  listxattr PATH   removexattr PATH NAME\n"
             "  getlk|setlk|setlkw PATH r|w|u START LEN\n"
             "  flock PATH sh|ex|un nb|wait\n"
@@ -89,6 +90,21 @@ static int cmd_xattr(int argc, char **argv)
         if (argc == 6)
             flags = !strcmp(argv[5], "create") ? XATTR_CREATE : XATTR_REPLACE;
         if (setxattr(argv[2], argv[3], argv[4], strlen(argv[4]), flags) < 0)
+            return fail("setxattr");
+        printf("ok=1\n");
+        return 0;
+    }
+    if (!strcmp(cmd, "setxattrhex") && argc == 5) {
+        size_t len = strlen(argv[4]) / 2;
+        if (len > sizeof buf)
+            return usage();
+        for (size_t i = 0; i < len; i++) {
+            unsigned int byte;
+            if (sscanf(argv[4] + 2 * i, "%2x", &byte) != 1)
+                return usage();
+            buf[i] = (char)byte;
+        }
+        if (setxattr(argv[2], argv[3], buf, len, 0) < 0)
             return fail("setxattr");
         printf("ok=1\n");
         return 0;

@@ -128,8 +128,14 @@ def add_filesystem_arguments(parser: argparse.ArgumentParser, *, default_log_lev
         action="store_true",
         help="keep the guest's O_NOATIME (fsd always does)",
     )
+    parser.add_argument(
+        "--posix-acl",
+        action="store_true",
+        default=None,
+        help="POSIX ACLs: the guest enforces them and creates with its umask or a default ACL "
+        "(implies --xattr; not with id maps)",
+    )
     for flag, key in (
-        ("--posix-acl", "posix_acl"),
         ("--security-label", "security_label"),
         ("--no-readdirplus", "no_readdirplus"),
     ):
@@ -223,7 +229,6 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
 def refuse_unsupported(args: argparse.Namespace) -> None:
     """StartupError for a refused virtiofsd option that was given."""
     for flag, key in (
-        ("--posix-acl", "posix_acl"),
         ("--security-label", "security_label"),
         ("--no-readdirplus", "no_readdirplus"),
     ):
@@ -258,7 +263,7 @@ def filesystem_options(
     for field in ("readonly", "xattr", "killpriv_v2", "announce_submounts"):
         if getattr(args, field) is not None:
             given[field] = getattr(args, field)
-    for field in ("allow_direct_io", "writeback", "allow_mmap"):
+    for field in ("allow_direct_io", "writeback", "allow_mmap", "posix_acl"):
         if getattr(args, field) is not None:
             given[field] = getattr(args, field)
     if args.inode_file_handles is not None:
@@ -277,8 +282,10 @@ def filesystem_options(
             values["xattrmap"] = parse_xattrmap(map_text)
         except XattrMapError as exc:
             raise StartupError(f"--xattrmap {map_text!r}: {exc}") from None
-    if "xattr" not in given and (values.get("xattrmap") or values.get("rewrite_security_xattrs")):
-        values["xattr"] = True  # renaming xattrs implies serving them, as in virtiofsd
+    if "xattr" not in given and (
+        values.get("xattrmap") or values.get("rewrite_security_xattrs") or values.get("posix_acl")
+    ):
+        values["xattr"] = True  # renaming xattrs or ACLs imply serving them, as in virtiofsd
     maps = _id_maps(args)
     if maps is not None:
         values["id_maps"] = maps

@@ -70,11 +70,12 @@ _FLAGS: Final[dict[str, tuple[str, object]]] = {
     "announce_submounts": ("announce_submounts", True),
     "killpriv_v2": ("killpriv_v2", True),
     "no_killpriv_v2": ("killpriv_v2", False),
+    "posix_acl": ("posix_acl", True),
+    "no_posix_acl": ("posix_acl", False),
 }
 #: ``-o`` flags that ask for what fsd does anyway: accepted, said once in the log.
 _AS_FSD_DOES: Final = {
     "readdirplus": "fsd serves READDIRPLUS",
-    "no_posix_acl": "fsd has no POSIX ACL support",
     "no_security_label": "fsd has no security label support",
     "flock": "fsd serves flock locks as host locks",
     "posix_lock": "fsd serves POSIX locks as host locks",
@@ -83,7 +84,6 @@ _AS_FSD_DOES: Final = {
 }
 #: Options fsd refuses, with why (the same reasons for ``-o`` and long forms).
 REFUSED: Final = {
-    "posix_acl": "POSIX ACLs are not supported by fsd; leave the option out",
     "security_label": "security labels (FUSE_SECURITY_CTX) are not supported by fsd; "
     "leave the option out",
     "no_readdirplus": "fsd always offers READDIRPLUS; leave the option out",
@@ -175,7 +175,7 @@ def _compat_flag(out: CompatOptions, key: str) -> None:
         out.fields[field] = value
     elif key in _AS_FSD_DOES:
         out.notes.append(f"-o {key}: {_AS_FSD_DOES[key]}")
-    elif key in ("posix_acl", "security_label", "no_readdirplus"):
+    elif key in ("security_label", "no_readdirplus"):
         raise StartupError(f"-o {key}: {REFUSED[key]}")
     elif key == "debug":
         out.log_level = "debug"

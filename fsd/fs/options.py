@@ -58,6 +58,12 @@ class FsOptions:
     guest which directories are mount points; ``allow_direct_io`` passes the guest's
     O_DIRECT to the host instead of dropping it; ``allow_mmap`` lets the guest mmap files
     opened with FOPEN_DIRECT_IO (``cache`` never or metadata: INIT's DIRECT_IO_ALLOW_MMAP).
+
+    ``posix_acl`` (crosvm's key, virtiofsd's ``--posix-acl``) grants FUSE_POSIX_ACL: the
+    client enforces the ACLs it reads through ``system.posix_acl_*`` and hands the caller's
+    umask over (DONT_MASK) for the host to apply or to replace by a default ACL. Off, those
+    two names are refused (docs/filesystem.md). It needs xattrs, and no id map: ACL entries
+    carry ids that fsd's maps would not translate.
     """
 
     cache: CachePolicy = attrs.field(default="auto", validator=_cache_policy)
@@ -75,6 +81,7 @@ class FsOptions:
     announce_submounts: bool = False
     allow_direct_io: bool = False
     allow_mmap: bool = False
+    posix_acl: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.xattrmap is not None and self.rewrite_security_xattrs:
@@ -83,6 +90,13 @@ class FsOptions:
             )
         if not self.xattr and (self.xattrmap is not None or self.rewrite_security_xattrs):
             raise ValueError("xattrs are disabled, yet an xattr renaming is given")
+        if self.posix_acl and not self.xattr:
+            raise ValueError("POSIX ACLs are xattrs: posix_acl needs xattrs on")
+        if self.posix_acl and self.id_maps is not None:
+            raise ValueError(
+                "POSIX ACLs cannot be combined with id maps (--uid-map, --gid-map, "
+                "--translate-uid, --translate-gid): ACL entries carry ids fsd would not translate"
+            )
         if self.killpriv_v2 and self.renames_capability:
             raise ValueError(
                 "killpriv_v2 needs the host to drop security.capability on write, but it is "
@@ -108,10 +122,10 @@ class FsOptions:
 _KEYS = {"cache": "cache", "cache_policy": "cache", "timeout": "timeout"}
 _KEYS |= {"negative_timeout": "negative_timeout", "writeback": "writeback"}
 _KEYS |= {"rewrite_security_xattrs": "rewrite_security_xattrs", "devices": "devices"}
-_BOOL_FIELDS = frozenset({"writeback", "rewrite_security_xattrs", "devices"})
+_KEYS |= {"posix_acl": "posix_acl"}
+_BOOL_FIELDS = frozenset({"writeback", "rewrite_security_xattrs", "devices", "posix_acl"})
 #: crosvm keys fsd accepts only with the value that means "off", and why it has no "on".
 _UNSUPPORTED = {
-    "posix_acl": "POSIX ACLs (FUSE_POSIX_ACL) are not supported; use posix_acl=false",
     "security_ctx": "security contexts (FUSE_SECURITY_CTX) are not supported; "
     "use security_ctx=false",
     "ascii_casefold": "case-insensitive lookups are not supported; use ascii_casefold=false",
@@ -134,7 +148,7 @@ def parse_cfg_values(text: str) -> dict[str, object]:
 
     As in crosvm's serde_keyvalue, a bare first value is the timeout (``--cfg 10``). Unknown
     keys raise :class:`ValueError`, as crosvm's ``deny_unknown_fields`` does. crosvm keys for
-    features fsd lacks (``posix_acl``, ``security_ctx``, ``ascii_casefold``, ``dax``) are
+    features fsd lacks (``security_ctx``, ``ascii_casefold``, ``dax``) are
     accepted only when they turn the feature off, so a config never silently loses a feature.
     Returns the ``FsOptions`` fields the text sets (as text or bool), and no others.
     """

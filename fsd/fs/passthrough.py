@@ -17,7 +17,9 @@ and whether inodes are held by fd or by file handle by the inode table (fsd.fs.i
 fsd.fs.file_handles).
 
 The daemon process runs with ``os.umask(0)``: the guest has already applied its umask to
-every mode it sends (DONT_MASK is not granted), so a host umask would mask modes twice.
+every mode it sends (DONT_MASK is not granted), so a host umask would mask modes twice. With
+POSIX ACLs it is granted, and each creating call runs with the caller's umask instead
+(fsd.fs.umask).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from fsd.fs.inodes import O_PATH_FLAGS, Inode, InodeTable
 from fsd.fs.locks import LockTable
 from fsd.fs.options import FsOptions
 from fsd.fs.permissions import check_access
+from fsd.fs.umask import umask_policy
 from fsd.fuse.abi import (
     FATTR_FH,
     FOPEN_CACHE_DIR,
@@ -87,8 +90,10 @@ class PassthroughFs:
     __slots__ = (
         "_creds",
         "_pass_flags",
+        "_posix_acl",
         "_root_dirfd",
         "_submounts",
+        "_umask",
         "_xattr_names",
         "allowlist",
         "config",
@@ -147,7 +152,11 @@ class PassthroughFs:
             enabled=options.xattr,
             rewrite_security=options.rewrite_security_xattrs,
             xattr_map=options.xattrmap,
+            posix_acl=options.posix_acl,
         )
+        self._posix_acl = options.posix_acl
+        #: How a creating call applies the request's umask (fsd.fs.umask).
+        self._umask = umask_policy(options.posix_acl)
         self._submounts = options.announce_submounts
         init_flags = InitFlag.WRITEBACK_CACHE if options.writeback else InitFlag(0)
         if options.grants_killpriv_v2:
@@ -161,6 +170,10 @@ class PassthroughFs:
             init_flags |= InitFlag.SUBMOUNTS
         if options.allow_mmap:
             init_flags |= InitFlag.DIRECT_IO_ALLOW_MMAP
+        if options.posix_acl:
+            # The client enforces ACLs, sends umasks unapplied, and tells SETXATTR of an
+            # access ACL whether the caller keeps the set-group-ID bit (virtiofsd's three).
+            init_flags |= InitFlag.POSIX_ACL | InitFlag.DONT_MASK | InitFlag.SETXATTR_EXT
         self.config = FilesystemConfig(
             entry_timeout=options.timeout,
             attr_timeout=options.timeout,
@@ -343,14 +356,16 @@ class PassthroughFs:
         self.gate.writable(pinode, name)
         return pinode
 
-    def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int) -> Entry:
+    def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int, umask: int) -> Entry:
         """Create a directory owned by the caller."""
         pinode = self._new_parent(parent, name)
-        with self._creds.acting_as(ctx.uid, ctx.gid):
+        with self._creds.acting_as(ctx.uid, ctx.gid), self._umask(umask):
             os.mkdir(name, stat.S_IMODE(mode), dir_fd=pinode.fd)
         return self._lookup_child(pinode, name)
 
-    def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
+    def mknod(
+        self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int, umask: int
+    ) -> Entry:
         """Create a fifo, socket, empty file or device node, as the caller.
 
         Device nodes as virtiofsd and crosvm make them: the host kernel wants CAP_MKNOD of
@@ -368,7 +383,7 @@ class PassthroughFs:
         else:
             raise OSError(errno.EPERM, f"mknod cannot make file type {kind:#o}")
         pinode = self._new_parent(parent, name)
-        with self._creds.acting_as(ctx.uid, ctx.gid):
+        with self._creds.acting_as(ctx.uid, ctx.gid), self._umask(umask):
             os.mknod(name, mode, rdev, dir_fd=pinode.fd)
         return self._lookup_child(pinode, name)
 
@@ -433,7 +448,7 @@ class PassthroughFs:
         return self.handles.add(fd, nodeid), self.file_open_flags
 
     def create(
-        self, ctx: Context, parent: int, name: bytes, flags: int, mode: int
+        self, ctx: Context, parent: int, name: bytes, flags: int, mode: int, umask: int
     ) -> tuple[Entry, Opened]:
         """Create and open a regular file.
 
@@ -443,7 +458,7 @@ class PassthroughFs:
         """
         pinode = self._new_parent(parent, name)
         oflags = self._open_flags(flags)
-        with self._creds.acting_as(ctx.uid, ctx.gid):
+        with self._creds.acting_as(ctx.uid, ctx.gid), self._umask(umask):
             try:
                 fd = os.open(
                     name,
@@ -501,7 +516,9 @@ class PassthroughFs:
             raise
         return (nodeid, st), (self.handles.add(fd, nodeid), self.file_open_flags)
 
-    def tmpfile(self, ctx: Context, parent: int, flags: int, mode: int) -> tuple[Entry, Opened]:
+    def tmpfile(
+        self, ctx: Context, parent: int, flags: int, mode: int, umask: int
+    ) -> tuple[Entry, Opened]:
         """An unnamed regular file in ``parent`` (``O_TMPFILE``), open: like :meth:`create`.
 
         The guest may give it a name later with ``linkat`` (LINK), unless it passed O_EXCL.
@@ -510,7 +527,7 @@ class PassthroughFs:
         self.gate.writable_dir(pinode)
         # O_EXCL here means "never linkable"; _open_flags would drop it.
         oflags = self._open_flags(flags) | os.O_TMPFILE | (flags & os.O_EXCL)
-        with self._creds.acting_as(ctx.uid, ctx.gid):
+        with self._creds.acting_as(ctx.uid, ctx.gid), self._umask(umask):
             fd = procfd.reopen(pinode.fd, oflags, stat.S_IMODE(mode))
         return self._adopt_open(pinode, b"", fd)
 
@@ -718,12 +735,21 @@ class PassthroughFs:
         names = self._xattr_names
         return names.to_guest(xattrs.listxattr(self.inodes.get(nodeid)))
 
-    def setxattr(self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
-        """Set xattr ``name`` (``flags``: XATTR_CREATE / XATTR_REPLACE)."""
+    def setxattr(
+        self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int, kill_sgid: bool
+    ) -> None:
+        """Set xattr ``name`` (``flags``: XATTR_CREATE / XATTR_REPLACE).
+
+        An access ACL set for a caller the client says may not keep the set-group-ID bit
+        clears it first, as virtiofsd does: the daemon has CAP_FSETID, so the host kernel,
+        which would clear it for that caller, keeps it.
+        """
         host = self._xattr_names.to_host(name, setting=True)
         inode = self.inodes.get(nodeid)
         fd, switched = self._xattr_change(ctx, inode, host)
         try:
+            if kill_sgid and self._posix_acl and host == xattrs.ACL_ACCESS:
+                xattrs.clear_sgid(fd)
             xattrs.setxattr(fd, host, value, flags)
         finally:
             self._xattr_done(fd, switched)

@@ -71,10 +71,12 @@ class ReadOnlyPassthroughFs(PassthroughFs):
     def setattr(self, ctx: Context, nodeid: int, attrs: SetattrArgs) -> os.stat_result:
         _erofs()
 
-    def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int) -> Entry:
+    def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int, umask: int) -> Entry:
         _erofs()
 
-    def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
+    def mknod(
+        self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int, umask: int
+    ) -> Entry:
         _erofs()
 
     def symlink(self, ctx: Context, parent: int, name: bytes, target: bytes) -> Entry:
@@ -99,7 +101,7 @@ class ReadOnlyPassthroughFs(PassthroughFs):
         return super().open(ctx, nodeid, flags)
 
     def create(
-        self, ctx: Context, parent: int, name: bytes, flags: int, mode: int
+        self, ctx: Context, parent: int, name: bytes, flags: int, mode: int, umask: int
     ) -> tuple[Entry, Opened]:
         """Open ``name`` if it exists (read-only, as OPEN); nothing is ever created."""
         pinode = self.inodes.get(parent)
@@ -114,7 +116,9 @@ class ReadOnlyPassthroughFs(PassthroughFs):
         with self._creds.acting_as(ctx.uid, ctx.gid):
             return self._open_existing(pinode, name, flags)
 
-    def tmpfile(self, ctx: Context, parent: int, flags: int, mode: int) -> tuple[Entry, Opened]:
+    def tmpfile(
+        self, ctx: Context, parent: int, flags: int, mode: int, umask: int
+    ) -> tuple[Entry, Opened]:
         _erofs()
 
     def write(
@@ -143,7 +147,9 @@ class ReadOnlyPassthroughFs(PassthroughFs):
     ) -> int:
         _erofs()
 
-    def setxattr(self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
+    def setxattr(
+        self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int, kill_sgid: bool
+    ) -> None:
         _erofs()
 
     def removexattr(self, ctx: Context, nodeid: int, name: bytes) -> None:

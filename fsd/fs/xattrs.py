@@ -14,6 +14,9 @@ host's LSMs never see the guest's labels; guest access to ``user.virtiofs.*`` it
 With virtiofsd's ``--xattrmap`` the names follow its rules instead (:mod:`fsd.fs.xattrmap`);
 with ``--no-xattr`` every xattr operation answers ENOSYS. Each is an :class:`XattrNames`
 policy, picked once by :func:`xattr_names`.
+
+The POSIX ACL names ``system.posix_acl_access`` and ``system.posix_acl_default`` reach the
+host only with ``posix_acl`` on (:class:`WithoutAcls`).
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ from fsd.fs.xattrmap import XattrMap
 from fsd.fuse.abi import XATTR_NAME_MAX, XATTR_SIZE_MAX
 
 __all__ = [
+    "ACL_ACCESS",
+    "ACL_DEFAULT",
     "MappedNames",
     "NoXattrs",
     "RewrittenSecurityNames",
+    "WithoutAcls",
     "XattrNames",
     "checked_name",
+    "clear_sgid",
     "getxattr",
     "kill_suidgid",
     "listxattr",
@@ -49,6 +56,10 @@ _PREFIX: Final = b"user.virtiofs."
 _SECURITY: Final = b"security."
 _SELINUX: Final = b"security.selinux"
 _CAPABILITY: Final = b"security.capability"
+#: Where Linux keeps a file's access ACL and a directory's default ACL.
+ACL_ACCESS: Final = b"system.posix_acl_access"
+ACL_DEFAULT: Final = b"system.posix_acl_default"
+_ACL_NAMES: Final = (ACL_ACCESS, ACL_DEFAULT)
 
 
 class XattrNames:
@@ -131,15 +142,45 @@ class MappedNames(XattrNames):
         return self.map.to_guest(host_names)
 
 
-def xattr_names(*, enabled: bool, rewrite_security: bool, xattr_map: XattrMap | None) -> XattrNames:
+class WithoutAcls(XattrNames):
+    """POSIX ACLs off: the ACL names answer EOPNOTSUPP and listings leave them out, around
+    another policy (virtiofsd does the same).
+
+    Without FUSE_POSIX_ACL a Linux 6.1 client passes ``system.posix_acl_*`` through as plain
+    xattrs, and its VFS leaves the permission check of ``system.*`` names to the filesystem:
+    a guest user could otherwise set the ACL, and with it the mode, of any file in the share
+    the daemon can change, and the guest would not enforce what it set.
+    """
+
+    __slots__ = ("names", "renames_capability")
+
+    def __init__(self, names: XattrNames) -> None:
+        self.names = names
+        self.renames_capability = names.renames_capability
+
+    def to_host(self, name: bytes, *, setting: bool = False, getting: bool = False) -> bytes:
+        if name in _ACL_NAMES:
+            raise OSError(errno.EOPNOTSUPP, "POSIX ACLs are off here (--posix-acl)")
+        return self.names.to_host(name, setting=setting, getting=getting)
+
+    def to_guest(self, host_names: list[bytes]) -> list[bytes]:
+        return [n for n in self.names.to_guest(host_names) if n not in _ACL_NAMES]
+
+
+def xattr_names(
+    *, enabled: bool, rewrite_security: bool, xattr_map: XattrMap | None, posix_acl: bool = False
+) -> XattrNames:
     """The naming policy the options ask for (they were checked not to conflict)."""
     if not enabled:
         return NoXattrs()
+    names: XattrNames
     if xattr_map is not None:
-        return MappedNames(xattr_map)
-    if rewrite_security:
-        return RewrittenSecurityNames()
-    return XattrNames()
+        names = MappedNames(xattr_map)
+    elif rewrite_security:
+        names = RewrittenSecurityNames()
+    else:
+        names = XattrNames()
+    return names if posix_acl else WithoutAcls(names)
 
 
 def checked_name(name: bytes) -> bytes:
@@ -189,6 +230,13 @@ def setxattr(fd: int, name: bytes, value: bytes, flags: int) -> None:
 def removexattr(fd: int, name: bytes) -> None:
     """Remove host xattr ``name`` from open file ``fd`` (ENODATA if unset)."""
     os.removexattr(fd, name)
+
+
+def clear_sgid(fd: int) -> None:
+    """Clear the set-group-ID bit of the open file ``fd``, if set (SETXATTR_ACL_KILL_SGID)."""
+    mode = os.fstat(fd).st_mode
+    if mode & stat.S_ISGID:
+        os.fchmod(fd, stat.S_IMODE(mode) & ~stat.S_ISGID)
 
 
 def kill_suidgid(fd: int, *, opened: bool = True) -> None:

@@ -265,6 +265,11 @@ FSYNC_IN: Final = struct.Struct("<QII")
 ACCESS_IN: Final = struct.Struct("<II")
 #: size, flags (SETXATTR without SETXATTR_EXT)
 SETXATTR_IN: Final = struct.Struct("<II")
+#: size, flags, setxattr_flags, padding (SETXATTR once SETXATTR_EXT is granted)
+SETXATTR_EXT_IN: Final = struct.Struct("<IIII")
+#: setxattr_flags: the caller may not keep the set-group-ID bit (it is not in the file's
+#: group and lacks CAP_FSETID); sent with a POSIX ACL, which the server sets
+SETXATTR_ACL_KILL_SGID: Final = 1 << 0
 #: size, padding
 GETXATTR_IN: Final = struct.Struct("<II")
 #: fh, owner, lk (start, end, type, pid), lk_flags, padding (GETLK/SETLK/SETLKW)

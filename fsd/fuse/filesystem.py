@@ -170,11 +170,18 @@ class Filesystem(Protocol):
 
     # --- names -----------------------------------------------------------------------------
 
-    def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int) -> Entry:
-        """Create a directory owned by the caller."""
+    def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int, umask: int) -> Entry:
+        """Create a directory owned by the caller.
+
+        ``umask`` (here and in MKNOD, CREATE, TMPFILE) is the caller's: the client has already
+        applied it to ``mode`` unless the filesystem asked for DONT_MASK (POSIX ACLs, where a
+        parent's default ACL replaces it).
+        """
         raise OSError(errno.ENOSYS, "not implemented")
 
-    def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
+    def mknod(
+        self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int, umask: int
+    ) -> Entry:
         """Create a special or empty regular file owned by the caller; ``rdev`` is the
         host's ``dev_t`` (the server decodes the wire's format)."""
         raise OSError(errno.ENOSYS, "not implemented")
@@ -208,12 +215,14 @@ class Filesystem(Protocol):
         raise OSError(errno.ENOSYS, "not implemented")
 
     def create(
-        self, ctx: Context, parent: int, name: bytes, flags: int, mode: int
+        self, ctx: Context, parent: int, name: bytes, flags: int, mode: int, umask: int
     ) -> tuple[Entry, Opened]:
         """Create and open a regular file (or open the existing one without O_EXCL)."""
         raise OSError(errno.ENOSYS, "not implemented")
 
-    def tmpfile(self, ctx: Context, parent: int, flags: int, mode: int) -> tuple[Entry, Opened]:
+    def tmpfile(
+        self, ctx: Context, parent: int, flags: int, mode: int, umask: int
+    ) -> tuple[Entry, Opened]:
         """An unnamed regular file in ``parent``, open (``O_TMPFILE``)."""
         raise OSError(errno.ENOSYS, "not implemented")
 
@@ -331,8 +340,12 @@ class Filesystem(Protocol):
         """The xattr names the client may see."""
         raise OSError(errno.ENOSYS, "not implemented")
 
-    def setxattr(self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
-        """Set an xattr (``flags``: XATTR_CREATE / XATTR_REPLACE)."""
+    def setxattr(
+        self, ctx: Context, nodeid: int, name: bytes, value: bytes, flags: int, kill_sgid: bool
+    ) -> None:
+        """Set an xattr (``flags``: XATTR_CREATE / XATTR_REPLACE). ``kill_sgid``: the client
+        says the caller may not keep the set-group-ID bit of a file whose access ACL it sets
+        (SETXATTR_ACL_KILL_SGID)."""
         raise OSError(errno.ENOSYS, "not implemented")
 
     def removexattr(self, ctx: Context, nodeid: int, name: bytes) -> None:

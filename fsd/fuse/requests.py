@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, NamedTuple
 
 from fsd.fuse.abi import (
@@ -42,6 +42,7 @@ from fsd.fuse.abi import (
     RENAME2_IN,
     RENAME_IN,
     SETATTR_IN,
+    SETXATTR_EXT_IN,
     SETXATTR_IN,
     STATX_IN,
     WRITE_IN,
@@ -55,7 +56,7 @@ from fsd.fuse.errors import ProtocolError
 from fsd.fuse.filesystem import Context, SetattrArgs
 from fsd.sgbuf import BufferTooShort, Segments, gather, views
 
-__all__ = ["OPS", "MalformedRequest", "Op", "Request", "decode"]
+__all__ = ["OPS", "MalformedRequest", "Op", "Request", "decode", "decoders_for"]
 
 _HEADER: Final = IN_HEADER.size
 _WRITE: Final = int(Opcode.WRITE)
@@ -125,8 +126,11 @@ class MalformedRequest(ProtocolError):
         self.nodeid = nodeid
 
 
-def decode(readable: Segments) -> Request:
+def decode(readable: Segments, decoders: Mapping[int, Decoder | None] | None = None) -> Request:
     """Decode one request (header, then the opcode's arguments) from its segments.
+
+    ``decoders`` are the session's (:func:`decoders_for`: what INIT granted changes a layout);
+    ``None`` means the layouts before INIT.
 
     Raises ``BufferTooShort`` when not even the header is there (nothing can be answered)
     and :class:`MalformedRequest` when the length or the arguments are wrong (answer the
@@ -147,7 +151,7 @@ def decode(readable: Segments) -> Request:
         if opcode == _WRITE:
             args = _write(readable, body_len)
         else:
-            decoder = _DECODERS.get(opcode)
+            decoder = (_DECODERS if decoders is None else decoders).get(opcode)
             if decoder is None:
                 if len(readable) == 1 and len(first) < length:
                     raise ProtocolError(f"in_header.len {length} does not match the request")
@@ -266,16 +270,28 @@ def _getxattr(body: Buffer) -> Args:
 
 
 def _setxattr(body: Buffer) -> Args:
-    # The 8-byte compat fuse_setxattr_in: SETXATTR_EXT is never granted.
+    """The 8-byte compat ``fuse_setxattr_in``: SETXATTR_EXT not granted, no setxattr_flags."""
     size, flags = SETXATTR_IN.unpack_from(body)
-    rest = bytes(body[SETXATTR_IN.size :])
+    return (*_xattr_name_and_value(body, SETXATTR_IN.size, size), flags, 0)
+
+
+def _setxattr_ext(body: Buffer) -> Args:
+    """The 16-byte ``fuse_setxattr_in`` of SETXATTR_EXT, whose ``setxattr_flags`` carry
+    ACL_KILL_SGID (granted with POSIX ACLs)."""
+    size, flags, setxattr_flags, _ = SETXATTR_EXT_IN.unpack_from(body)
+    return (*_xattr_name_and_value(body, SETXATTR_EXT_IN.size, size), flags, setxattr_flags)
+
+
+def _xattr_name_and_value(body: Buffer, start: int, size: int) -> tuple[bytes, bytes]:
+    """``name\\0`` then ``size`` bytes of value, after SETXATTR's fixed part."""
+    rest = bytes(body[start:])
     name = parse_xattr_name(rest)
     start = len(name) + 1
     if size > XATTR_SIZE_MAX:
         raise ProtocolError("xattr value too large", errno.E2BIG)
     if len(rest) < start + size:
         raise ProtocolError(f"setxattr value shorter than {size} bytes")
-    return name, rest[start : start + size], flags
+    return name, rest[start : start + size]
 
 
 def _xattr_name(body: Buffer) -> Args:
@@ -342,7 +358,7 @@ OPS: Final[dict[int, Op]] = {
     Opcode.SYNCFS: Op(None, ()),
     Opcode.GETXATTR: Op(_getxattr, ("reply_size", "xattr")),
     Opcode.LISTXATTR: Op(GETXATTR_IN.unpack_from, ("reply_size", "_")),
-    Opcode.SETXATTR: Op(_setxattr, ("xattr", "value", "xattr_flags")),
+    Opcode.SETXATTR: Op(_setxattr, ("xattr", "value", "xattr_flags", "setxattr_flags")),
     Opcode.REMOVEXATTR: Op(_xattr_name, ("xattr",)),
     Opcode.IOCTL: Op(
         IOCTL_IN.unpack_from, ("fh", "ioctl_flags", "cmd", "arg", "in_size", "out_size")
@@ -350,3 +366,10 @@ OPS: Final[dict[int, Op]] = {
 }
 
 _DECODERS: Final = {opcode: op.decode for opcode, op in OPS.items()}
+_EXT_DECODERS: Final = _DECODERS | {Opcode.SETXATTR: _setxattr_ext}
+
+
+def decoders_for(flags: int) -> Mapping[int, Decoder | None]:
+    """The decoders of a session that was granted INIT ``flags``: SETXATTR_EXT lengthens
+    ``fuse_setxattr_in`` by 8 bytes."""
+    return _EXT_DECODERS if flags & InitFlag.SETXATTR_EXT else _DECODERS

@@ -46,6 +46,7 @@ from fsd.fuse.abi import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     RENAME_WHITEOUT,
+    SETXATTR_ACL_KILL_SGID,
     STATFS_OUT,
     STATX_BASIC_STATS,
     STATX_BTIME,
@@ -69,7 +70,7 @@ from fsd.fuse.deferred import Deferred, defer
 from fsd.fuse.errors import HiddenByAllowlist, ProtocolError
 from fsd.fuse.filesystem import Filesystem, SetattrArgs
 from fsd.fuse.replies import DEFERRED, NO_REPLY, write_header, write_reply
-from fsd.fuse.requests import MalformedRequest, Request, decode
+from fsd.fuse.requests import MalformedRequest, Request, decode, decoders_for
 from fsd.fuse.session import FuseSession
 from fsd.fuse.stats import SLOTS, RequestStats
 from fsd.sgbuf import BufferTooShort, FourBuffers, Segments, capacity, four_segments, views
@@ -146,6 +147,8 @@ class FuseServer:
         self.transport = transport
         config = fs.config
         self.session = FuseSession(config.init_flags)
+        #: The argument layouts of this session (SETXATTR's grows with SETXATTR_EXT).
+        self.decoders = decoders_for(0)
         self._entry_valid = split_timeout(config.entry_timeout)
         self._attr_valid = split_timeout(config.attr_timeout)
         self._negative_valid = split_timeout(config.negative_timeout)
@@ -254,7 +257,7 @@ class FuseServer:
                             Request(opcode, unique, nodeid, uid, gid, pid, args), reply
                         )
         try:
-            req = decode(request)
+            req = decode(request, self.decoders)
         except (MalformedRequest, BufferTooShort) as exc:
             return self.refuse(exc, reply)
         return self.execute(req, reply)
@@ -281,7 +284,7 @@ class FuseServer:
         # Decoded and executed here, not through handle(): its READ check would be done twice.
         request, reply = four_segments(buffers)
         try:
-            req = decode(request)
+            req = decode(request, self.decoders)
         except (MalformedRequest, BufferTooShort) as exc:
             return self.refuse(exc, reply)
         return self.execute(req, reply)
@@ -409,6 +412,7 @@ class FuseServer:
         if self.session.initialized:
             self._table, self._missing = self._handlers, errno.ENOSYS
             self._direct_reads = True
+        self.decoders = decoders_for(self.session.flags)
         # Mount points in the share get their own mount in the client, if both sides agree.
         self._submounts = self.fs.config.announce_submounts and bool(
             self.session.flags & InitFlag.SUBMOUNTS
@@ -431,6 +435,7 @@ class FuseServer:
         but INIT until the next one (a new front-end on a reconnecting daemon, say)."""
         self.fs.destroy()
         self.session.reset()
+        self.decoders = decoders_for(0)
         self._table, self._missing = self._before_init, errno.EIO
         self._direct_reads = False
 
@@ -516,12 +521,13 @@ class FuseServer:
     # --- names -----------------------------------------------------------------------------
 
     def _mkdir(self, req: Request, _reply: Segments) -> Payload:
-        mode, _umask, name = req.args
-        return self._entry(*self.fs.mkdir(req, req.nodeid, name, mode))
+        mode, umask, name = req.args
+        return self._entry(*self.fs.mkdir(req, req.nodeid, name, mode, umask))
 
     def _mknod(self, req: Request, _reply: Segments) -> Payload:
-        mode, rdev, _umask, _, name = req.args
-        return self._entry(*self.fs.mknod(req, req.nodeid, name, mode, decode_device(rdev)))
+        mode, rdev, umask, _, name = req.args
+        rdev = decode_device(rdev)
+        return self._entry(*self.fs.mknod(req, req.nodeid, name, mode, rdev, umask))
 
     def _symlink(self, req: Request, _reply: Segments) -> Payload:
         name, target = req.args
@@ -562,16 +568,16 @@ class FuseServer:
         return OPEN_OUT.pack(fh, open_flags, 0)
 
     def _create(self, req: Request, _reply: Segments) -> Payload:
-        flags, mode, _umask, kill, name = req.args
-        (nodeid, st), (fh, open_flags) = self.fs.create(req, req.nodeid, name, flags, mode)
+        flags, mode, umask, kill, name = req.args
+        (nodeid, st), (fh, open_flags) = self.fs.create(req, req.nodeid, name, flags, mode, umask)
         if kill & OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
             self.fs.kill_suidgid(req, nodeid, fh)
             st = self.fs.getattr(req, nodeid)
         return self._entry(nodeid, st) + OPEN_OUT.pack(fh, open_flags, 0)
 
     def _tmpfile(self, req: Request, _reply: Segments) -> Payload:
-        flags, mode, _umask, _ = req.args
-        (nodeid, st), (fh, open_flags) = self.fs.tmpfile(req, req.nodeid, flags, mode)
+        flags, mode, umask, _ = req.args
+        (nodeid, st), (fh, open_flags) = self.fs.tmpfile(req, req.nodeid, flags, mode, umask)
         return self._entry(nodeid, st) + OPEN_OUT.pack(fh, open_flags, 0)
 
     def _read(self, req: Request, reply: Segments) -> int:
@@ -676,8 +682,9 @@ class FuseServer:
         return self._sized(reply, names, req.args[0])
 
     def _setxattr(self, req: Request, _reply: Segments) -> Payload:
-        name, value, flags = req.args
-        self.fs.setxattr(req, req.nodeid, name, value, flags)
+        name, value, flags, setxattr_flags = req.args
+        kill_sgid = bool(setxattr_flags & SETXATTR_ACL_KILL_SGID)
+        self.fs.setxattr(req, req.nodeid, name, value, flags, kill_sgid)
         return _EMPTY
 
     def _removexattr(self, req: Request, _reply: Segments) -> Payload:

@@ -78,6 +78,7 @@ __all__ = [
     "setlk",
     "setlkw",
     "setxattr",
+    "setxattr_ext",
     "statfs",
     "symlink",
     "syncfs",
@@ -201,23 +202,34 @@ def create(
     *,
     uid: int = 0,
     gid: int = 0,
+    umask: int = 0,
 ) -> bytes:
     """CREATE (atomic create + open) of a regular file."""
-    body = abi.CREATE_IN.pack(flags, mode, 0, 0) + _z(name)
+    body = abi.CREATE_IN.pack(flags, mode, umask, 0) + _z(name)
     return request(Opcode.CREATE, unique, parent, body, uid=uid, gid=gid)
 
 
 def mkdir(
-    unique: int, parent: int, name: bytes | str, mode: int = 0o755, *, uid: int = 0, gid: int = 0
+    unique: int,
+    parent: int,
+    name: bytes | str,
+    mode: int = 0o755,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    umask: int = 0,
 ) -> bytes:
     """MKDIR."""
-    body = abi.MKDIR_IN.pack(mode, 0) + _z(name)
+    body = abi.MKDIR_IN.pack(mode, umask) + _z(name)
     return request(Opcode.MKDIR, unique, parent, body, uid=uid, gid=gid)
 
 
-def mknod(unique: int, parent: int, name: bytes | str, mode: int, rdev: int = 0) -> bytes:
+def mknod(
+    unique: int, parent: int, name: bytes | str, mode: int, rdev: int = 0, *, umask: int = 0
+) -> bytes:
     """MKNOD (``mode`` includes the file type bits)."""
-    return request(Opcode.MKNOD, unique, parent, abi.MKNOD_IN.pack(mode, rdev, 0, 0) + _z(name))
+    body = abi.MKNOD_IN.pack(mode, rdev, umask, 0) + _z(name)
+    return request(Opcode.MKNOD, unique, parent, body)
 
 
 def symlink(unique: int, parent: int, name: bytes | str, target: bytes | str) -> bytes:
@@ -409,6 +421,22 @@ def setxattr(unique: int, nodeid: int, name: bytes | str, value: bytes, flags: i
     """SETXATTR with the 8-byte compat ``fuse_setxattr_in`` (no SETXATTR_EXT)."""
     body = abi.SETXATTR_IN.pack(len(value), flags) + _z(name) + value
     return request(Opcode.SETXATTR, unique, nodeid, body)
+
+
+def setxattr_ext(
+    unique: int,
+    nodeid: int,
+    name: bytes | str,
+    value: bytes,
+    flags: int = 0,
+    setxattr_flags: int = 0,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+) -> bytes:
+    """SETXATTR with the 16-byte ``fuse_setxattr_in`` of a session granted SETXATTR_EXT."""
+    body = abi.SETXATTR_EXT_IN.pack(len(value), flags, setxattr_flags, 0) + _z(name) + value
+    return request(Opcode.SETXATTR, unique, nodeid, body, uid=uid, gid=gid)
 
 
 def getxattr(unique: int, nodeid: int, name: bytes | str, size: int) -> bytes:
