@@ -135,11 +135,16 @@ def add_filesystem_arguments(parser: argparse.ArgumentParser, *, default_log_lev
         help="POSIX ACLs: the guest enforces them and creates with its umask or a default ACL "
         "(implies --xattr; not with id maps)",
     )
-    for flag, key in (
-        ("--security-label", "security_label"),
-        ("--no-readdirplus", "no_readdirplus"),
-    ):
-        parser.add_argument(flag, action="store_true", help=f"refused: {REFUSED[key]}")
+    parser.add_argument(
+        "--no-readdirplus",
+        dest="readdirplus",
+        action="store_false",
+        default=None,
+        help="do not offer READDIRPLUS: the guest lists with READDIR and looks entries up",
+    )
+    parser.add_argument(
+        "--security-label", action="store_true", help=f"refused: {REFUSED['security_label']}"
+    )
     for kind in ("uid", "gid"):
         parser.add_argument(
             f"--{kind}-map",
@@ -228,12 +233,8 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
 
 def refuse_unsupported(args: argparse.Namespace) -> None:
     """StartupError for a refused virtiofsd option that was given."""
-    for flag, key in (
-        ("--security-label", "security_label"),
-        ("--no-readdirplus", "no_readdirplus"),
-    ):
-        if getattr(args, key):
-            raise StartupError(f"{flag}: {REFUSED[key]}")
+    if args.security_label:
+        raise StartupError(f"--security-label: {REFUSED['security_label']}")
 
 
 def filesystem_options(
@@ -263,7 +264,7 @@ def filesystem_options(
     for field in ("readonly", "xattr", "killpriv_v2", "announce_submounts"):
         if getattr(args, field) is not None:
             given[field] = getattr(args, field)
-    for field in ("allow_direct_io", "writeback", "allow_mmap", "posix_acl"):
+    for field in ("allow_direct_io", "writeback", "allow_mmap", "posix_acl", "readdirplus"):
         if getattr(args, field) is not None:
             given[field] = getattr(args, field)
     if args.inode_file_handles is not None:

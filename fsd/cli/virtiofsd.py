@@ -72,10 +72,11 @@ _FLAGS: Final[dict[str, tuple[str, object]]] = {
     "no_killpriv_v2": ("killpriv_v2", False),
     "posix_acl": ("posix_acl", True),
     "no_posix_acl": ("posix_acl", False),
+    "readdirplus": ("readdirplus", True),
+    "no_readdirplus": ("readdirplus", False),
 }
 #: ``-o`` flags that ask for what fsd does anyway: accepted, said once in the log.
 _AS_FSD_DOES: Final = {
-    "readdirplus": "fsd serves READDIRPLUS",
     "no_security_label": "fsd has no security label support",
     "flock": "fsd serves flock locks as host locks",
     "posix_lock": "fsd serves POSIX locks as host locks",
@@ -86,7 +87,6 @@ _AS_FSD_DOES: Final = {
 REFUSED: Final = {
     "security_label": "security labels (FUSE_SECURITY_CTX) are not supported by fsd; "
     "leave the option out",
-    "no_readdirplus": "fsd always offers READDIRPLUS; leave the option out",
     "migration": "fsd cannot migrate a device's state; leave the option out",
 }
 
@@ -175,7 +175,7 @@ def _compat_flag(out: CompatOptions, key: str) -> None:
         out.fields[field] = value
     elif key in _AS_FSD_DOES:
         out.notes.append(f"-o {key}: {_AS_FSD_DOES[key]}")
-    elif key in ("security_label", "no_readdirplus"):
+    elif key == "security_label":
         raise StartupError(f"-o {key}: {REFUSED[key]}")
     elif key == "debug":
         out.log_level = "debug"

@@ -59,6 +59,8 @@ class FsOptions:
     O_DIRECT to the host instead of dropping it; ``allow_mmap`` lets the guest mmap files
     opened with FOPEN_DIRECT_IO (``cache`` never or metadata: INIT's DIRECT_IO_ALLOW_MMAP).
 
+    ``readdirplus`` False (virtiofsd's ``--no-readdirplus``) withholds READDIRPLUS: the
+    client lists with READDIR and looks each entry up itself.
     ``posix_acl`` (crosvm's key, virtiofsd's ``--posix-acl``) grants FUSE_POSIX_ACL: the
     client enforces the ACLs it reads through ``system.posix_acl_*`` and hands the caller's
     umask over (DONT_MASK) for the host to apply or to replace by a default ACL. Off, those
@@ -82,6 +84,7 @@ class FsOptions:
     allow_direct_io: bool = False
     allow_mmap: bool = False
     posix_acl: bool = False
+    readdirplus: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.xattrmap is not None and self.rewrite_security_xattrs:

@@ -81,6 +81,7 @@ _FILE_OPEN_FLAGS: Final = {
 }
 _DIR_OPEN_FLAGS: Final = {"always": FOPEN_CACHE_DIR, "metadata": FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE}
 _MKNOD_KINDS: Final = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG)
+_READDIRPLUS_FLAGS: Final = InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO
 _DEVICE_KINDS: Final = (stat.S_IFCHR, stat.S_IFBLK)
 
 
@@ -179,6 +180,7 @@ class PassthroughFs:
             attr_timeout=options.timeout,
             negative_timeout=options.negative_timeout,
             init_flags=int(init_flags),
+            withheld_init_flags=0 if options.readdirplus else int(_READDIRPLUS_FLAGS),
             owner_to_client=None if maps is None else (maps.uid.to_guest, maps.gid.to_guest),
             announce_submounts=options.announce_submounts,
         )

@@ -86,6 +86,8 @@ class FilesystemConfig(NamedTuple):
     negative_timeout: float = 0.0
     #: Capabilities granted if the client offers them, beside the server's own.
     init_flags: int = int(InitFlag.HANDLE_KILLPRIV_V2)
+    #: The server's own capabilities not to grant (READDIRPLUS with --no-readdirplus).
+    withheld_init_flags: int = 0
     #: Host uid → client uid and host gid → client gid, for every attribute reply.
     owner_to_client: tuple[Callable[[int], int], Callable[[int], int]] | None = None
     #: Mount points inside the share appear as their own mounts in the client (virtiofsd's

@@ -146,7 +146,7 @@ class FuseServer:
         self.fs = fs
         self.transport = transport
         config = fs.config
-        self.session = FuseSession(config.init_flags)
+        self.session = FuseSession(config.init_flags, config.withheld_init_flags)
         #: The argument layouts of this session (SETXATTR's grows with SETXATTR_EXT).
         self.decoders = decoders_for(0)
         self._entry_valid = split_timeout(config.entry_timeout)

@@ -48,11 +48,22 @@ InitReply = tuple[int, ...]
 class FuseSession:
     """State of one FUSE connection: uninitialised until INIT, then the negotiated terms."""
 
-    __slots__ = ("flags", "initialized", "major", "max_readahead", "minor", "optional_flags")
+    __slots__ = (
+        "flags",
+        "initialized",
+        "major",
+        "max_readahead",
+        "minor",
+        "offered_flags",
+        "optional_flags",
+    )
 
-    def __init__(self, optional_flags: int = 0) -> None:
+    def __init__(self, optional_flags: int = 0, withheld_flags: int = 0) -> None:
         #: Extra capabilities the filesystem asks for (e.g. WRITEBACK_CACHE from its options).
         self.optional_flags = InitFlag(optional_flags)
+        #: What this session grants when the client offers it: ours and the filesystem's,
+        #: less what the filesystem withholds (READDIRPLUS with --no-readdirplus).
+        self.offered_flags = (SUPPORTED_FLAGS | self.optional_flags) & ~InitFlag(withheld_flags)
         self.initialized = False
         self.major = 0
         self.minor = 0
@@ -70,7 +81,7 @@ class FuseSession:
         self.major = KERNEL_VERSION
         self.minor = min(minor, KERNEL_MINOR_VERSION)
         self.max_readahead = max_readahead
-        self.flags = InitFlag(flags) & (SUPPORTED_FLAGS | self.optional_flags)
+        self.flags = InitFlag(flags) & self.offered_flags
         self.initialized = True
         return (
             KERNEL_VERSION,

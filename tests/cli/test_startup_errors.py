@@ -67,7 +67,7 @@ SERVE_CASES = [
     (["--xattrmap", ":prefix:all:a:"], ["--xattrmap", "rule 1", "not closed"]),
     (["--sandbox", "jail"], ["--sandbox", "invalid choice: 'jail'", "--help"]),
     (["-o", "sandbox=jail"], ["-o sandbox=jail", "namespace, chroot, none"]),
-    (["--no-readdirplus"], ["--no-readdirplus", "always offers READDIRPLUS"]),
+    (["--security-label"], ["--security-label", "not supported", "leave the option out"]),
     (["--posix-acl", "--no-xattr"], ["posix_acl needs xattrs on"]),
     (["--posix-acl", "--uid-map", "0 0 1"], ["POSIX ACLs cannot be combined with id maps"]),
     (["--modcaps", "+bogus"], ["--modcaps", "unknown capability 'bogus'"]),

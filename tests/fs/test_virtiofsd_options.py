@@ -123,6 +123,18 @@ def test_killpriv_v2(serve: object, asked: bool | None, granted: bool) -> None:
     assert bool(c.init().flags & InitFlag.HANDLE_KILLPRIV_V2) == granted
 
 
+@pytest.mark.parametrize("readdirplus", [True, False])
+def test_no_readdirplus_withholds_it_and_readdir_still_lists(
+    serve: object, share: Path, readdirplus: bool
+) -> None:
+    (share / "f").touch()
+    _, c = serve(readdirplus=readdirplus)  # type: ignore[operator]
+    plus = InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO
+    assert c.init().flags & plus == (plus if readdirplus else 0)
+    fh = c.opendir(ROOT_ID)
+    assert {d.name for d in c.readdir(ROOT_ID, fh)} >= {b"f"}
+
+
 def test_killpriv_v2_cannot_be_forced_when_the_capability_is_renamed() -> None:
     with pytest.raises(ValueError, match="killpriv_v2"):
         FsOptions(killpriv_v2=True, rewrite_security_xattrs=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from fsd.fuse.abi import InitFlag
 from fsd.testing.guest import GuestImage
 from tests.guest.replay import FSD_VHOST_USER, check_share, outcome, serve_guest
 
@@ -152,3 +153,24 @@ async def test_cloud_hypervisor_docs(
     )  # fmt: skip
     check_share(share, outcome(result, backend))
     assert " DEBUG " in backend.log()
+
+
+async def test_posix_acl_line_with_a_pool_and_no_readdirplus(
+    guest_image: GuestImage, share: Path, socket_dir: Path, tmp_path: Path
+) -> None:
+    """A cloud-hypervisor line as Nix VM set-ups write it (``--thread-pool-size N --posix-acl
+    --xattr``), with ``--no-readdirplus``: files created on pool threads with the caller's
+    umask, directories listed with READDIR."""
+    socket_path = socket_dir / "virtiofs"
+    argv = [
+        FSD_VHOST_USER, f"--socket-path={socket_path}", f"--shared-dir={share}",
+        "--thread-pool-size", "2", "--posix-acl", "--xattr", "--no-readdirplus",
+    ]  # fmt: skip
+    result, backend = await serve_guest(
+        argv, socket_path, tmp_path, guest_image, inherit_listener=False
+    )
+    check_share(share, outcome(result, backend))
+    granted = next(line for line in backend.log().splitlines() if "FUSE session" in line)
+    flags = int(granted.rsplit("flags ", 1)[1].split()[0], 16)
+    assert flags & InitFlag.POSIX_ACL
+    assert not flags & (InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO)
