@@ -19,8 +19,9 @@ from fsd.fuse.abi import (
 __all__ = ["SUPPORTED_FLAGS", "FuseSession", "InitReply"]
 
 #: Capabilities this server implements and grants whenever the kernel offers them.
-#: Not here on purpose: EXPORT_SUPPORT (needs stable handles), SECURITY_CTX and
-#: CREATE_SUPP_GROUP (need request extensions parsed), DONT_MASK (the guest applies its umask,
+#: Not here on purpose: EXPORT_SUPPORT (needs stable handles), SECURITY_CTX (security
+#: labels are not supported), CREATE_SUPP_GROUP (the filesystem asks for it when it can
+#: take a caller's group), DONT_MASK (the guest applies its umask,
 #: so the daemon runs with umask 0), HANDLE_KILLPRIV(_V2), POSIX_ACL. POSIX_LOCKS/FLOCK_LOCKS
 #: are real host locks (fsd.fs.locks); SETLKW is answered later, never blocking a queue.
 SUPPORTED_FLAGS: Final = (
@@ -35,6 +36,9 @@ SUPPORTED_FLAGS: Final = (
     | InitFlag.MAX_PAGES
     | InitFlag.POSIX_LOCKS
     | InitFlag.FLOCK_LOCKS
+    # The reply's flags2 (capabilities above bit 31: CREATE_SUPP_GROUP, DIRECT_IO_ALLOW_MMAP)
+    # counts only if the reply says INIT_EXT too; Linux ignores it otherwise.
+    | InitFlag.INIT_EXT
 )
 
 #: virtiofsd's values: effectively unlimited background requests.

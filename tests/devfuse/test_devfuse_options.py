@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import subprocess
@@ -99,3 +100,31 @@ def test_posix_acl_lets_the_kernel_set_and_inherit_acls(share: Path, tmp_path: P
     assert os.getxattr(made, "system.posix_acl_access") == _acl(6, 7, 5, 6, 4)
     assert made.stat().st_mode & 0o777 == 0o664
     assert (share / "plain").stat().st_mode & 0o777 == 0o600
+
+
+MMAP_SCRIPT = r"""
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    with mmap.mmap(fd, 7) as mapped:
+        print(bytes(mapped[:]).decode())
+except OSError as e:
+    print(os.strerror(e.errno))
+"""
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_allow_mmap_lets_direct_io_files_be_mapped_shared(
+    share: Path, tmp_path: Path, allow: bool
+) -> None:
+    """``cache=never`` opens files with FOPEN_DIRECT_IO, which Linux refuses to map shared
+    (ENODEV) unless INIT granted DIRECT_IO_ALLOW_MMAP, a capability above bit 31: it counts
+    only with INIT_EXT in the reply. (Mapped from another process: a page fault here would
+    hold the GIL the in-process server needs to answer it.)"""
+    (share / "f").write_bytes(b"mapped!")
+    with mount_with(share, tmp_path, cache="never", allow_mmap=allow) as mnt:
+        done = subprocess.run(
+            [sys.executable, "-c", MMAP_SCRIPT, str(mnt / "f")],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+    assert done.stdout.strip() == ("mapped!" if allow else os.strerror(errno.ENODEV))

@@ -29,7 +29,8 @@ def test_init_reply_is_80_bytes(server: FuseServer) -> None:
     out = fr.parse_init(reply.payload)
     assert (out.major, out.minor, out.max_write, out.max_pages) == (7, 38, 1 << 20, 256)
     locks = InitFlag.POSIX_LOCKS | InitFlag.FLOCK_LOCKS
-    assert out.flags == 0x44F029 | locks | InitFlag.HANDLE_KILLPRIV_V2
+    granted = 0x44F029 | locks | InitFlag.HANDLE_KILLPRIV_V2 | InitFlag.INIT_EXT
+    assert out.flags == granted  # INIT_EXT: the reply's flags2 counts (CREATE_SUPP_GROUP...)
 
 
 @pytest.mark.parametrize("size", [8, 16])

@@ -65,5 +65,6 @@ def test_dirent_sizes_are_8_byte_aligned() -> None:
 def test_prototype_grant_matches_flag_bits() -> None:
     from fsd.fuse.session import SUPPORTED_FLAGS
 
-    # The prototype's grant plus POSIX_LOCKS (bit 1) and FLOCK_LOCKS (bit 10).
-    assert int(SUPPORTED_FLAGS) == 0x44F029 | 0x402
+    # The prototype's grant plus POSIX_LOCKS (bit 1), FLOCK_LOCKS (bit 10) and INIT_EXT
+    # (bit 30, so that the reply's flags2 counts).
+    assert int(SUPPORTED_FLAGS) == 0x44F029 | 0x402 | 0x4000_0000
