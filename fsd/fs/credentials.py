@@ -16,8 +16,11 @@ overrides do not apply to the guest's users; restoring fsuid 0 brings them back.
 The host kernel checks group access against the fsgid and the thread's supplementary groups.
 The daemon's own supplementary groups would be wrongly granted to every guest user
 (CVE-2022-0358 in virtiofsd), so :func:`drop_supplementary_groups` clears them at start-up.
-The guest caller's own supplementary groups are not known to the device (FUSE sends one
-uid/gid), so host checks that only a supplementary group would pass fail.
+FUSE sends one uid/gid; a client with CREATE_SUPP_GROUP (Linux 6.3 and later) adds, to a
+request that creates a name, the parent directory's group when the caller is in it only by a
+supplementary group, and the thread takes that group for the call (:func:`set_thread_groups`:
+``setgroups(2)`` for this thread alone). Other checks that only a supplementary group would
+pass fail on the host.
 """
 
 from __future__ import annotations
@@ -27,12 +30,20 @@ import ctypes
 import errno
 import logging
 import os
+import platform
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Final
 
 from fsd.fs.idmap import IdMaps
 
-__all__ = ["Credentials", "MappedCredentials", "drop_supplementary_groups"]
+__all__ = [
+    "THREAD_GROUPS",
+    "Credentials",
+    "MappedCredentials",
+    "drop_supplementary_groups",
+    "set_thread_groups",
+]
 
 log = logging.getLogger("fsd.fs")
 
@@ -43,6 +54,22 @@ _setfsuid.argtypes = _setfsgid.argtypes = [ctypes.c_uint]
 _setfsuid.restype = _setfsgid.restype = ctypes.c_uint
 _QUERY: Final = 0xFFFFFFFF  # (uid_t) -1: an invalid id, so the call only reports the current one
 _UNCHANGED: Final = contextlib.nullcontext()
+#: setgroups(2) by number: glibc's wrapper changes every thread of the process (a "set*id"
+#: call, which it broadcasts), and the group must be the serving thread's alone.
+_SYS_SETGROUPS: Final = {"x86_64": 116, "aarch64": 159}.get(platform.machine())
+_syscall: Final = _libc.syscall
+#: Whether a thread can take a caller's supplementary group here (CREATE_SUPP_GROUP).
+THREAD_GROUPS: Final = _SYS_SETGROUPS is not None
+
+
+def set_thread_groups(groups: Sequence[int]) -> None:
+    """Make ``groups`` this thread's supplementary groups (needs CAP_SETGID)."""
+    if _SYS_SETGROUPS is None:
+        raise OSError(errno.ENOSYS, f"no per-thread setgroups on {platform.machine()}")
+    array = (ctypes.c_uint32 * len(groups))(*groups)
+    if _syscall(ctypes.c_long(_SYS_SETGROUPS), ctypes.c_long(len(groups)), array) < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"setgroups for this thread: {os.strerror(code)}")
 
 
 def drop_supplementary_groups() -> None:
@@ -55,18 +82,29 @@ def drop_supplementary_groups() -> None:
 class ActingAs:
     """The context of :meth:`Credentials.acting_as`: switch on entry, restore on exit."""
 
-    __slots__ = ("_creds", "_gid", "_switched", "_uid")
+    __slots__ = ("_creds", "_gid", "_groups", "_supp_gid", "_switched", "_uid")
 
-    def __init__(self, creds: Credentials, uid: int, gid: int) -> None:
+    def __init__(self, creds: Credentials, uid: int, gid: int, supp_gid: int | None) -> None:
         self._creds = creds
         self._uid = uid
         self._gid = gid
+        self._supp_gid = supp_gid
         self._switched = False
+        self._groups: list[int] | None = None
 
     def __enter__(self) -> None:
         self._switched = self._creds.switch(self._uid, self._gid)
+        if self._supp_gid is not None:
+            try:
+                self._groups = self._creds.take_group(self._supp_gid)
+            except BaseException:
+                if self._switched:
+                    self._creds.restore()
+                raise
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._groups is not None:
+            set_thread_groups(self._groups)
         if self._switched:
             self._creds.restore()
 
@@ -117,12 +155,24 @@ class Credentials:
         _setfsuid(self.uid)
         _setfsgid(self.gid)
 
-    def acting_as(self, uid: int, gid: int) -> AbstractContextManager[None]:
-        """A ``with`` block run as ``uid``/``gid`` (see :meth:`switch`), restored on exit;
+    def acting_as(
+        self, uid: int, gid: int, supp_gid: int | None = None
+    ) -> AbstractContextManager[None]:
+        """A ``with`` block run as ``uid``/``gid`` (see :meth:`switch`), and with the
+        caller's supplementary group ``supp_gid`` if the client sent one, restored on exit;
         a shared no-op block when nothing would switch (CREATE and MKDIR pay no object)."""
-        if not self.enabled or (uid == self.uid and gid == self.gid):
+        if not self.enabled or (uid == self.uid and gid == self.gid and supp_gid is None):
             return _UNCHANGED
-        return ActingAs(self, uid, gid)
+        return ActingAs(self, uid, gid, supp_gid)
+
+    def take_group(self, gid: int) -> list[int] | None:
+        """Give this thread the caller's supplementary group ``gid``; the groups to put back
+        afterwards, or None if nothing changed (not root, or no per-thread setgroups)."""
+        if not self.enabled or not THREAD_GROUPS:
+            return None
+        previous = os.getgroups()  # this thread's: getgroups(2) reads the caller's own
+        set_thread_groups([gid])
+        return previous
 
     #: Whether permission-relevant operations (not only creating ones) run as the caller:
     #: only under id maps, where guest root need not be host root (docs/credentials.md).
@@ -169,9 +219,17 @@ class MappedCredentials(Credentials):
 
     confines = True
 
-    def acting_as(self, uid: int, gid: int) -> AbstractContextManager[None]:
+    def acting_as(
+        self, uid: int, gid: int, supp_gid: int | None = None
+    ) -> AbstractContextManager[None]:
         # Guest ids: equal to the daemon's or not, they are translated before the switch.
-        return ActingAs(self, uid, gid)
+        return ActingAs(self, uid, gid, supp_gid)
+
+    def take_group(self, gid: int) -> list[int] | None:
+        """The caller's group through the map; a group outside it is not taken (the host
+        then checks without it)."""
+        host = self.maps.gid.to_host(gid)
+        return None if host is None else super().take_group(host)
 
     def confined(self, uid: int, gid: int) -> AbstractContextManager[None]:
         return self.acting_as(uid, gid)

@@ -34,7 +34,7 @@ from typing import Any, Final
 from fsd.allowlist.trie import Allowlist
 from fsd.fs import linux, listing, procfd, xattrs
 from fsd.fs.attributes import apply_setattr
-from fsd.fs.credentials import Credentials, MappedCredentials
+from fsd.fs.credentials import THREAD_GROUPS, Credentials, MappedCredentials
 from fsd.fs.file_handles import HandleInodeTable, probe
 from fsd.fs.gate import gate_for
 from fsd.fs.handles import HandleTable
@@ -171,6 +171,10 @@ class PassthroughFs:
             init_flags |= InitFlag.SUBMOUNTS
         if options.allow_mmap:
             init_flags |= InitFlag.DIRECT_IO_ALLOW_MMAP
+        if self._creds.enabled and THREAD_GROUPS:
+            # A creating request says which supplementary group of the caller's the host
+            # must count (the parent directory's): the thread takes it for the call.
+            init_flags |= InitFlag.CREATE_SUPP_GROUP
         if options.posix_acl:
             # The client enforces ACLs, sends umasks unapplied, and tells SETXATTR of an
             # access ACL whether the caller keeps the set-group-ID bit (virtiofsd's three).
@@ -361,7 +365,7 @@ class PassthroughFs:
     def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int, umask: int) -> Entry:
         """Create a directory owned by the caller."""
         pinode = self._new_parent(parent, name)
-        with self._creds.acting_as(ctx.uid, ctx.gid), self._umask(umask):
+        with self._creds.acting_as(ctx.uid, ctx.gid, ctx.supp_gid), self._umask(umask):
             os.mkdir(name, stat.S_IMODE(mode), dir_fd=pinode.fd)
         return self._lookup_child(pinode, name)
 
@@ -385,14 +389,14 @@ class PassthroughFs:
         else:
             raise OSError(errno.EPERM, f"mknod cannot make file type {kind:#o}")
         pinode = self._new_parent(parent, name)
-        with self._creds.acting_as(ctx.uid, ctx.gid), self._umask(umask):
+        with self._creds.acting_as(ctx.uid, ctx.gid, ctx.supp_gid), self._umask(umask):
             os.mknod(name, mode, rdev, dir_fd=pinode.fd)
         return self._lookup_child(pinode, name)
 
     def symlink(self, ctx: Context, parent: int, name: bytes, target: bytes) -> Entry:
         """Create a symlink; its target is stored verbatim and never followed on the host."""
         pinode = self._new_parent(parent, name)
-        with self._creds.acting_as(ctx.uid, ctx.gid):
+        with self._creds.acting_as(ctx.uid, ctx.gid, ctx.supp_gid):
             os.symlink(target, name, dir_fd=pinode.fd)
         return self._lookup_child(pinode, name)
 
@@ -460,7 +464,7 @@ class PassthroughFs:
         """
         pinode = self._new_parent(parent, name)
         oflags = self._open_flags(flags)
-        with self._creds.acting_as(ctx.uid, ctx.gid), self._umask(umask):
+        with self._creds.acting_as(ctx.uid, ctx.gid, ctx.supp_gid), self._umask(umask):
             try:
                 fd = os.open(
                     name,
@@ -529,7 +533,7 @@ class PassthroughFs:
         self.gate.writable_dir(pinode)
         # O_EXCL here means "never linkable"; _open_flags would drop it.
         oflags = self._open_flags(flags) | os.O_TMPFILE | (flags & os.O_EXCL)
-        with self._creds.acting_as(ctx.uid, ctx.gid), self._umask(umask):
+        with self._creds.acting_as(ctx.uid, ctx.gid, ctx.supp_gid), self._umask(umask):
             fd = procfd.reopen(pinode.fd, oflags, stat.S_IMODE(mode))
         return self._adopt_open(pinode, b"", fd)
 

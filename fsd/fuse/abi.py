@@ -263,6 +263,12 @@ FLUSH_IN: Final = struct.Struct("<QIIQ")
 FSYNC_IN: Final = struct.Struct("<QII")
 #: mask, padding
 ACCESS_IN: Final = struct.Struct("<II")
+#: fuse_ext_header: size (of the whole extension, a multiple of 8), type. Extensions follow
+#: a request's arguments; fuse_in_header.total_extlen counts their 8-byte units.
+EXT_HEADER: Final = struct.Struct("<II")
+#: The extension type of fuse_supp_groups {nr_groups, groups[]} (types 0-31 are security
+#: contexts).
+EXT_GROUPS: Final = 32
 #: size, flags (SETXATTR without SETXATTR_EXT)
 SETXATTR_IN: Final = struct.Struct("<II")
 #: size, flags, setxattr_flags, padding (SETXATTR once SETXATTR_EXT is granted)

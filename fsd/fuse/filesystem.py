@@ -36,6 +36,9 @@ class Context:
 
     ``uid``/``gid`` are the caller's ids as the client sees them (a guest's, before any id
     map), ``pid`` its process (0 for the kernel's own requests), ``unique`` the request's id.
+    ``supp_gid``: for a request that creates a name, the one supplementary group of the
+    caller the client sent (CREATE_SUPP_GROUP: the parent directory's group, when the
+    caller is in it by a supplementary group only), else None.
     """
 
     __slots__ = ("gid", "pid", "uid", "unique")
@@ -44,6 +47,8 @@ class Context:
     gid: int
     pid: int
     unique: int
+    #: A class default: only the requests that carry the group have a slot for it.
+    supp_gid: int | None = None
 
     def __repr__(self) -> str:
         return f"Context(uid={self.uid}, gid={self.gid}, pid={self.pid}, unique={self.unique})"

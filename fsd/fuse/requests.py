@@ -19,6 +19,8 @@ from fsd.fuse.abi import (
     BATCH_FORGET_IN,
     COPY_FILE_RANGE_IN,
     CREATE_IN,
+    EXT_GROUPS,
+    EXT_HEADER,
     FALLOCATE_IN,
     FLUSH_IN,
     FORGET_IN,
@@ -56,7 +58,7 @@ from fsd.fuse.errors import ProtocolError
 from fsd.fuse.filesystem import Context, SetattrArgs
 from fsd.sgbuf import BufferTooShort, Segments, gather, views
 
-__all__ = ["OPS", "MalformedRequest", "Op", "Request", "decode", "decoders_for"]
+__all__ = ["OPS", "ExtendedRequest", "MalformedRequest", "Op", "Request", "decode", "decoders_for"]
 
 _HEADER: Final = IN_HEADER.size
 _WRITE: Final = int(Opcode.WRITE)
@@ -64,6 +66,7 @@ _EMPTY: Final = memoryview(b"")
 _unpack_header: Final = IN_HEADER.unpack_from
 
 _NSEC: Final = 1_000_000_000
+_U32: Final = struct.Struct("<I")
 
 Args = tuple[Any, ...]
 Buffer = bytes | memoryview
@@ -115,6 +118,28 @@ class Request(Context):
         return f"Request({op_name(self.opcode)}, unique={self.unique}, nodeid={self.nodeid})"
 
 
+class ExtendedRequest(Request):
+    """A request that carried request extensions: the caller's supplementary group (the
+    only extension granted, CREATE_SUPP_GROUP). A class of its own so that the other
+    requests need no slot for it."""
+
+    __slots__ = ("supp_gid",)
+
+    def __init__(
+        self,
+        opcode: int,
+        unique: int,
+        nodeid: int,
+        uid: int,
+        gid: int,
+        pid: int,
+        args: Args,
+        supp_gid: int | None,
+    ) -> None:
+        super().__init__(opcode, unique, nodeid, uid, gid, pid, args)
+        self.supp_gid = supp_gid
+
+
 class MalformedRequest(ProtocolError):
     """A request whose header is whole but whose length or arguments are not; the reply is
     ``errno`` for ``unique`` (none for an opcode that is never answered)."""
@@ -143,8 +168,9 @@ def decode(readable: Segments, decoders: Mapping[int, Decoder | None] | None = N
         header = _unpack_header(first)
     else:
         header = _unpack_header(gather(readable, 0, _HEADER))
-    length, opcode, unique, nodeid, uid, gid, pid, _extlen, _pad = header
+    length, opcode, unique, nodeid, uid, gid, pid, extlen, _pad = header
     body_len = length - _HEADER
+    extensions: Buffer = _EMPTY
     try:
         if body_len < 0:
             raise ProtocolError(f"in_header.len {length} is shorter than the header")
@@ -169,11 +195,37 @@ def decode(readable: Segments, decoders: Mapping[int, Decoder | None] | None = N
                         body = body[:body_len]
                 else:
                     body = gather(readable, _HEADER, body_len)
+                if extlen:  # the extensions follow the arguments
+                    split = len(body) - 8 * extlen
+                    if split < 0:
+                        raise ProtocolError(f"{extlen * 8} bytes of extensions in {length}")
+                    body, extensions = body[:split], body[split:]
                 args = decoder(body)
+        if extensions:
+            supp_gid = _supplementary_group(extensions)
+            return ExtendedRequest(opcode, unique, nodeid, uid, gid, pid, args, supp_gid)
     except (ProtocolError, BufferTooShort, struct.error) as exc:
         code = exc.errno if isinstance(exc, ProtocolError) else errno.EINVAL
         raise MalformedRequest(str(exc), opcode, unique, nodeid, code) from None
     return Request(opcode, unique, nodeid, uid, gid, pid, args)
+
+
+def _supplementary_group(extensions: Buffer) -> int | None:
+    """The first group of a fuse_supp_groups extension, if there is one; other extension
+    types are skipped (none else is granted), a malformed list is refused."""
+    offset, end = 0, len(extensions)
+    while offset < end:
+        size, kind = EXT_HEADER.unpack_from(extensions, offset)
+        if size < EXT_HEADER.size or size % 8 or offset + size > end:
+            raise ProtocolError(f"request extension of {size} bytes at {offset}")
+        if kind == EXT_GROUPS:
+            (count,) = _U32.unpack_from(extensions, offset + EXT_HEADER.size)
+            if count and size >= EXT_HEADER.size + 8:
+                (group,) = _U32.unpack_from(extensions, offset + EXT_HEADER.size + 4)
+                return int(group)
+            return None
+        offset += size
+    return None
 
 
 # --- decoders: the argument bytes (copied where they are kept) to values ---------------------

@@ -187,6 +187,10 @@ ADDED: Final = frozenset(
         # --posix-acl: a creating call runs with the caller's umask (fsd.fs.umask); see
         # ALLOWED_WITH for the unshare(CLONE_FS) that makes the umask the thread's own.
         "umask",
+        # CREATE_SUPP_GROUP: a creating call with the caller's supplementary group, on the
+        # serving thread alone (fsd.fs.credentials.set_thread_groups); the file server
+        # keeps CAP_SETGID for setfsgid already.
+        "setgroups",
     }
 )
 

@@ -10,6 +10,7 @@ and turns error replies into ``OSError``.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
@@ -80,9 +81,11 @@ __all__ = [
     "setxattr",
     "setxattr_ext",
     "statfs",
+    "supp_group",
     "symlink",
     "syncfs",
     "unlink",
+    "with_extensions",
     "write",
 ]
 
@@ -96,6 +99,20 @@ def request(
     """Any request: ``fuse_in_header`` (length filled in) followed by ``body``."""
     length = abi.IN_HEADER.size + len(body)
     return abi.IN_HEADER.pack(length, opcode, unique, nodeid, uid, gid, 0, 0, 0) + body
+
+
+def with_extensions(data: bytes, extensions: bytes) -> bytes:
+    """``data`` (a whole request) with request ``extensions`` appended: the header's length
+    and ``total_extlen`` (8-byte units) updated."""
+    fields = list(abi.IN_HEADER.unpack_from(data))
+    fields[0] += len(extensions)
+    fields[7] = len(extensions) // 8
+    return abi.IN_HEADER.pack(*fields) + data[abi.IN_HEADER.size :] + extensions
+
+
+def supp_group(gid: int) -> bytes:
+    """The CREATE_SUPP_GROUP extension a client adds to a creating request: one group."""
+    return abi.EXT_HEADER.pack(16, abi.EXT_GROUPS) + struct.pack("<II", 1, gid)
 
 
 def _z(name: bytes | str) -> bytes:

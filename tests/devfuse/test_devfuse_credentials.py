@@ -82,6 +82,55 @@ def test_a_non_root_user_creates_as_itself(user_mount: Mount, share: Path) -> No
     assert sorted(os.listdir(share / "rootonly")) == ["existing"]
 
 
+GROUP_SCRIPT = r"""
+import os, sys
+mnt = sys.argv[1]
+for label, fn in (
+    ("create", lambda: open(f"{mnt}/team/file", "w").close()),
+    ("mkdir", lambda: os.mkdir(f"{mnt}/team/dir")),
+    ("symlink", lambda: os.symlink("file", f"{mnt}/team/link")),
+    ("mkfifo", lambda: os.mkfifo(f"{mnt}/team/fifo")),
+):
+    try:
+        fn()
+        print(label, "ok")
+    except OSError as e:
+        print(label, os.strerror(e.errno))
+"""
+
+
+def test_a_supplementary_group_lets_the_user_create(user_mount: Mount, share: Path) -> None:
+    """A directory writable only by group 1001, which the user has as a supplementary group:
+    the kernel (6.3 and later) sends that group with each create (CREATE_SUPP_GROUP), and
+    the host checks the create with it."""
+    (share / "team").mkdir()
+    os.chown(share / "team", 0, 1001)
+    os.chmod(share / "team", 0o770)
+    done = subprocess.run(
+        [system_python(), "-c", GROUP_SCRIPT, str(user_mount.mountpoint)],
+        user=USER,
+        group=USER,
+        extra_groups=[1001],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    results = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    if _kernel() < (6, 3) and results["create"] != "ok":
+        pytest.skip("this kernel sends no supplementary group (CREATE_SUPP_GROUP: Linux 6.3)")
+    assert results == dict.fromkeys(["create", "mkdir", "symlink", "mkfifo"], "ok")
+    for name in ("file", "dir", "link", "fifo"):
+        st = os.lstat(share / "team" / name)
+        assert (st.st_uid, st.st_gid) == (USER, USER), name
+
+
+def _kernel() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
 RACE_SCRIPT = r"""
 import os, sys
 path = sys.argv[1]

@@ -7,12 +7,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 from pathlib import Path
 
 import pytest
 
 from fsd.fs.credentials import Credentials
-from fsd.fuse.abi import MKNOD_IN, ROOT_ID, Opcode
+from fsd.fuse.abi import MKNOD_IN, ROOT_ID, InitFlag, Opcode
 from fsd.testing import fuse_requests as fr
 from fsd.testing.fuse_requests import FuseClient
 
@@ -96,3 +97,60 @@ def test_group_ownership_follows_the_host_rules(client: FuseClient, share: Path)
     fr_gid = {"uid": USER, "gid": 1001}
     ok(client.call(fr.create(client.next_unique(), group_only, "f", **fr_gid)))
     assert os.stat(share / "group-only" / "f").st_gid == 1001
+
+
+def test_a_supplementary_group_from_the_client_counts_for_creates(
+    client: FuseClient, share: Path
+) -> None:
+    """CREATE_SUPP_GROUP: the client adds the caller's supplementary group that owns the
+    parent; the serving thread holds it for the call, and gives it back."""
+    offered = fr.DEFAULT_INIT_FLAGS | InitFlag.CREATE_SUPP_GROUP | InitFlag.INIT_EXT
+    assert (client.init(flags=offered).flags2 << 32) & InitFlag.CREATE_SUPP_GROUP
+    os.chmod(share, 0o755)
+    (share / "group-only").mkdir()
+    os.chown(share / "group-only", 0, 1001)
+    os.chmod(share / "group-only", 0o770)
+    parent = client.lookup(ROOT_ID, "group-only").nodeid
+    groups = os.getgroups()
+    u = {"uid": USER, "gid": USER}
+    for request in (
+        fr.create(client.next_unique(), parent, "f", **u),
+        fr.mkdir(client.next_unique(), parent, "d", **u),
+        fr.request(Opcode.SYMLINK, client.next_unique(), parent, _z("l") + _z("f"), **u),
+    ):
+        assert error(client.call(request)) == errno.EACCES
+        ok(client.call(fr.with_extensions(request, fr.supp_group(1001))))
+    st = os.stat(share / "group-only" / "f")
+    assert (st.st_uid, st.st_gid) == (USER, USER)  # the group only let the caller in
+    assert sorted(os.listdir(share / "group-only")) == ["d", "f", "l"]
+    assert os.getgroups() == groups
+    assert Credentials.current() == (0, 0)
+    # A group the caller is not given stays out: another group's directory is refused.
+    (share / "other").mkdir()
+    os.chown(share / "other", 0, 1002)
+    os.chmod(share / "other", 0o770)
+    other = client.lookup(ROOT_ID, "other").nodeid
+    request = fr.create(client.next_unique(), other, "f", **u)
+    assert error(client.call(fr.with_extensions(request, fr.supp_group(1001)))) == errno.EACCES
+
+
+@pytest.mark.parametrize(
+    "extensions",
+    [
+        bytes(8),  # a size of 0
+        struct.pack("<II", 24, 32) + bytes(8),  # longer than what is there
+        struct.pack("<II", 12, 32) + bytes(4),  # not a multiple of 8
+    ],
+)
+def test_malformed_request_extensions_are_refused(
+    client: FuseClient, share: Path, extensions: bytes
+) -> None:
+    request = fr.mkdir(client.next_unique(), ROOT_ID, "d")
+    assert error(client.call(fr.with_extensions(request, extensions))) == errno.EINVAL
+    assert os.listdir(share) == []
+
+
+def test_unknown_request_extensions_are_skipped(client: FuseClient, share: Path) -> None:
+    request = fr.mkdir(client.next_unique(), ROOT_ID, "d")
+    ok(client.call(fr.with_extensions(request, struct.pack("<II", 8, 40))))
+    assert os.listdir(share) == ["d"]

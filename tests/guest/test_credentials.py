@@ -56,8 +56,8 @@ async def test_guest_user_owns_its_files(run_in_guest: GuestRunner, shared_dir: 
         "rootonly-create": "denied",
         "rootonly-mkdir": "denied",
         "rootonly-append": "denied",
-        # FUSE sends one gid: the guest user's supplementary group 1001 does not reach the
-        # host, whose check then refuses (a documented limitation, as in virtiofsd).
+        # The guest's 6.1 kernel sends one gid and no supplementary group (CREATE_SUPP_GROUP
+        # came with 6.3): group 1001 does not reach the host, whose check then refuses.
         "group-create": "denied",
         "user_owner": "1000:1000",
         "dir_owner": "1000:1000",
