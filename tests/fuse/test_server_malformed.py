@@ -90,15 +90,17 @@ class _Collect(logging.Handler):
     nodeid=st.sampled_from([0, ROOT_ID, 2, 3, 2**64 - 1]),
     body=st.binary(max_size=200),
     fix_len=st.booleans(),
+    extlen=st.sampled_from([0, 0, 1, 2, 3, 30]),
 )
 def test_random_requests_never_raise(
-    server: FuseServer, opcode: int, nodeid: int, body: bytes, fix_len: bool
+    server: FuseServer, opcode: int, nodeid: int, body: bytes, fix_len: bool, extlen: int
 ) -> None:
     if opcode == Opcode.DESTROY:
         return  # would reset the session for the following examples; covered elsewhere
     data = bytearray(fr.request(opcode, 2, nodeid, body))
     if not fix_len:
         data[0:4] = len(body).to_bytes(4, "little")
+    data[36:38] = extlen.to_bytes(2, "little")  # total_extlen: the body's tail as extensions
     space = bytearray(4096)
     handler = _Collect(logging.ERROR)
     errors = handler.records
