@@ -103,10 +103,12 @@ class ActingAs:
                 raise
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._groups is not None:
-            set_thread_groups(self._groups)
-        if self._switched:
-            self._creds.restore()
+        try:
+            if self._groups is not None:
+                set_thread_groups(self._groups)
+        finally:
+            if self._switched:
+                self._creds.restore()
 
 
 class Credentials:

@@ -201,7 +201,7 @@ def decode(readable: Segments, decoders: Mapping[int, Decoder | None] | None = N
                         raise ProtocolError(f"{extlen * 8} bytes of extensions in {length}")
                     body, extensions = body[:split], body[split:]
                 args = decoder(body)
-        if extensions:
+        if extlen and extensions:
             supp_gid = _supplementary_group(extensions)
             return ExtendedRequest(opcode, unique, nodeid, uid, gid, pid, args, supp_gid)
     except (ProtocolError, BufferTooShort, struct.error) as exc:
