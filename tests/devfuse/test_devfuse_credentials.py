@@ -36,6 +36,23 @@ attempt("write-root-file", lambda: open(f"{mnt}/rootonly/existing", "a").close()
 """
 
 
+def run_as_user(script: str, mountpoint: Path, groups: list[int] | None = None) -> dict[str, str]:
+    """``script`` run with the mount point as uid/gid 1000 (and ``groups``); its "LABEL
+    result" lines as a dict."""
+    done = subprocess.run(
+        [system_python(), "-c", script, str(mountpoint)],
+        user=USER,
+        group=USER,
+        extra_groups=groups or [],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(line.split(" ", 1) for line in done.stdout.splitlines())
+
+
 @pytest.fixture
 def user_mount(share: Path) -> Iterator[Mount]:
     reason = devfuse_unavailable()
@@ -54,18 +71,7 @@ def user_mount(share: Path) -> Iterator[Mount]:
 
 
 def test_a_non_root_user_creates_as_itself(user_mount: Mount, share: Path) -> None:
-    done = subprocess.run(
-        [system_python(), "-c", SCRIPT, str(user_mount.mountpoint)],
-        user=USER,
-        group=USER,
-        extra_groups=[],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    results = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    results = run_as_user(SCRIPT, user_mount.mountpoint)
     denied = os.strerror(13)
     assert results == {
         "mkdir": "ok",
@@ -106,18 +112,7 @@ def test_a_supplementary_group_lets_the_user_create(user_mount: Mount, share: Pa
     (share / "team").mkdir()
     os.chown(share / "team", 0, 1001)
     os.chmod(share / "team", 0o770)
-    done = subprocess.run(
-        [system_python(), "-c", GROUP_SCRIPT, str(user_mount.mountpoint)],
-        user=USER,
-        group=USER,
-        extra_groups=[1001],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    results = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    results = run_as_user(GROUP_SCRIPT, user_mount.mountpoint, groups=[1001])
     if _kernel() < (6, 3) and results["create"] != "ok":
         pytest.skip("this kernel sends no supplementary group (CREATE_SUPP_GROUP: Linux 6.3)")
     assert results == dict.fromkeys(["create", "mkdir", "symlink", "mkfifo"], "ok")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from fsd.fs import FsOptions
 from fsd.testing.mount import devfuse_unavailable, mounted
+from fsd.testing.posix_acl import one_user_acl
 
 
 @contextmanager
@@ -68,15 +68,6 @@ def test_cache_policy_decides_whether_reopened_files_reuse_the_page_cache(
     assert (seen == b"new!") is sees_new_data
 
 
-def _acl(owner: int, user: int, group: int, mask: int, other: int, uid: int = 1000) -> bytes:
-    """An access or default ACL in Linux's xattr format: user::, user:UID:, group::, mask::,
-    other:: with these rwx bits."""
-    entries = ((1, owner, -1), (2, user, uid), (4, group, -1), (0x10, mask, -1), (0x20, other, -1))
-    return struct.pack("<I", 2) + b"".join(
-        struct.pack("<HHI", tag, perm, ident & 0xFFFFFFFF) for tag, perm, ident in entries
-    )
-
-
 def _create_with_umask(path: Path, umask: int) -> None:
     """Create ``path`` (mode 0666) from another process whose umask is ``umask``."""
     code = f"import os; os.umask({umask}); open({str(path)!r}, 'w').close()"
@@ -87,17 +78,17 @@ def test_posix_acl_lets_the_kernel_set_and_inherit_acls(share: Path, tmp_path: P
     """With ``posix_acl`` the host kernel's FUSE client hands ACLs and umasks over: a default
     ACL on the host replaces the creating process's umask; without one the umask applies."""
     (share / "inherit").mkdir()
-    os.setxattr(share / "inherit", "system.posix_acl_default", _acl(7, 7, 5, 7, 5))
+    os.setxattr(share / "inherit", "system.posix_acl_default", one_user_acl(7, 7, 5, 7, 5))
     (share / "f").touch()
     with mount_with(share, tmp_path, posix_acl=True) as mnt:
-        os.setxattr(mnt / "f", "system.posix_acl_access", _acl(6, 6, 4, 6, 0))
+        os.setxattr(mnt / "f", "system.posix_acl_access", one_user_acl(6, 6, 4, 6, 0))
         _create_with_umask(mnt / "inherit" / "made", 0o077)
         _create_with_umask(mnt / "plain", 0o077)
-        assert os.getxattr(mnt / "f", "system.posix_acl_access") == _acl(6, 6, 4, 6, 0)
-    assert os.getxattr(share / "f", "system.posix_acl_access") == _acl(6, 6, 4, 6, 0)
+        assert os.getxattr(mnt / "f", "system.posix_acl_access") == one_user_acl(6, 6, 4, 6, 0)
+    assert os.getxattr(share / "f", "system.posix_acl_access") == one_user_acl(6, 6, 4, 6, 0)
     assert (share / "f").stat().st_mode & 0o777 == 0o660
     made = share / "inherit" / "made"
-    assert os.getxattr(made, "system.posix_acl_access") == _acl(6, 7, 5, 6, 4)
+    assert os.getxattr(made, "system.posix_acl_access") == one_user_acl(6, 7, 5, 6, 4)
     assert made.stat().st_mode & 0o777 == 0o664
     assert (share / "plain").stat().st_mode & 0o777 == 0o600
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import struct
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,29 +23,15 @@ from fsd.fuse import FuseServer
 from fsd.fuse.abi import ROOT_ID, SETXATTR_ACL_KILL_SGID, InitFlag
 from fsd.testing import fuse_requests as fr
 from fsd.testing.fuse_requests import FuseClient
+from fsd.testing.posix_acl import one_user_acl
 
 T = TypeVar("T")
 _ACL_FLAGS = InitFlag.POSIX_ACL | InitFlag.DONT_MASK | InitFlag.SETXATTR_EXT
 
-# struct posix_acl_xattr_header (version 2), then {tag u16, perm u16, id u32} per entry.
-_USER_OBJ, _USER, _GROUP_OBJ, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-_NO_ID = 0xFFFFFFFF
-
-
-def acl(*entries: tuple[int, int, int]) -> bytes:
-    """An ACL in Linux's xattr format from (tag, perm, id) entries, in the order Linux wants."""
-    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
-
 
 def user_rw_acl(uid: int) -> bytes:
     """user::rw-, user:UID:rw-, group::r--, mask::rw-, other::r--."""
-    return acl(
-        (_USER_OBJ, 6, _NO_ID),
-        (_USER, 6, uid),
-        (_GROUP_OBJ, 4, _NO_ID),
-        (_MASK, 6, _NO_ID),
-        (_OTHER, 4, _NO_ID),
-    )
+    return one_user_acl(6, 6, 4, 6, 4, uid)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,25 +24,10 @@ from fsd.testing.guest import (
     run_guest,
     running_backend,
 )
+from fsd.testing.posix_acl import ACCESS, DEFAULT
+from fsd.testing.posix_acl import one_user_acl as acl
 
 pytestmark = pytest.mark.guest
-
-ACCESS, DEFAULT = "system.posix_acl_access", "system.posix_acl_default"
-_USER_OBJ, _USER, _GROUP_OBJ, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
-_NO_ID = 0xFFFFFFFF
-
-
-def acl(owner: int, user: int, group: int, mask: int, other: int, uid: int = 1000) -> bytes:
-    """user::OWNER, user:UID:USER, group::GROUP, mask::MASK, other::OTHER (rwx bits)."""
-    entries = [
-        (_USER_OBJ, owner, _NO_ID),
-        (_USER, user, uid),
-        (_GROUP_OBJ, group, _NO_ID),
-        (_MASK, mask, _NO_ID),
-        (_OTHER, other, _NO_ID),
-    ]
-    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
-
 
 WORKLOAD = r"""
 try() {  # try LABEL CMD...: LABEL=ok, or LABEL= and the error message
