@@ -715,7 +715,9 @@ async def main(args: argparse.Namespace) -> int:
     failed = [r for r in runs if r.error]
     for r in failed:
         print(f"\n!! {r.backend} round {r.round} failed; see {OUT_DIR}/")
-    return 1 if failed else 0
+    # A reference daemon's counting pass (its debug log) only gives requests per operation;
+    # its failure leaves those out of the tables, not the measurement (its timed rounds ran).
+    return 1 if any(r.round or r.backend == "fsd" for r in failed) else 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
