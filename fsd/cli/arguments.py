@@ -133,7 +133,7 @@ def add_filesystem_arguments(parser: argparse.ArgumentParser, *, default_log_lev
         action="store_true",
         default=None,
         help="POSIX ACLs: the guest enforces them and creates with its umask or a default ACL "
-        "(implies --xattr; not with id maps)",
+        "(implies --xattr; ACL ids follow --uid-map; not with --translate-*)",
     )
     parser.add_argument(
         "--no-readdirplus",

@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 import attrs
 
-from fsd.fs.idmap import IdMaps
+from fsd.fs.idmap import IdMap, IdMaps
 from fsd.fs.xattrmap import XattrMap
 
 __all__ = ["CachePolicy", "FileHandles", "FsOptions", "parse_cfg", "parse_cfg_values"]
@@ -64,8 +64,9 @@ class FsOptions:
     ``posix_acl`` (crosvm's key, virtiofsd's ``--posix-acl``) grants FUSE_POSIX_ACL: the
     client enforces the ACLs it reads through ``system.posix_acl_*`` and hands the caller's
     umask over (DONT_MASK) for the host to apply or to replace by a default ACL. Off, those
-    two names are refused (docs/filesystem.md). It needs xattrs, and no id map: ACL entries
-    carry ids that fsd's maps would not translate.
+    two names are refused (docs/filesystem.md). It needs xattrs; under ``--uid-map``/
+    ``--gid-map`` the ids in ACL entries are translated too (fsd.fs.acl_ids), and it cannot be
+    combined with ``--translate-*`` rules, which need not map back.
     """
 
     cache: CachePolicy = attrs.field(default="auto", validator=_cache_policy)
@@ -95,10 +96,15 @@ class FsOptions:
             raise ValueError("xattrs are disabled, yet an xattr renaming is given")
         if self.posix_acl and not self.xattr:
             raise ValueError("POSIX ACLs are xattrs: posix_acl needs xattrs on")
-        if self.posix_acl and self.id_maps is not None:
+        maps = self.id_maps
+        translated = maps is not None and not (
+            isinstance(maps.uid, IdMap) and isinstance(maps.gid, IdMap)
+        )
+        if self.posix_acl and translated:
             raise ValueError(
-                "POSIX ACLs cannot be combined with id maps (--uid-map, --gid-map, "
-                "--translate-uid, --translate-gid): ACL entries carry ids fsd would not translate"
+                "POSIX ACLs cannot be combined with --translate-uid/--translate-gid (as in "
+                "virtiofsd): ACL entries must map back and forth, and a squashing rule "
+                "cannot; --uid-map/--gid-map can"
             )
         if self.killpriv_v2 and self.renames_capability:
             raise ValueError(

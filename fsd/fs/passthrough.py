@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from fsd.allowlist.trie import Allowlist
 from fsd.fs import linux, listing, procfd, xattrs
+from fsd.fs.acl_ids import acl_to_guest, acl_to_host
 from fsd.fs.attributes import apply_setattr
 from fsd.fs.credentials import THREAD_GROUPS, Credentials, MappedCredentials
 from fsd.fs.file_handles import HandleInodeTable, probe
@@ -89,6 +90,7 @@ class PassthroughFs:
     """A host directory served to one FUSE client."""
 
     __slots__ = (
+        "_acl_maps",
         "_creds",
         "_pass_flags",
         "_posix_acl",
@@ -156,6 +158,8 @@ class PassthroughFs:
             posix_acl=options.posix_acl,
         )
         self._posix_acl = options.posix_acl
+        #: The id maps the ids inside ACLs go through (POSIX ACLs under --uid-map/--gid-map).
+        self._acl_maps = maps if options.posix_acl else None
         #: How a creating call applies the request's umask (fsd.fs.umask).
         self._umask = umask_policy(options.posix_acl)
         self._submounts = options.announce_submounts
@@ -734,7 +738,10 @@ class PassthroughFs:
     def getxattr(self, ctx: Context, nodeid: int, name: bytes) -> bytes:
         """The value of xattr ``name`` (ENODATA if unset); the server does the size probe."""
         host = self._xattr_names.to_host(name, getting=True)
-        return xattrs.getxattr(self.inodes.get(nodeid), host)
+        value = xattrs.getxattr(self.inodes.get(nodeid), host)
+        if self._acl_maps is not None and host in xattrs.ACL_NAMES:
+            return acl_to_guest(value, self._acl_maps)
+        return value
 
     def listxattr(self, ctx: Context, nodeid: int) -> list[bytes]:
         """The inode's xattr names as the guest sees them."""
@@ -751,6 +758,8 @@ class PassthroughFs:
         which would clear it for that caller, keeps it.
         """
         host = self._xattr_names.to_host(name, setting=True)
+        if self._acl_maps is not None and host in xattrs.ACL_NAMES:
+            value = acl_to_host(value, self._acl_maps)
         inode = self.inodes.get(nodeid)
         fd, switched = self._xattr_change(ctx, inode, host)
         try:

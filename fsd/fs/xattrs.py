@@ -34,6 +34,7 @@ from fsd.fuse.abi import XATTR_NAME_MAX, XATTR_SIZE_MAX
 __all__ = [
     "ACL_ACCESS",
     "ACL_DEFAULT",
+    "ACL_NAMES",
     "MappedNames",
     "NoXattrs",
     "RewrittenSecurityNames",
@@ -59,7 +60,7 @@ _CAPABILITY: Final = b"security.capability"
 #: Where Linux keeps a file's access ACL and a directory's default ACL.
 ACL_ACCESS: Final = b"system.posix_acl_access"
 ACL_DEFAULT: Final = b"system.posix_acl_default"
-_ACL_NAMES: Final = (ACL_ACCESS, ACL_DEFAULT)
+ACL_NAMES: Final = (ACL_ACCESS, ACL_DEFAULT)
 
 
 class XattrNames:
@@ -159,12 +160,12 @@ class WithoutAcls(XattrNames):
         self.renames_capability = names.renames_capability
 
     def to_host(self, name: bytes, *, setting: bool = False, getting: bool = False) -> bytes:
-        if name in _ACL_NAMES:
+        if name in ACL_NAMES:
             raise OSError(errno.EOPNOTSUPP, "POSIX ACLs are off here (--posix-acl)")
         return self.names.to_host(name, setting=setting, getting=getting)
 
     def to_guest(self, host_names: list[bytes]) -> list[bytes]:
-        return [n for n in self.names.to_guest(host_names) if n not in _ACL_NAMES]
+        return [n for n in self.names.to_guest(host_names) if n not in ACL_NAMES]
 
 
 def xattr_names(

@@ -69,7 +69,10 @@ SERVE_CASES = [
     (["-o", "sandbox=jail"], ["-o sandbox=jail", "namespace, chroot, none"]),
     (["--security-label"], ["--security-label", "not supported", "leave the option out"]),
     (["--posix-acl", "--no-xattr"], ["posix_acl needs xattrs on"]),
-    (["--posix-acl", "--uid-map", "0 0 1"], ["POSIX ACLs cannot be combined with id maps"]),
+    (
+        ["--posix-acl", "--translate-uid", "map:0:0:1"],
+        ["POSIX ACLs cannot be combined with --translate-uid", "--uid-map/--gid-map can"],
+    ),
     (["--modcaps", "+bogus"], ["--modcaps", "unknown capability 'bogus'"]),
     (["--migration-mode", "file-handles"], ["--migration-mode", "cannot migrate"]),
     (["-o", "bogus"], ["-o bogus", "unknown option", "source="]),

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fsd.fs import FsOptions
+from fsd.fs.idmap import parse_id_maps
 from fsd.testing.mount import devfuse_unavailable, mounted
 from fsd.testing.posix_acl import one_user_acl
 
@@ -119,3 +120,14 @@ def test_allow_mmap_lets_direct_io_files_be_mapped_shared(
             capture_output=True, text=True, timeout=30, check=True,
         )  # fmt: skip
     assert done.stdout.strip() == ("mapped!" if allow else os.strerror(errno.ENODEV))
+
+
+def test_posix_acl_ids_follow_the_uid_map(share: Path, tmp_path: Path) -> None:
+    """An ACL entry set through the host kernel for user 1000 holds that user's host id."""
+    (share / "f").touch()
+    maps = parse_id_maps("0 0 1,1000 2000 1", "0 0 1,1000 2000 1")
+    with mount_with(share, tmp_path, posix_acl=True, id_maps=maps) as mnt:
+        os.setxattr(mnt / "f", "system.posix_acl_access", one_user_acl(6, 6, 4, 6, 0))
+        seen = os.getxattr(mnt / "f", "system.posix_acl_access")
+    assert os.getxattr(share / "f", "system.posix_acl_access") == one_user_acl(6, 6, 4, 6, 0, 2000)
+    assert seen == one_user_acl(6, 6, 4, 6, 0)

@@ -18,6 +18,7 @@ from typing import TypeVar
 import pytest
 
 from fsd.fs import FsOptions, PassthroughFs, parse_cfg
+from fsd.fs.idmap import parse_id_maps, parse_translations
 from fsd.fs.xattrs import ACL_ACCESS, ACL_DEFAULT
 from fsd.fuse import FuseServer
 from fsd.fuse.abi import ROOT_ID, SETXATTR_ACL_KILL_SGID, InitFlag
@@ -168,3 +169,35 @@ def test_kill_sgid_clears_set_group_id_for_an_access_acl(
     node = acl_client.lookup(ROOT_ID, "t").nodeid
     acl_client.ok(fr.setxattr_ext(2, node, name, user_rw_acl(1000), 0, setxattr_flags))
     assert stat.S_IMODE(target.stat().st_mode) == mode_after
+
+
+def test_acl_ids_follow_the_id_maps(share: Path, daemon_umask: None) -> None:
+    """Under --uid-map/--gid-map the ids inside ACL entries are translated as the kernel of a
+    user namespace would: guest 1000 is host 2000 both ways, an unmapped host id shows as
+    65534, an unmapped guest id is refused."""
+    maps = parse_id_maps("0 0 1,1000 2000 1", "0 0 1,1000 2000 1")
+    fs = PassthroughFs(share, FsOptions(posix_acl=True, id_maps=maps))
+    try:
+        client = FuseClient(FuseServer(fs))
+        client.init()
+        (share / "f").touch()
+        node = client.lookup(ROOT_ID, "f").nodeid
+        client.ok(fr.setxattr_ext(2, node, ACL_ACCESS, user_rw_acl(1000)))
+        assert os.getxattr(share / "f", ACL_ACCESS) == user_rw_acl(2000)
+        assert client.ok(fr.getxattr(3, node, ACL_ACCESS, 1000)) == user_rw_acl(1000)
+        os.setxattr(share / "f", ACL_ACCESS, user_rw_acl(3000))
+        assert client.ok(fr.getxattr(4, node, ACL_ACCESS, 1000)) == user_rw_acl(65534)
+        assert client.errno_of(fr.setxattr_ext(5, node, ACL_ACCESS, user_rw_acl(5000))) == (
+            errno.EINVAL
+        )
+        assert client.errno_of(fr.setxattr_ext(6, node, ACL_ACCESS, b"\2\0\0\0\1")) == (
+            errno.EINVAL
+        )
+        assert os.getxattr(share / "f", ACL_ACCESS) == user_rw_acl(3000)
+    finally:
+        fs.close()
+
+
+def test_translate_rules_and_acls_do_not_mix() -> None:
+    with pytest.raises(ValueError, match="--translate-uid"):
+        FsOptions(posix_acl=True, id_maps=parse_translations(["squash-guest:0:0:1000"], []))
