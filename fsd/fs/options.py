@@ -59,6 +59,8 @@ class FsOptions:
     O_DIRECT to the host instead of dropping it; ``allow_mmap`` lets the guest mmap files
     opened with FOPEN_DIRECT_IO (``cache`` never or metadata: INIT's DIRECT_IO_ALLOW_MMAP).
 
+    ``ascii_casefold`` (crosvm's) finds a name in any ASCII case when the guest's spelling is
+    not in the directory (fsd.fs.casefold); not with ``negative_timeout``.
     ``readdirplus`` False (virtiofsd's ``--no-readdirplus``) withholds READDIRPLUS: the
     client lists with READDIR and looks each entry up itself.
     ``posix_acl`` (crosvm's key, virtiofsd's ``--posix-acl``) grants FUSE_POSIX_ACL: the
@@ -86,6 +88,7 @@ class FsOptions:
     allow_mmap: bool = False
     posix_acl: bool = False
     readdirplus: bool = True
+    ascii_casefold: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.xattrmap is not None and self.rewrite_security_xattrs:
@@ -94,6 +97,11 @@ class FsOptions:
             )
         if not self.xattr and (self.xattrmap is not None or self.rewrite_security_xattrs):
             raise ValueError("xattrs are disabled, yet an xattr renaming is given")
+        if self.ascii_casefold and self.negative_timeout:
+            raise ValueError(
+                "negative_timeout cannot be used with ascii_casefold (as in crosvm): the guest "
+                "would keep a name as missing that another case of it answers"
+            )
         if self.posix_acl and not self.xattr:
             raise ValueError("POSIX ACLs are xattrs: posix_acl needs xattrs on")
         maps = self.id_maps
@@ -131,13 +139,14 @@ class FsOptions:
 _KEYS = {"cache": "cache", "cache_policy": "cache", "timeout": "timeout"}
 _KEYS |= {"negative_timeout": "negative_timeout", "writeback": "writeback"}
 _KEYS |= {"rewrite_security_xattrs": "rewrite_security_xattrs", "devices": "devices"}
-_KEYS |= {"posix_acl": "posix_acl"}
-_BOOL_FIELDS = frozenset({"writeback", "rewrite_security_xattrs", "devices", "posix_acl"})
+_KEYS |= {"posix_acl": "posix_acl", "ascii_casefold": "ascii_casefold"}
+_BOOL_FIELDS = frozenset(
+    {"writeback", "rewrite_security_xattrs", "devices", "posix_acl", "ascii_casefold"}
+)
 #: crosvm keys fsd accepts only with the value that means "off", and why it has no "on".
 _UNSUPPORTED = {
     "security_ctx": "security contexts (FUSE_SECURITY_CTX) are not supported; "
     "use security_ctx=false",
-    "ascii_casefold": "case-insensitive lookups are not supported; use ascii_casefold=false",
     "dax": "DAX is not supported by vhost-user devices",
     "use_dax": "DAX is not supported by vhost-user devices",
 }
@@ -157,7 +166,7 @@ def parse_cfg_values(text: str) -> dict[str, object]:
 
     As in crosvm's serde_keyvalue, a bare first value is the timeout (``--cfg 10``). Unknown
     keys raise :class:`ValueError`, as crosvm's ``deny_unknown_fields`` does. crosvm keys for
-    features fsd lacks (``security_ctx``, ``ascii_casefold``, ``dax``) are
+    features fsd lacks (``security_ctx``, ``dax``) are
     accepted only when they turn the feature off, so a config never silently loses a feature.
     Returns the ``FsOptions`` fields the text sets (as text or bool), and no others.
     """

@@ -35,6 +35,7 @@ from fsd.allowlist.trie import Allowlist
 from fsd.fs import linux, listing, procfd, xattrs
 from fsd.fs.acl_ids import acl_to_guest, acl_to_host
 from fsd.fs.attributes import apply_setattr
+from fsd.fs.casefold import CasefoldNames
 from fsd.fs.credentials import THREAD_GROUPS, Credentials, MappedCredentials
 from fsd.fs.file_handles import HandleInodeTable, probe
 from fsd.fs.gate import gate_for
@@ -91,6 +92,7 @@ class PassthroughFs:
 
     __slots__ = (
         "_acl_maps",
+        "_casefold",
         "_creds",
         "_pass_flags",
         "_posix_acl",
@@ -163,6 +165,8 @@ class PassthroughFs:
         #: How a creating call applies the request's umask (fsd.fs.umask).
         self._umask = umask_policy(options.posix_acl)
         self._submounts = options.announce_submounts
+        #: crosvm's ascii_casefold: the host's spelling of names asked for in another case.
+        self._casefold = CasefoldNames(options.timeout) if options.ascii_casefold else None
         init_flags = InitFlag.WRITEBACK_CACHE if options.writeback else InitFlag(0)
         if options.grants_killpriv_v2:
             # The server drops set-id bits when told to (and the host write drops
@@ -305,10 +309,45 @@ class PassthroughFs:
         elif name == b"..":
             path = pinode.path.rpartition(b"/")[0]
         else:
+            if self._casefold is not None:
+                return self._lookup_folded(pinode, name)
             self.gate.visible(pinode, name)
             return self._lookup_child(pinode, name)
         self.gate.visible_path(path)
         return self._walk(path)
+
+    def _lookup_folded(self, pinode: Inode, name: bytes) -> Entry:
+        """``name``, or else its host spelling with ASCII case folded (fsd.fs.casefold);
+        the allowlist judges the name looked up (a hidden one is not found either way)."""
+        try:
+            self.gate.visible(pinode, name)
+            return self._lookup_child(pinode, name)
+        except FileNotFoundError:
+            host = self._folded_name(pinode, name)
+            if host == name:
+                raise
+        self.gate.visible(pinode, host)
+        return self._lookup_child(pinode, host)
+
+    def _folded_name(self, pinode: Inode, name: bytes) -> bytes:
+        """The host's spelling of ``name`` with ASCII case folded, or ``name`` itself."""
+        casefold = self._casefold
+        found = None if casefold is None else casefold.find(pinode, name)
+        return name if found is None else found
+
+    def _existing_name(self, pinode: Inode, name: bytes) -> bytes:
+        """The name to remove or rename: ``name``, or under ascii_casefold the host's
+        spelling when only that exists (checked by the gate as well)."""
+        if self._casefold is None:
+            return name
+        try:
+            os.stat(name, dir_fd=pinode.fd, follow_symlinks=False)
+            return name
+        except FileNotFoundError:
+            host = self._folded_name(pinode, name)
+        if host != name:
+            self.gate.writable(pinode, host)
+        return host
 
     def forget(self, ctx: Context, nodeid: int, nlookup: int) -> None:
         """The guest dropped ``nlookup`` references to ``nodeid``."""
@@ -364,6 +403,8 @@ class PassthroughFs:
         """The directory a name is created in or removed from, if the gate allows it."""
         pinode = self.inodes.get(parent)
         self.gate.writable(pinode, name)
+        if self._casefold is not None:
+            self._casefold.added(pinode, name)  # a mere candidate if nothing gets created
         return pinode
 
     def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int, umask: int) -> Entry:
@@ -415,12 +456,14 @@ class PassthroughFs:
     def unlink(self, ctx: Context, parent: int, name: bytes) -> None:
         """Remove a non-directory name (as the caller's host ids under id maps)."""
         pinode = self._new_parent(parent, name)
+        name = self._existing_name(pinode, name)
         with self._creds.confined(ctx.uid, ctx.gid):
             os.unlink(name, dir_fd=pinode.fd)
 
     def rmdir(self, ctx: Context, parent: int, name: bytes) -> None:
         """Remove an empty directory (as the caller's host ids under id maps)."""
         pinode = self._new_parent(parent, name)
+        name = self._existing_name(pinode, name)
         with self._creds.confined(ctx.uid, ctx.gid):
             os.rmdir(name, dir_fd=pinode.fd)
 
@@ -430,6 +473,7 @@ class PassthroughFs:
         """Rename (RENAME2 ``flags`` as renameat2) and keep the inode table's paths current."""
         pold = self._new_parent(parent, name)
         pnew = self._new_parent(newparent, newname)
+        name = self._existing_name(pold, name)
         st = os.stat(name, dir_fd=pold.fd, follow_symlinks=False)
         other = None
         if flags & RENAME_EXCHANGE:

@@ -119,7 +119,7 @@ def test_cfg_accepts_features_turned_off(text: str) -> None:
     ("text", "why"),
     [
         ("security_ctx=true", "security contexts"),
-        ("ascii_casefold", "case-insensitive"),
+        ("ascii_casefold,negative_timeout=1", "negative_timeout cannot be used"),
         ("use_dax=1", "DAX"),
         ("posix_acl=maybe", "posix_acl must be true or false"),
     ],
