@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -38,6 +38,7 @@ from fsd.unix_sockets import is_listening
 __all__ = [
     "Backend",
     "BackendError",
+    "FsdServing",
     "GuestError",
     "GuestImage",
     "GuestResult",
@@ -600,6 +601,11 @@ class Backend:
 def _open_log(path: str | os.PathLike[str]) -> IO[bytes]:
     """The backend's log file; opened outside async code (blocking open), closed by the caller."""
     return open(path, "wb")
+
+
+FsdServing = Callable[..., AbstractAsyncContextManager[Backend]]
+"""``fsd serve`` on a test's shared directory with more arguments, as an ``async with``
+(the guest tests' ``fsd_serving`` fixture)."""
 
 
 @asynccontextmanager

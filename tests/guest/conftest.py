@@ -11,6 +11,7 @@ import platform
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from fsd.testing.guest import (
     Backend,
+    FsdServing,
     GuestError,
     GuestImage,
     GuestResult,
@@ -75,6 +77,21 @@ async def backend(
     log_path = tmp_path / "backend.log"
     async with running_backend(argv, socket_path, log_path=log_path, env=fsd_env()) as running:
         yield running
+
+
+@pytest.fixture
+def fsd_serving(
+    guest_image: GuestImage, socket_dir: Path, shared_dir: Path, tmp_path: Path
+) -> FsdServing:
+    """For tests of an option: ``async with fsd_serving("--readonly") as backend``."""
+
+    def serving(*args: str) -> AbstractAsyncContextManager[Backend]:
+        socket_path = socket_dir / "fs.sock"
+        argv = fsd_serve_command(socket_path, shared_dir, *args)
+        log_path = tmp_path / "backend.log"
+        return running_backend(argv, socket_path, log_path=log_path, env=fsd_env())
+
+    return serving
 
 
 @pytest.fixture

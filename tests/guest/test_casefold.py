@@ -9,14 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd.testing.guest import (
-    Backend,
-    GuestImage,
-    fsd_env,
-    fsd_serve_command,
-    run_guest,
-    running_backend,
-)
+from fsd.testing.guest import Backend, FsdServing, run_guest
 
 pytestmark = pytest.mark.guest
 
@@ -32,13 +25,8 @@ echo "missing=$(cat nothing.txt 2>&1 | sed 's/.*: //')"
 
 
 @pytest.fixture
-async def folding_backend(
-    guest_image: GuestImage, socket_dir: Path, shared_dir: Path, tmp_path: Path
-) -> AsyncIterator[Backend]:
-    socket_path = socket_dir / "fs.sock"
-    argv = fsd_serve_command(socket_path, shared_dir, "--cfg", "ascii_casefold=true")
-    log_path = tmp_path / "backend.log"
-    async with running_backend(argv, socket_path, log_path=log_path, env=fsd_env()) as backend:
+async def folding_backend(fsd_serving: FsdServing) -> AsyncIterator[Backend]:
+    async with fsd_serving("--cfg", "ascii_casefold=true") as backend:
         yield backend
 
 

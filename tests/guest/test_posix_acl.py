@@ -16,14 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd.testing.guest import (
-    Backend,
-    GuestImage,
-    fsd_env,
-    fsd_serve_command,
-    run_guest,
-    running_backend,
-)
+from fsd.testing.guest import Backend, FsdServing, run_guest
 from fsd.testing.posix_acl import ACCESS, DEFAULT
 from fsd.testing.posix_acl import one_user_acl as acl
 
@@ -47,16 +40,9 @@ echo "user_sets_others_as_user=$user_acl"
 @pytest.fixture(params=[True, False], ids=["posix-acl", "default"])
 async def acl_backend(
     request: pytest.FixtureRequest,
-    guest_image: GuestImage,
-    socket_dir: Path,
-    shared_dir: Path,
-    tmp_path: Path,
+    fsd_serving: FsdServing,
 ) -> AsyncIterator[tuple[Backend, bool]]:
-    socket_path = socket_dir / "fs.sock"
-    extra = ["--posix-acl"] if request.param else []
-    argv = fsd_serve_command(socket_path, shared_dir, *extra)
-    log_path = tmp_path / "backend.log"
-    async with running_backend(argv, socket_path, log_path=log_path, env=fsd_env()) as backend:
+    async with fsd_serving(*(["--posix-acl"] if request.param else [])) as backend:
         yield backend, request.param
 
 

@@ -9,14 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd.testing.guest import (
-    Backend,
-    GuestImage,
-    fsd_env,
-    fsd_serve_command,
-    run_guest,
-    running_backend,
-)
+from fsd.testing.guest import Backend, FsdServing, run_guest
 
 pytestmark = pytest.mark.guest
 
@@ -51,13 +44,8 @@ p rename2 rename2 file dir/x noreplace
 
 
 @pytest.fixture
-async def readonly_backend(
-    guest_image: GuestImage, socket_dir: Path, shared_dir: Path, tmp_path: Path
-) -> AsyncIterator[Backend]:
-    socket_path = socket_dir / "fs.sock"
-    argv = fsd_serve_command(socket_path, shared_dir, "--readonly")
-    log_path = tmp_path / "backend.log"
-    async with running_backend(argv, socket_path, log_path=log_path, env=fsd_env()) as backend:
+async def readonly_backend(fsd_serving: FsdServing) -> AsyncIterator[Backend]:
+    async with fsd_serving("--readonly") as backend:
         yield backend
 
 
