@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 import fsd
 from fsd.daemon import mount_syscalls
 from fsd.testing.mount import devfuse_unavailable, force_unmount, mounted
+from fsd.testing.posix_acl import DEFAULT, one_user_acl
+from tests.devfuse.unprivileged import system_python
 
 pytestmark = [
     pytest.mark.devfuse,
@@ -240,3 +243,53 @@ def test_poll_max_ns_must_be_a_count(share: Path, mountpoint: Path) -> None:
     result = _run(str(share), str(mountpoint), "--poll-max-ns", "-5")
     assert result.returncode == 2
     assert "--poll-max-ns" in result.stderr
+
+
+@pytest.fixture
+def user_mountpoint() -> Iterator[Path]:
+    """A mount point another user can reach (tmp_path's parents are root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="fsd-mnt-"))
+    os.chmod(path, 0o755)
+    yield path
+    force_unmount(path)
+    path.rmdir()
+
+
+SANDBOXED_CREATES = r"""
+import os, sys
+mnt = sys.argv[1]
+os.umask(0o077)
+for path in ("team/f", "inherit/made", "plain"):
+    open(os.path.join(mnt, path), "w").close()
+print("created")
+"""
+
+
+def test_creates_in_the_sandbox_take_the_callers_group_and_umask(
+    share: Path, user_mountpoint: Path
+) -> None:
+    """The calls behind CREATE_SUPP_GROUP (``setgroups``) and ``--posix-acl``'s umask
+    (``unshare(CLONE_FS)``, ``umask``) pass the seccomp filter of a sandboxed mount: a
+    uid-1000 process in group 1001 creates in a root:1001 0770 directory, and its umask 077
+    gives way to a default ACL."""
+    os.chmod(share, 0o777)
+    (share / "team").mkdir()
+    os.chown(share / "team", 0, 1001)
+    os.chmod(share / "team", 0o770)
+    (share / "inherit").mkdir(mode=0o777)
+    os.chmod(share / "inherit", 0o777)
+    os.setxattr(share / "inherit", DEFAULT, one_user_acl(7, 7, 7, 7, 7))
+    mountpoint = user_mountpoint
+    with _mounted(_command(str(share), str(mountpoint), "--posix-acl"), mountpoint) as process:
+        done = subprocess.run(
+            [system_python(), "-c", SANDBOXED_CREATES, str(mountpoint)],
+            user=1000, group=1000, extra_groups=[1001],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    assert done.stdout.strip() == "created", done.stderr
+    assert process.returncode == 0, stderr
+    assert (share / "team" / "f").stat().st_uid == 1000
+    assert (share / "inherit" / "made").stat().st_mode & 0o777 == 0o666
+    assert (share / "plain").stat().st_mode & 0o777 == 0o600
