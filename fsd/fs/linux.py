@@ -1,7 +1,8 @@
-"""Linux calls the ``os`` module lacks (renameat2, fallocate modes, syncfs, statx), via libc.
+"""Linux calls the ``os`` module lacks (renameat2, fallocate modes, syncfs, statx, unshare),
+via libc.
 
 They are rare (RENAME2 with flags, FALLOCATE with a mode, SYNCFS, STATX asking for a birth
-time), so the ctypes cost is fine.
+time, the first POSIX-ACL create on each thread), so the ctypes cost is fine.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import os
 import struct
 from typing import Final
 
-__all__ = ["birth_time", "fallocate", "renameat2", "syncfs"]
+__all__ = ["CLONE_FS", "birth_time", "fallocate", "renameat2", "syncfs", "unshare"]
+
+#: unshare(2): stop sharing the working directory, root and umask with the other threads.
+CLONE_FS: Final = 0x0000_0200
 
 _libc: Final = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
@@ -23,6 +27,9 @@ _fallocate.restype = ctypes.c_int
 _syncfs = _libc.syncfs
 _syncfs.argtypes = [ctypes.c_int]
 _syncfs.restype = ctypes.c_int
+_unshare = _libc.unshare
+_unshare.argtypes = [ctypes.c_int]
+_unshare.restype = ctypes.c_int
 _statx = _libc.statx
 _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
 _statx.restype = ctypes.c_int
@@ -48,6 +55,11 @@ def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """``fallocate(2)`` with any mode (KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE...)."""
     _check(_fallocate(fd, mode, offset, length))
+
+
+def unshare(flags: int) -> None:
+    """``unshare(2)`` for the calling thread (``CLONE_FS``: a umask of its own)."""
+    _check(_unshare(flags))
 
 
 def syncfs(fd: int) -> None:

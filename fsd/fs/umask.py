@@ -14,22 +14,16 @@ sets the caller's around the one call and puts 0 back.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Final
 
-__all__ = ["CLONE_FS", "UmaskPolicy", "caller_umask", "umask_policy"]
+from fsd.fs.linux import CLONE_FS, unshare
 
-#: unshare(2): stop sharing the working directory, root and umask with the other threads.
-CLONE_FS: Final = 0x0000_0200
+__all__ = ["UmaskPolicy", "caller_umask", "umask_policy"]
 
-_libc: Final = ctypes.CDLL(None, use_errno=True)
-_unshare: Final = _libc.unshare
-_unshare.argtypes = [ctypes.c_int]
-_unshare.restype = ctypes.c_int
 _UNCHANGED: Final = contextlib.nullcontext()
 _threads: Final = threading.local()
 
@@ -47,9 +41,7 @@ class _CallerUmask:
 
     def __enter__(self) -> None:
         if not getattr(_threads, "own_umask", False):
-            if _unshare(CLONE_FS) < 0:
-                code = ctypes.get_errno()
-                raise OSError(code, f"unshare(CLONE_FS), for a thread's umask: {os.strerror(code)}")
+            unshare(CLONE_FS)
             _threads.own_umask = True
         os.umask(self._umask)
 

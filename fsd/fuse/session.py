@@ -52,22 +52,15 @@ InitReply = tuple[int, ...]
 class FuseSession:
     """State of one FUSE connection: uninitialised until INIT, then the negotiated terms."""
 
-    __slots__ = (
-        "flags",
-        "initialized",
-        "major",
-        "max_readahead",
-        "minor",
-        "offered_flags",
-        "optional_flags",
-    )
+    __slots__ = ("flags", "initialized", "major", "max_readahead", "minor", "offered_flags")
 
     def __init__(self, optional_flags: int = 0, withheld_flags: int = 0) -> None:
-        #: Extra capabilities the filesystem asks for (e.g. WRITEBACK_CACHE from its options).
-        self.optional_flags = InitFlag(optional_flags)
-        #: What this session grants when the client offers it: ours and the filesystem's,
-        #: less what the filesystem withholds (READDIRPLUS with --no-readdirplus).
-        self.offered_flags = (SUPPORTED_FLAGS | self.optional_flags) & ~InitFlag(withheld_flags)
+        #: What this session grants when the client offers it: ours, and the extra ones the
+        #: filesystem asks for (``optional_flags``: WRITEBACK_CACHE from its options...),
+        #: less what it withholds (``withheld_flags``: READDIRPLUS with --no-readdirplus).
+        self.offered_flags = (SUPPORTED_FLAGS | InitFlag(optional_flags)) & ~InitFlag(
+            withheld_flags
+        )
         self.initialized = False
         self.major = 0
         self.minor = 0
